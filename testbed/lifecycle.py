@@ -63,6 +63,8 @@ def check_subnet_free(base: str) -> None:
 class Testbed:
     """One testbed on this machine: nodes as namespaces + cgroups, links as veths."""
 
+    __test__ = False  # not a pytest test class despite the name
+
     def __init__(self, topology: Topology, name: str = "tb", *, mode: str = "regular",
                  subnet: str = DEFAULT_SUBNET, start_services: bool = False,
                  service_options: dict[str, Any] | None = None):
@@ -173,7 +175,8 @@ class Testbed:
 
     @property
     def service_url(self) -> str:
-        return f"http://{self.plan.service_address}:{SERVICE_PORT}/"
+        port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
+        return f"http://{self.plan.service_address}{port}/"
 
     # -- state ---------------------------------------------------------------------------
 

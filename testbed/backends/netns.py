@@ -168,7 +168,7 @@ class NetnsBackend:
         create_netns(probe)
         try:
             with in_netns(probe), IPRoute() as ipr:
-                ipr.link("add", ifname="probe0", kind="dummy")
+                ipr.link("add", ifname="probe0", kind="veth", peer="probe1")
                 idx = ipr.link_lookup(ifname="probe0")[0]
                 try:
                     ipr.tc("add", "netem", index=idx, handle=0x10000, delay=1000)

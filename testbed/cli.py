@@ -1,0 +1,248 @@
+"""The lifecycle verbs: up, status, exec, down, clean, run, topologies. Nothing else prints.
+
+    sudo python -m testbed up [TOPOLOGY|FILE] [--name NAME] [--mode MODE] [-p key=value]...
+    sudo python -m testbed status [NAME] [--json]
+    sudo python -m testbed exec [--name NAME] NODE -- CMD...
+    sudo python -m testbed down [NAME]
+    sudo python -m testbed clean
+    sudo python -m testbed run EXPERIMENT [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+from .errors import TestbedError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return int(args.func(args) or 0)
+    except TestbedError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m testbed",
+                                description="TCP-server offload testbed (namespaces + cgroups)")
+    p.add_argument("-v", "--verbose", action="store_true")
+    sub = p.add_subparsers(dest="verb", required=True)
+
+    up = sub.add_parser("up", help="build a topology and start the mode's services")
+    up.add_argument("topology", nargs="?", default="cluster", help="shipped name or YAML file (default: cluster)")
+    up.add_argument("--name", default="tb", help="testbed name (default: tb)")
+    up.add_argument("--mode", default="regular", help="regular, split, async-send, eager-receive, "
+                    "eager-accept, setup-with-accept (default: regular)")
+    up.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a topology parameter, e.g. -p hosts=4 -p host_cpu=0.25")
+    up.add_argument("--subnet", default=None, help="address block (default 10.77.0.0/16)")
+    up.add_argument("--channel", choices=("tcp", "unix", "shm"), help="SAN channel (default: the topology's)")
+    up.add_argument("--balance", default=None, help="adaptive | fixed:SPLIT (work/CPU split controller)")
+    up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
+    up.add_argument("--seed", type=int, default=1, help="document root seed")
+    up.add_argument("--dynamic-cost-us", type=int, default=1000, help="CPU cost of /dynamic (us)")
+    up.add_argument("--json", action="store_true", help="print the status as JSON when up")
+    up.set_defaults(func=cmd_up)
+
+    st = sub.add_parser("status", help="what runs: nodes, addresses, budgets, processes")
+    st.add_argument("name", nargs="?")
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("exec", help="run a command inside a node (netns + cgroup)")
+    ex.add_argument("--name", default=None)
+    ex.add_argument("node")
+    ex.add_argument("command", nargs=argparse.REMAINDER)
+    ex.set_defaults(func=cmd_exec)
+
+    dn = sub.add_parser("down", help="stop and remove a testbed")
+    dn.add_argument("name", nargs="?")
+    dn.set_defaults(func=cmd_down)
+
+    cl = sub.add_parser("clean", help="remove everything any testbed left, also after a crash")
+    cl.set_defaults(func=cmd_clean)
+
+    tp = sub.add_parser("topologies", help="list shipped topologies and their parameters")
+    tp.set_defaults(func=cmd_topologies)
+
+    rn = sub.add_parser("run", help="run an experiment: whole matrix -> results/<run-id>/")
+    rn.add_argument("experiment", help="shipped name (quick, paper-cluster, ...) or YAML file")
+    rn.add_argument("--quick", action="store_true", help="shorter steps and fewer rates")
+    rn.add_argument("--results", default="results", help="results directory (default: results)")
+    rn.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
+    rn.add_argument("--no-report", action="store_true")
+    rn.set_defaults(func=cmd_run)
+    return p
+
+
+def _require_root() -> None:
+    from .lifecycle import require_root
+    require_root()
+
+
+def _pick(name: str | None) -> str:
+    from .state import list_testbeds
+    if name:
+        return name
+    running = list_testbeds()
+    if len(running) == 1:
+        return running[0]
+    if not running:
+        raise TestbedError("no testbed is running: `sudo python -m testbed up` builds one")
+    raise TestbedError(f"several testbeds run ({', '.join(running)}): name one")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from .lifecycle import Testbed
+    from .services import check_mode
+    from .spec import DEFAULT_SUBNET, load_topology, parse_params
+    _require_root()
+    check_mode(args.mode)
+    topo = load_topology(args.topology, parse_params(args.param))
+    opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
+                            "channel": args.channel, "balance": args.balance}
+    tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
+                 start_services=not args.no_services, service_options=opts)
+    tb.up()
+    for w in tb.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(status_of(tb.name), indent=2))
+    else:
+        print_status(status_of(tb.name))
+    return 0
+
+
+def status_of(name: str) -> dict[str, Any]:
+    from . import cgroups
+    from .kernel import pid_alive
+    from .state import StateStore
+    state = StateStore(name).load()
+    groups = cgroups.detect()
+    for node, info in state["nodes"].items():
+        group = f"tcps-{name}/{node}"
+        try:
+            u = groups.usage(group)
+            info["cpu_used_s"] = round(u.total_s, 3)
+            info["throttled_s"] = round(u.throttled_s, 3)
+        except OSError:
+            info["cpu_used_s"] = None
+    for p in state.get("processes", []):
+        p["alive"] = pid_alive(p["pid"], p.get("start_time"))
+    stats = {}
+    run_dir = StateStore(name).dir
+    for f in run_dir.glob("stats-*.json"):
+        try:
+            stats[f.stem[len("stats-"):]] = json.loads(f.read_text())
+        except ValueError:
+            pass
+    state["tcpserver_stats"] = stats
+    balance = run_dir / "balance.json"
+    if balance.exists():
+        try:
+            state["balance"] = json.loads(balance.read_text())
+        except ValueError:
+            pass
+    return state
+
+
+def print_status(state: dict[str, Any]) -> None:
+    print(f"testbed {state['name']}: topology {state['topology']['name']}, mode {state['mode']}, "
+          f"cgroup v{state['cgroup_version']}, built in {state['build_seconds'] * 1000:.0f} ms")
+    rows = [("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")]
+    for node, info in state["nodes"].items():
+        addrs = " ".join(f"{a}({l})" for l, a in info["addresses"].items())
+        cpu = "unlimited" if info["cpu"] is None else f"{info['cpu']:g}"
+        pids = ",".join(str(p["pid"]) for p in state.get("processes", []) if p["node"] == node)
+        rows.append((node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for p in state.get("processes", []):
+        if not p.get("alive", True):
+            print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")
+    if "docroot" in state:
+        print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
+        print(f"document root: {state['docroot']}")
+    print(f"reach it:  sudo python -m testbed exec client -- curl -s {state['service_url']}manifest.json")
+    print(f"           sudo python -m testbed exec host1 -- ip -br addr")
+    print(f"stop it:   sudo python -m testbed down {state['name']}")
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from .state import list_testbeds
+    if not args.name and not list_testbeds():
+        if args.json:
+            print(json.dumps({"testbeds": []}))
+        else:
+            print("no testbed is running")
+        return 0
+    state = status_of(_pick(args.name))
+    if args.json:
+        print(json.dumps(state, indent=2, sort_keys=True))
+    else:
+        print_status(state)
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    from .lifecycle import Testbed
+    from .nodes import spawn
+    _require_root()
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        raise TestbedError("exec needs a command: exec NODE -- CMD...")
+    tb = Testbed.attach(_pick(args.name))
+    proc = spawn(tb.netns(args.node), tb.cgroups.procs_files(tb.cgroup(args.node)), command,
+                 stdin=None, stdout=None, stderr=None)
+    # the child runs in a session of its own: forward Ctrl-C to it instead of dying first
+    import signal
+    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
+    return proc.wait()
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    from .lifecycle import teardown
+    _require_root()
+    name = _pick(args.name)
+    removed = teardown(name)
+    print(f"testbed {name} removed ({len(removed)} objects)")
+    return 0
+
+
+def cmd_clean(args: argparse.Namespace) -> int:
+    from .clean import clean_all
+    _require_root()
+    removed = clean_all()
+    for r in removed:
+        print(f"removed {r}")
+    print(f"clean: {len(removed)} objects removed" if removed else "clean: nothing to remove")
+    return 0
+
+
+def cmd_topologies(args: argparse.Namespace) -> int:
+    from .spec import available_topologies, load_topology
+    for name in available_topologies():
+        t = load_topology(name)
+        params = " ".join(f"{k}={v}" for k, v in t.params.items())
+        print(f"{name:10} {t.description[:70]}\n{'':10} params: {params}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run_experiment_cli
+    _require_root()
+    return run_experiment_cli(args)

@@ -1,0 +1,877 @@
+"""The TCP-server daemon: terminates client TCP and tunnels socket calls to the hosts.
+
+Clients connect to the public address; hosts attach over a SAN channel (one persistent
+connection per host) and say which ports they listen on. Client bytes become DATA frames,
+the hosts' SEND frames become client bytes. Frames for all connections of a host are
+batched into one write per event-loop iteration.
+
+Run: ``python -m testbed.offload.server --listen ADDR:PORT --san tcp:ADDR:PORT --mode MODE
+--token-file F --stats-file PATH``.
+
+Bounds (so thousands of idle or slow clients cannot grow memory without limit):
+``--max-conns`` client connections, ``--backlog`` connections waiting for a host's accept,
+per-connection windows (``protocol.SEND_WINDOW``/``RECV_WINDOW``), ``--idle-timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import hmac
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import channels
+from .modes import Mode, get_mode
+from .protocol import (
+    ACCEPT_REQ,
+    ACCEPTED,
+    CLOSE,
+    CLOSE_DONE,
+    CONN_NEW,
+    CONNECT,
+    CONNECTED,
+    CREDIT,
+    DATA,
+    EOF,
+    ERROR,
+    HDR,
+    HELLO,
+    LISTEN,
+    LISTEN_OK,
+    MAX_PAYLOAD,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    RECV_REQ,
+    RECV_WINDOW,
+    RESET,
+    SEND,
+    SEND_DONE,
+    SEND_WINDOW,
+    SHUTDOWN,
+    TYPE_NAMES,
+    WELCOME,
+    FrameDecoder,
+    ProtocolError,
+    decode_hello,
+    encode_peer,
+)
+
+log = logging.getLogger("testbed.offload.server")
+
+_pack = HDR.pack
+_V = PROTOCOL_VERSION
+_HALF_SEND = SEND_WINDOW // 2
+_SAN_HIGH_WATER = 8 * 1024 * 1024  # above this, stop reading clients of that host
+
+
+@dataclass
+class ServerConfig:
+    listen_host: str
+    listen_port: int
+    san: channels.ChannelSpec
+    mode: Mode
+    token: str
+    stats_file: Path | None = None
+    max_conns: int = 20000
+    backlog: int = 4096
+    idle_timeout: float = 60.0
+    hello_timeout: float = 5.0
+    setup_wait: float = 0.05  # setup-with-accept: announce without data after this
+    accept_ahead: int = 0  # unused by the server; the host decides how many it asks for
+
+
+class ClientConn(asyncio.Protocol):
+    """One client TCP connection, owned by at most one host channel."""
+
+    __slots__ = (
+        "srv", "port", "host", "cid", "transport", "rbuf", "rlen", "rwin", "want", "eof",
+        "eof_sent", "unacked", "wpaused", "host_closed", "done_on_close", "last", "rpaused",
+        "wait_since", "announced",
+    )
+
+    def __init__(self, srv: "TcpServer", port: "PortState") -> None:
+        self.srv = srv
+        self.port = port
+        self.host: HostChannel | None = None
+        self.cid = 0
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.rbuf: list[bytes] = []  # client bytes not yet sent to the host
+        self.rlen = 0
+        self.rwin = RECV_WINDOW  # push modes: bytes the host still accepts
+        self.want = 0  # pull modes: size of the host's outstanding RECV_REQ
+        self.eof = False
+        self.eof_sent = False
+        self.unacked = 0  # bytes from SENDs not yet credited back to the host
+        self.wpaused = False  # the client transport has unwritten bytes
+        self.host_closed = False
+        self.done_on_close = False
+        self.last = 0
+        self.rpaused = False
+        self.wait_since = 0.0
+        self.announced = False
+
+    # --- client side ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        # high=0: pause_writing fires whenever bytes stay buffered, so resume_writing
+        # tells exactly when the client's kernel socket took everything (credit back).
+        transport.set_write_buffer_limits(high=0, low=0)
+        self.srv.client_connected(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.srv.tick
+        self.srv.c_client_in += len(data)
+        host = self.host
+        if host is None or not self.announced:
+            if self.wait_since and self.host is not None:  # setup-with-accept: first data
+                self.rbuf.append(data)
+                self.rlen += len(data)
+                self.srv.announce(self)
+                return
+            self._buffer(data)
+            return
+        if self.srv.push:
+            if not self.rbuf and len(data) <= self.rwin and not host.paused:
+                self.rwin -= len(data)
+                host.emit(DATA, self.cid, 0, data)
+                self.srv.c_eager_data += 1
+                return
+            self._buffer(data)
+            self.push_buffered()
+        else:
+            if self.want and not self.rbuf:
+                n = len(data)
+                if n <= self.want:
+                    self.want = 0
+                    host.emit(DATA, self.cid, 0, data)
+                    return
+            self._buffer(data)
+            if self.want:
+                self.serve_recv(self.want)
+
+    def _buffer(self, data: bytes) -> None:
+        self.rbuf.append(data)
+        self.rlen += len(data)
+        if self.rlen >= RECV_WINDOW and not self.rpaused:
+            self.rpaused = True
+            self.transport.pause_reading()
+
+    def _take(self, n: int) -> bytes:
+        buf = b"".join(self.rbuf) if len(self.rbuf) > 1 else self.rbuf[0]
+        if n >= len(buf):
+            self.rbuf = []
+            self.rlen = 0
+            return buf
+        self.rbuf = [buf[n:]]
+        self.rlen = len(buf) - n
+        return buf[:n]
+
+    def _maybe_resume(self) -> None:
+        if self.rpaused and self.rlen < RECV_WINDOW // 2 and not self.eof:
+            self.rpaused = False
+            self.transport.resume_reading()
+
+    def push_buffered(self) -> None:
+        """Push modes: send buffered client bytes as far as the host's window allows."""
+        host = self.host
+        if host is None or host.paused:
+            if host is not None and self not in host.blocked:
+                host.blocked.append(self)
+            return
+        while self.rlen and self.rwin > 0:
+            chunk = self._take(min(self.rwin, MAX_PAYLOAD))
+            self.rwin -= len(chunk)
+            host.emit(DATA, self.cid, 0, chunk)
+        if not self.rlen and self.eof and not self.eof_sent:
+            self.eof_sent = True
+            host.emit(EOF, self.cid, 0)
+        self._maybe_resume()
+
+    def serve_recv(self, maxbytes: int) -> None:
+        """Pull modes: answer a RECV_REQ from buffered data, EOF, or remember it."""
+        host = self.host
+        if self.rlen:
+            self.want = 0
+            host.emit(DATA, self.cid, 0, self._take(min(maxbytes, MAX_PAYLOAD)))  # type: ignore[union-attr]
+            self._maybe_resume()
+        elif self.eof:
+            self.want = 0
+            if not self.eof_sent:
+                self.eof_sent = True
+                host.emit(EOF, self.cid, 0)  # type: ignore[union-attr]
+        else:
+            self.want = maxbytes
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        host = self.host
+        if host is not None and self.announced:
+            if self.srv.push:
+                self.push_buffered()
+            elif self.want and not self.rlen:
+                self.want = 0
+                self.eof_sent = True
+                host.emit(EOF, self.cid, 0)
+        elif self.wait_since and host is not None:
+            self.srv.announce(self)
+        return True  # keep our write side open: the host decides when to close
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        if self.unacked:
+            self.release()
+
+    def release(self) -> None:
+        """Bytes the host sent are now in the kernel: give the window back (batched)."""
+        host = self.host
+        if host is None or self.host_closed:
+            self.unacked = 0
+            return
+        if self.srv.sync_send:
+            host.emit(SEND_DONE, self.cid, self.unacked)
+            self.unacked = 0
+        elif self.unacked >= _HALF_SEND:
+            host.emit(CREDIT, self.cid, self.unacked)
+            self.unacked = 0
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        srv = self.srv
+        if not self.cid:  # refused before it was counted
+            return
+        srv.conns.pop(self.cid, None)
+        srv.c_open -= 1
+        host = self.host
+        if host is not None:
+            host.conns.pop(self.cid, None)
+            if self.host_closed:
+                if self.done_on_close:
+                    host.emit(CLOSE_DONE, self.cid, 0)
+            elif self.announced:
+                code = getattr(exc, "errno", None) or (errno.ECONNRESET if exc else 0)
+                host.emit(RESET, self.cid, code)
+        self.host = None
+        self.rbuf = []
+
+    # --- host side -----------------------------------------------------------------
+    def host_send(self, payload: bytes) -> None:
+        self.last = self.srv.tick
+        n = len(payload)
+        self.srv.c_client_out += n
+        self.transport.write(payload)
+        self.unacked += n
+        if not self.wpaused:
+            self.release()
+
+    def host_close(self, want_done: bool) -> None:
+        self.host_closed = True
+        self.done_on_close = want_done
+        self.transport.close()
+
+
+class PortState:
+    """One public listening port: the hosts serving it and the accept queues."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.server: asyncio.AbstractServer | None = None
+        self.hosts: list[HostChannel] = []
+        self.pending: deque[ClientConn] = deque()  # pull accept: waiting for an ACCEPT_REQ
+        self.waiters: deque[HostChannel] = deque()  # pull accept: outstanding ACCEPT_REQs
+        self.rr = 0
+
+
+class HostChannel(asyncio.Protocol):
+    """One attached host: a persistent SAN connection carrying all its client connections."""
+
+    def __init__(self, srv: "TcpServer") -> None:
+        self.srv = srv
+        self.loop = srv.loop
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
+        self.host_id = "?"
+        self.authed = False
+        self.out: list[bytes] = []
+        self.flush_pending = False
+        self.conns: dict[int, ClientConn] = {}
+        self.ports: list[PortState] = []
+        self.paused = False
+        self.blocked: list[ClientConn] = []
+        self.frames_out = 0
+        self.bytes_out = 0
+        self.hello_timer: asyncio.TimerHandle | None = None
+        self.peer = None
+        self.dead = False
+
+    # --- output: batched per loop iteration -----------------------------------------
+    def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
+        out = self.out
+        out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
+        if payload:
+            out.append(payload)
+        self.frames_out += 1
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        out = self.out
+        if not out or self.dead:
+            out.clear()
+            return
+        data = b"".join(out)
+        out.clear()
+        self.bytes_out += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    # --- channel lifecycle ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        channels.tune_accepted(transport)
+        transport.set_write_buffer_limits(high=_SAN_HIGH_WATER)
+        self.peer = transport.get_extra_info("peername")
+        self.hello_timer = self.loop.call_later(self.srv.cfg.hello_timeout, self._hello_timeout)
+
+    def _hello_timeout(self) -> None:
+        if not self.authed:
+            log.warning("SAN channel from %s sent no valid HELLO in time; dropped", self.peer)
+            self.transport.abort()  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        blocked, self.blocked = self.blocked, []
+        for c in blocked:
+            if c.host is self:
+                c.push_buffered()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.dead = True
+        if self.hello_timer:
+            self.hello_timer.cancel()
+        self.srv.host_detached(self)
+
+    def fail(self, why: str) -> None:
+        log.warning("SAN channel from %s (host %s): %s; channel dropped", self.peer, self.host_id, why)
+        self.srv.c_protocol_errors += 1
+        self.out.clear()
+        if self.transport is not None:
+            self.transport.abort()
+
+    # --- input ---------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as e:
+            self.fail(str(e))
+            return
+        if not self.authed:
+            if not frames:
+                return
+            ftype, _, _, payload = frames[0]
+            if ftype != HELLO:
+                self.fail(f"first frame is {TYPE_NAMES.get(ftype)}, expected HELLO")
+                return
+            try:
+                self.hello(payload)
+            except ProtocolError as e:
+                self.fail(str(e))
+                return
+            if not self.authed:
+                return
+            frames = frames[1:]
+        conns = self.conns
+        try:
+            for ftype, cid, arg, payload in frames:
+                if ftype == SEND:
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.host_send(payload)
+                elif ftype == RECV_REQ:
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.serve_recv(arg)
+                elif ftype == CLOSE:
+                    c = conns.pop(cid, None)
+                    if c is not None:
+                        c.host_close(bool(arg))
+                    elif arg:
+                        self.emit(CLOSE_DONE, cid, 0)
+                elif ftype == ACCEPT_REQ:
+                    self.srv.accept_request(self, arg)
+                elif ftype == CREDIT:
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.rwin += arg
+                        if c.rwin > RECV_WINDOW:
+                            raise ProtocolError(f"credit overflow on connection {cid}")
+                        if c.rlen or (c.eof and not c.eof_sent):
+                            c.push_buffered()
+                elif ftype == SHUTDOWN:
+                    c = conns.get(cid)
+                    if c is not None and c.transport.can_write_eof():
+                        c.transport.write_eof()
+                elif ftype == LISTEN:
+                    self.srv.listen_request(self, cid, arg)
+                elif ftype == CONNECT:
+                    self.srv.connect_request(self, cid, arg, payload)
+                elif ftype == PING:
+                    self.emit(PONG, 0, arg)
+                elif ftype == ERROR:
+                    log.warning("host %s reports error %d on connection %d: %s",
+                                self.host_id, arg, cid, bytes(payload).decode(errors="replace"))
+                else:
+                    raise ProtocolError(f"host may not send {TYPE_NAMES.get(ftype)} frames")
+        except ProtocolError as e:
+            self.fail(str(e))
+
+    def hello(self, payload: bytes) -> None:
+        h = decode_hello(payload)
+        cfg = self.srv.cfg
+        if not hmac.compare_digest(h.token.encode(), cfg.token.encode()):
+            self.emit(ERROR, 0, errno.EACCES, b"bad token: this SAN belongs to another testbed")
+            self.flush()
+            log.warning("SAN channel from %s presented a wrong token; refused", self.peer)
+            self.srv.c_auth_failures += 1
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        if h.mode != cfg.mode.name:
+            msg = f"host runs mode {h.mode!r} but this TCP server runs {cfg.mode.name!r}"
+            self.emit(ERROR, 0, errno.EINVAL, msg.encode())
+            self.flush()
+            log.warning("host %s: %s; refused", h.host, msg)
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        self.authed = True
+        self.host_id = h.host
+        if self.hello_timer:
+            self.hello_timer.cancel()
+        payload = json.dumps({"version": PROTOCOL_VERSION, "mode": cfg.mode.name, "server": os.uname().nodename}).encode()
+        self.emit(WELCOME, 0, 0, payload)
+        self.srv.host_attached(self)
+
+
+class _OutboundConn(ClientConn):
+    """A connection the host asked for (CONNECT): same data path as an accepted one."""
+
+    def __init__(self, srv: "TcpServer", port: PortState, host: HostChannel, req: int) -> None:
+        super().__init__(srv, port)
+        self.host = host
+        self.wait_since = 0.0
+        self._req = req
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        transport.set_write_buffer_limits(high=0, low=0)
+        srv = self.srv
+        srv.next_cid += 1
+        self.cid = srv.next_cid
+        srv.conns[self.cid] = self
+        srv.c_open += 1
+        srv.c_total += 1
+        self.last = srv.tick
+        self.announced = True
+        host = self.host
+        if host is None or host.dead:
+            transport.abort()
+            return
+        host.conns[self.cid] = self
+        host.emit(CONNECTED, self.cid, self._req, encode_peer(transport.get_extra_info("peername")))
+
+
+class TcpServer:
+    def __init__(self, cfg: ServerConfig) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        mode = cfg.mode
+        self.push = mode.push_data
+        self.push_accept = mode.push_accept
+        self.setup_with_accept = mode.setup_with_accept
+        self.sync_send = mode.sync_send
+        self.ports: dict[int, PortState] = {}
+        self.hosts: list[HostChannel] = []
+        self.conns: dict[int, ClientConn] = {}
+        self.next_cid = 0
+        self.tick = 0
+        self.waiting: list[ClientConn] = []  # setup-with-accept: no first data yet
+        self.wait_timer: asyncio.TimerHandle | None = None
+        self.san_server: asyncio.AbstractServer | None = None
+        self.started = time.time()
+        # counters (the stats file)
+        self.c_open = 0
+        self.c_total = 0
+        self.c_refused = 0
+        self.c_client_in = 0
+        self.c_client_out = 0
+        self.c_eager_data = 0
+        self.c_eager_accepts = 0
+        self.c_idle_closed = 0
+        self.c_protocol_errors = 0
+        self.c_auth_failures = 0
+        self.c_host_losses = 0
+        self._frames_out_gone = 0
+        self._frames_in_gone = 0
+        self._bytes_out_gone = 0
+        self._bytes_in_gone = 0
+
+    async def start(self) -> None:
+        cfg = self.cfg
+        await self.open_port(cfg.listen_port)
+        self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
+        self.loop.call_later(1.0, self._sweep)
+        if cfg.stats_file:
+            self.loop.call_soon(self._write_stats)
+        log.info("TCP server: clients on %s:%d, hosts on %s, mode %s",
+                 cfg.listen_host, cfg.listen_port, cfg.san, cfg.mode.name)
+
+    async def open_port(self, port: int) -> PortState:
+        ps = self.ports.get(port)
+        if ps is None:
+            ps = PortState(port)
+            ps.server = await self.loop.create_server(
+                lambda: ClientConn(self, ps), self.cfg.listen_host, port, reuse_address=True, backlog=4096
+            )
+            self.ports[port] = ps
+        return ps
+
+    async def close(self) -> None:
+        for ps in self.ports.values():
+            if ps.server:
+                ps.server.close()
+        if self.san_server:
+            self.san_server.close()
+        for h in list(self.hosts):
+            if h.transport:
+                h.transport.abort()
+        for c in list(self.conns.values()):
+            c.transport.abort()
+
+    # --- hosts ---------------------------------------------------------------------
+    def host_attached(self, h: HostChannel) -> None:
+        self.hosts.append(h)
+        log.info("host %s attached from %s", h.host_id, h.peer)
+
+    def host_detached(self, h: HostChannel) -> None:
+        if h in self.hosts:
+            self.hosts.remove(h)
+            self.c_host_losses += 1
+            log.warning("host %s detached; closing its %d client connections", h.host_id, len(h.conns))
+        self._frames_out_gone += h.frames_out
+        self._frames_in_gone += h.decoder.frames_in
+        self._bytes_out_gone += h.bytes_out
+        self._bytes_in_gone += h.decoder.bytes_in
+        for ps in h.ports:
+            if h in ps.hosts:
+                ps.hosts.remove(h)
+            if h in ps.waiters:
+                ps.waiters = deque(w for w in ps.waiters if w is not h)
+        for c in list(h.conns.values()):
+            c.host = None
+            c.transport.abort()  # its clients see a prompt reset, not a hang
+        h.conns.clear()
+        h.out.clear()
+
+    def listen_request(self, h: HostChannel, req: int, port: int) -> None:
+        async def go() -> None:
+            try:
+                if port != self.cfg.listen_port and port not in self.ports:
+                    await self.open_port(port)
+            except OSError as e:
+                h.emit(ERROR, req, e.errno or errno.EADDRINUSE, f"listen on port {port}: {e}".encode())
+                return
+            ps = self.ports[port]
+            if h not in ps.hosts and not h.dead:
+                ps.hosts.append(h)
+                h.ports.append(ps)
+            h.emit(LISTEN_OK, req, port)
+            # connections that arrived while no host listened
+            if self.push_accept:
+                while ps.pending and ps.hosts:
+                    c = ps.pending.popleft()
+                    if c.transport.is_closing():
+                        continue
+                    self.assign(c, self.pick_host(ps))
+
+        self.loop.create_task(go())
+
+    def connect_request(self, h: HostChannel, req: int, port: int, payload: bytes) -> None:
+        addr = bytes(payload).decode(errors="replace")
+        ps = self.ports.get(0) or PortState(0)
+
+        async def go() -> None:
+            try:
+                await self.loop.create_connection(lambda: _OutboundConn(self, ps, h, req), addr, port)
+            except OSError as e:
+                h.emit(ERROR, req, e.errno or errno.ECONNREFUSED, f"connect {addr}:{port}: {e}".encode())
+
+        self.loop.create_task(go())
+
+    def pick_host(self, ps: PortState) -> HostChannel:
+        hosts = ps.hosts
+        if len(hosts) == 1:
+            return hosts[0]
+        # least open connections, round-robin among equals
+        ps.rr = (ps.rr + 1) % len(hosts)
+        best = hosts[ps.rr]
+        for h in hosts:
+            if len(h.conns) < len(best.conns):
+                best = h
+        return best
+
+    # --- clients -------------------------------------------------------------------
+    def client_connected(self, c: ClientConn) -> None:
+        if self.c_open >= self.cfg.max_conns:
+            self.c_refused += 1
+            c.transport.abort()
+            return
+        self.next_cid += 1
+        c.cid = cid = self.next_cid
+        self.conns[cid] = c
+        self.c_open += 1
+        self.c_total += 1
+        c.last = self.tick
+        ps = c.port
+        if self.push_accept:
+            if not ps.hosts:
+                if not self.hosts:  # nobody to serve it: fail fast rather than hang
+                    self.c_refused += 1
+                    c.transport.abort()
+                    return
+                if len(ps.pending) >= self.cfg.backlog:
+                    self.c_refused += 1
+                    c.transport.abort()
+                    return
+                ps.pending.append(c)
+                return
+            self.assign(c, self.pick_host(ps))
+        else:
+            while ps.waiters:
+                h = ps.waiters.popleft()
+                if not h.dead:
+                    self.assign(c, h)
+                    return
+            if not self.hosts or len(ps.pending) >= self.cfg.backlog:
+                self.c_refused += 1
+                c.transport.abort()
+                return
+            ps.pending.append(c)
+
+    def assign(self, c: ClientConn, h: HostChannel) -> None:
+        c.host = h
+        h.conns[c.cid] = c
+        if self.setup_with_accept and not c.rlen and not c.eof:
+            c.wait_since = self.loop.time()
+            self.waiting.append(c)
+            if self.wait_timer is None:
+                self.wait_timer = self.loop.call_later(self.cfg.setup_wait, self._setup_timeout)
+            return
+        self.announce(c)
+
+    def announce(self, c: ClientConn) -> None:
+        h = c.host
+        if h is None or c.announced:
+            return
+        c.announced = True
+        c.wait_since = 0.0
+        peer = encode_peer(c.transport.get_extra_info("peername"))
+        if self.push_accept:
+            self.c_eager_accepts += 1
+            if self.setup_with_accept and c.rlen:
+                first = c._take(min(c.rwin, MAX_PAYLOAD - len(peer)))
+                c.rwin -= len(first)
+                h.emit(CONN_NEW, c.cid, c.port.port, peer + first)
+                self.c_eager_data += 1
+            else:
+                h.emit(CONN_NEW, c.cid, c.port.port, peer)
+            if c.rlen or c.eof:
+                c.push_buffered()
+        else:
+            h.emit(ACCEPTED, c.cid, c.port.port, peer)
+            if self.push and (c.rlen or c.eof):
+                c.push_buffered()
+
+    def _setup_timeout(self) -> None:
+        self.wait_timer = None
+        limit = self.loop.time() - self.cfg.setup_wait
+        keep = []
+        for c in self.waiting:
+            if c.announced or c.host is None:
+                continue
+            if c.wait_since <= limit:
+                self.announce(c)
+            else:
+                keep.append(c)
+        self.waiting = keep
+        if keep:
+            self.wait_timer = self.loop.call_later(self.cfg.setup_wait, self._setup_timeout)
+
+    def accept_request(self, h: HostChannel, port: int) -> None:
+        ps = self.ports.get(port)
+        if ps is None or h not in ps.hosts:
+            h.emit(ERROR, 0, errno.EINVAL, f"ACCEPT_REQ for port {port} without LISTEN".encode())
+            return
+        while ps.pending:
+            c = ps.pending.popleft()
+            if not c.transport.is_closing():
+                self.assign(c, h)
+                return
+        ps.waiters.append(h)
+
+    # --- housekeeping --------------------------------------------------------------
+    def _sweep(self) -> None:
+        self.tick += 1
+        limit = self.tick - max(1, int(self.cfg.idle_timeout))
+        idle = [c for c in self.conns.values() if c.last < limit]
+        for c in idle:
+            self.c_idle_closed += 1
+            c.transport.abort()
+        for ps in self.ports.values():
+            while ps.pending and ps.pending[0].transport.is_closing():
+                ps.pending.popleft()
+        self.loop.call_later(1.0, self._sweep)
+
+    def stats(self) -> dict:
+        hosts = {}
+        for h in self.hosts:
+            hosts[h.host_id if h.host_id not in hosts else f"{h.host_id}@{id(h):x}"] = {
+                "peer": str(h.peer),
+                "connections": len(h.conns),
+                "frames_in": h.decoder.frames_in,
+                "frames_out": h.frames_out,
+                "bytes_in": h.decoder.bytes_in,
+                "bytes_out": h.bytes_out,
+                "san_write_buffer": h.transport.get_write_buffer_size() if h.transport else 0,
+                "paused": h.paused,
+            }
+        return {
+            "time": time.time(),
+            "uptime_s": time.time() - self.started,
+            "mode": self.cfg.mode.name,
+            "pid": os.getpid(),
+            "connections_open": self.c_open,
+            "connections_total": self.c_total,
+            "connections_refused": self.c_refused,
+            "idle_closed": self.c_idle_closed,
+            "frames_in": self._frames_in_gone + sum(h.decoder.frames_in for h in self.hosts),
+            "frames_out": self._frames_out_gone + sum(h.frames_out for h in self.hosts),
+            "san_bytes_in": self._bytes_in_gone + sum(h.decoder.bytes_in for h in self.hosts),
+            "san_bytes_out": self._bytes_out_gone + sum(h.bytes_out for h in self.hosts),
+            "client_bytes_in": self.c_client_in,
+            "client_bytes_out": self.c_client_out,
+            "accept_queue": sum(len(p.pending) for p in self.ports.values()),
+            "accept_waiters": sum(len(p.waiters) for p in self.ports.values()),
+            "setup_waiting": len(self.waiting),
+            "client_buffered_bytes": sum(c.rlen for c in self.conns.values()),
+            "eager_hits": self.c_eager_data + self.c_eager_accepts,
+            "eager_data_frames": self.c_eager_data,
+            "eager_accepts": self.c_eager_accepts,
+            "pending_async_sends": sum(1 for c in self.conns.values() if c.wpaused),
+            "unacked_send_bytes": sum(c.unacked for c in self.conns.values()),
+            "protocol_errors": self.c_protocol_errors,
+            "auth_failures": self.c_auth_failures,
+            "host_losses": self.c_host_losses,
+            "hosts_attached": len(self.hosts),
+            "hosts": hosts,
+        }
+
+    def _write_stats(self) -> None:
+        path = self.cfg.stats_file
+        assert path is not None
+        tmp = path.with_name(path.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(self.stats()))
+            os.replace(tmp, path)
+        except OSError as e:
+            log.warning("cannot write stats file %s: %s", path, e)
+        self.loop.call_later(0.5, self._write_stats)
+
+
+# --- command line --------------------------------------------------------------------------
+
+
+def _addr_port(s: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{s!r}: expected ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_token(path: str) -> str:
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"token file {path} is empty")
+    return token
+
+
+def install_loop() -> str:
+    """Use uvloop when importable: the same loop for every mode keeps comparisons fair."""
+    try:
+        import uvloop
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed.offload.server", description=__doc__.split("\n")[0])
+    ap.add_argument("--listen", required=True, type=_addr_port, help="public ADDR:PORT for clients")
+    ap.add_argument("--san", required=True, help="tcp:ADDR:PORT, unix:PATH or shm:NAME")
+    ap.add_argument("--mode", required=True, help="split, async-send, eager-receive, eager-accept, setup-with-accept")
+    ap.add_argument("--token-file", required=True)
+    ap.add_argument("--stats-file", type=Path)
+    ap.add_argument("--max-conns", type=int, default=20000)
+    ap.add_argument("--backlog", type=int, default=4096)
+    ap.add_argument("--idle-timeout", type=float, default=60.0)
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    try:
+        mode = get_mode(a.mode)
+        if not mode.offloaded:
+            raise ValueError("mode 'regular' has no TCP server: the tcpserver node only routes IP")
+        cfg = ServerConfig(
+            listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
+            token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
+            backlog=a.backlog, idle_timeout=a.idle_timeout,
+        )
+    except (ValueError, OSError) as e:
+        print(f"offload.server: {e}", file=sys.stderr)
+        return 2
+    loop_name = install_loop()
+
+    async def run() -> None:
+        srv = TcpServer(cfg)
+        try:
+            await srv.start()
+        except OSError as e:
+            print(f"offload.server: cannot listen: {e}", file=sys.stderr)
+            raise SystemExit(1)
+        log.info("event loop: %s", loop_name)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await srv.close()
+
+    asyncio.run(run())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Shared fixtures. Tests that touch the kernel need root and use unique testbed names."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="needs root (namespaces, cgroups): run the tests with sudo")
+        for item in items:
+            if "needs_root" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture
+def tb_name() -> str:
+    """A testbed name no other test (or developer) uses at the same time."""
+    return "t" + secrets.token_hex(4)
+
+
+def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    """Run `python -m testbed ...` as a user would, from the project root."""
+    proc = subprocess.run([sys.executable, "-m", "testbed", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=kw.pop("timeout", 120), **kw)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"testbed {' '.join(args)} failed ({proc.returncode}):\n"
+                             f"{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def leftovers(name: str) -> list[str]:
+    """Every trace testbed ``name`` could leave: namespaces, cgroups, state, processes."""
+    found = []
+    netns = Path("/run/netns")
+    if netns.is_dir():
+        found += [f"netns {p.name}" for p in netns.iterdir() if p.name.startswith(f"tcps-{name}-")]
+    for h in ("cpu", "cpuacct", "cpuset", "unified"):
+        d = Path("/sys/fs/cgroup") / h / f"tcps-{name}"
+        if d.exists():
+            found.append(f"cgroup {d}")
+    if (Path("/run/tcps") / name).exists():
+        found.append(f"state /run/tcps/{name}")
+    return found
