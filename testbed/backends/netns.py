@@ -210,26 +210,12 @@ class NetnsBackend:
 
     @staticmethod
     def teardown(namespaces: list[str]) -> list[str]:
-        """Delete every interface (so veths die now, not in the kernel's own time), then the
-        namespaces. Returns what it removed. Safe on half-built or already-removed state."""
-        removed = []
-        for ns in namespaces:
-            if not netns_path(ns).exists():
-                continue
-            try:
-                with in_netns(ns), IPRoute() as ipr:
-                    for link in ipr.get_links():
-                        name = link.get_attr("IFLA_IFNAME")
-                        if name != "lo" and link.get_attr("IFLA_LINKINFO") is not None:
-                            try:
-                                ipr.link("del", index=link["index"])
-                            except NetlinkError:
-                                pass  # its peer's deletion took it already
-            except TestbedError:
-                pass
-            if remove_netns(ns):
-                removed.append(ns)
-        return removed
+        """Remove the namespaces; the kernel then destroys their interfaces in one batch.
+
+        Deleting veths one by one costs a network-wide RCU wait each (about 30 ms here);
+        since every interface lives only inside these namespaces, no name can outlive
+        them and collide. Safe on half-built or already-removed state."""
+        return [ns for ns in namespaces if remove_netns(ns)]
 
     def close(self) -> None:
         for ipr in self._ipr.values():
