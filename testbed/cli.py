@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default=None, help="address block (default 10.77.0.0/16)")
     up.add_argument("--channel", choices=("tcp", "unix", "shm"), help="SAN channel (default: the topology's)")
     up.add_argument("--balance", default=None, help="adaptive | fixed:SPLIT (work/CPU split controller)")
+    up.add_argument("--backend", default="netns", choices=("netns", "mininet"),
+                    help="how nodes and links are built (default: netns, via pyroute2)")
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
     up.add_argument("--seed", type=int, default=1, help="document root seed")
     up.add_argument("--dynamic-cost-us", type=int, default=1000, help="CPU cost of /dynamic (us)")
@@ -115,7 +117,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance}
     tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
-                 start_services=not args.no_services, service_options=opts)
+                 start_services=not args.no_services, service_options=opts, backend=args.backend)
     tb.up()
     for w in tb.warnings:
         print(f"warning: {w}", file=sys.stderr)

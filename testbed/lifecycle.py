@@ -32,6 +32,22 @@ from .state import StateStore
 log = logging.getLogger(__name__)
 
 
+def backend_class(name: str) -> type:
+    """The backend that builds namespaces and links: ``netns`` (pyroute2) or ``mininet``.
+
+    A backend has ``__init__(testbed, journal)`` and ``build(topology, plan)``, creates
+    every node's namespace under /run/netns/<prefix>-<testbed>-<node> (so processes,
+    routes and metrics work the same on both), and journals what it creates: ``netns``
+    names, and ``pid`` entries ("PID:STARTTIME") for helper processes it leaves running.
+    """
+    if name == "netns":
+        return NetnsBackend
+    if name == "mininet":
+        from .backends.mininet import MininetBackend
+        return MininetBackend
+    raise TestbedError(f"unknown backend {name!r}: netns or mininet")
+
+
 def cgroup_name(testbed: str, node: str | None = None) -> str:
     return f"{PREFIX}-{testbed}" + (f"/{node}" if node else "")
 
@@ -67,9 +83,11 @@ class Testbed:
 
     def __init__(self, topology: Topology, name: str = "tb", *, mode: str = "regular",
                  subnet: str = DEFAULT_SUBNET, start_services: bool = False,
-                 service_options: dict[str, Any] | None = None):
+                 service_options: dict[str, Any] | None = None, backend: str = "netns"):
         self.topology = topology
         self.name = name
+        self.backend = backend
+        backend_class(backend)  # a clear error now for an unknown or missing backend
         self.mode = mode
         self.subnet = subnet
         self.start_services = start_services
@@ -102,8 +120,8 @@ class Testbed:
         self.store.create()
         self.store.save(self._state(building=True))
         try:
-            backend = NetnsBackend(self.name, journal=self.store.journal)
-            backend.build(self.topology, self.plan)
+            builder = backend_class(self.backend)(self.name, journal=self.store.journal)
+            builder.build(self.topology, self.plan)
             self._make_cgroups()
             self.build_seconds = time.monotonic() - t0
             self.save()
@@ -195,7 +213,7 @@ class Testbed:
                 "pids": [p.pid for p in self.processes if p.node == n.name],
             }
         return {
-            "name": self.name, "building": building, "mode": self.mode,
+            "name": self.name, "building": building, "mode": self.mode, "backend": self.backend,
             "topology": self.topology.to_dict(), "subnet": self.subnet,
             "service_address": self.plan.service_address, "service_url": self.service_url,
             "addresses": sorted(self.plan.all_addresses()),
@@ -217,7 +235,8 @@ class Testbed:
             {k: v for k, v in l.items() if k in ("name", "kind", "nodes", "mbit", "delay_ms", "loss_pct")}
             for l in raw["links"]]}
         tb = cls(topology_from_dict(topo_raw, {}, source=f"testbed {name}"), name,
-                 mode=state.get("mode", "regular"), subnet=state.get("subnet", DEFAULT_SUBNET))
+                 mode=state.get("mode", "regular"), subnet=state.get("subnet", DEFAULT_SUBNET),
+                 backend=state.get("backend", "netns"))
         tb.processes = [ProcessRecord(**p) for p in state.get("processes", [])]
         tb.extra = {k: v for k, v in state.items() if k not in tb._state()}
         tb.build_seconds = state.get("build_seconds", 0.0)
@@ -238,6 +257,11 @@ def teardown(name: str) -> list[str]:
             removed.append(f"process {p['pid']} ({p['name']})")
     groups = cg.detect()
     journal = store.journaled()
+    for kind, entry in journal:
+        if kind == "pid":
+            pid, _, start = entry.partition(":")
+            if stop(int(pid), int(start) if start else None):
+                removed.append(f"process {pid}")
     cgroup_parents = {n for kind, n in journal if kind == "cgroup"} | {cgroup_name(name)}
     # anything still inside our cgroups was started in our nodes: stop it by pid
     for parent in cgroup_parents:
