@@ -82,7 +82,8 @@ def start_services(tb: "Testbed") -> None:
         for host in hosts:
             NetnsBackend.add_local_address(tb.netns(host), vip)
             tb.popen(host, python_module("testbed.app.server", *app_common,
-                                         "--listen", f"0.0.0.0:{SERVICE_PORT}"),
+                                         "--listen", f"0.0.0.0:{SERVICE_PORT}",
+                                         "--stats-file", str(run_dir / f"stats-{host}.json")),
                      log_name="app", supervise=True)
         by_front: dict[str, list[str]] = {}
         for host in hosts:
@@ -111,7 +112,8 @@ def start_services(tb: "Testbed") -> None:
                     _wait_for_path(Path(san.split(":", 1)[1]), opts["ready_timeout"])
             tb.popen(host, python_module("testbed.app.server", *app_common, "--mode", tb.mode,
                                          "--tunnel", san, "--token-file", str(token_file),
-                                         "--listen-port", str(SERVICE_PORT), "--host-id", host),
+                                         "--listen-port", str(SERVICE_PORT), "--host-id", host,
+                                         "--stats-file", str(run_dir / f"stats-{host}.json")),
                      log_name="app", supervise=True)
 
     for client in (n.name for n in tb.topology.by_role("client")):
