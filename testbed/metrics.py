@@ -129,7 +129,7 @@ def sample(tb: "Testbed") -> list[dict[str, Any]]:
             stats = json.loads(f.read_text())
         except (OSError, ValueError):
             continue
-        flat = {k: v for k, v in _flatten(stats).items() if isinstance(v, (int, float))}
+        flat = {k: float(v) for k, v in _flatten(stats).items() if isinstance(v, (int, float))}
         rows.append({"t": now, "kind": "stats", "node": f.stem[len("stats-"):], **flat})
     return rows
 

@@ -1,0 +1,223 @@
+"""Experiment descriptions: what to compare, under which budgets, with which load.
+
+    name: quick
+    topology: cluster
+    params: {host_cpu: 0.3, tcpserver_cpu: 0.3}
+    budgets: extra            # extra: the TCP server's CPU comes on top of the host's
+                              # same-total: Regular TCP's host gets host_cpu + tcpserver_cpu
+    modes: [regular, eager-accept]
+    workloads: [static]       # static | dynamic | mixed
+    load: {rates: [500, 1000], step_seconds: 5, warmup_seconds: 1, processes: 1}
+    repetitions: 1
+    seed: 1
+    sweep: {tcpserver_cpu: [0.15, 0.3]}   # optional: crossed with everything else
+    quick: {load: {step_seconds: 3}}      # overrides for --quick
+
+The matrix is sweep configurations x modes x workloads x repetitions; each element is a
+*point*: one testbed, one offered-load sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import SpecError
+from .services import MODES
+
+EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
+WORKLOADS = ("static", "dynamic", "mixed")
+BUDGETS = ("extra", "same-total")
+_KEYS = {"name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
+         "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "phases",
+         "per_mode_params", "backend"}
+_LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
+              "mix", "dynamic_cost_us", "timeout_s"}
+MAX_RATE = 200_000
+
+
+@dataclass(frozen=True)
+class Point:
+    """One element of the matrix: a testbed configuration under one mode and workload."""
+    index: int
+    config: dict[str, Any]  # topology parameters of this sweep configuration
+    mode: str
+    workload: str
+    repetition: int
+    balance: str | None = None
+
+    @property
+    def id(self) -> str:
+        cfg = "-".join(f"{k}{v}" for k, v in sorted(self.config.items())) or "base"
+        bal = f"-{self.balance.replace(':', '')}" if self.balance else ""
+        return f"{self.index:03d}-{cfg}-{self.mode}{bal}-{self.workload}-r{self.repetition}"
+
+
+@dataclass
+class Experiment:
+    name: str
+    topology: str
+    params: dict[str, Any]
+    budgets: str
+    modes: list[str]
+    workloads: list[str]
+    load: dict[str, Any]
+    repetitions: int = 1
+    seed: int = 1
+    sweep: dict[str, list[Any]] = field(default_factory=dict)
+    per_mode_params: dict[str, dict[str, Any]] = field(default_factory=dict)
+    fidelity: dict[str, Any] = field(default_factory=dict)
+    service: dict[str, Any] = field(default_factory=dict)
+    balance: list[str] = field(default_factory=list)
+    phases: list[dict[str, Any]] = field(default_factory=list)
+    backend: str = "netns"
+    description: str = ""
+    source: str = ""
+    raw: dict[str, Any] = field(default_factory=dict)
+
+    def points(self) -> list[Point]:
+        keys = sorted(self.sweep)
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))] or [{}]
+        out = []
+        balances: list[str | None] = list(self.balance) or [None]
+        for cfg, wl, rep in itertools.product(combos, self.workloads, range(1, self.repetitions + 1)):
+            for mode in self.modes:
+                for bal in balances if mode != "regular" else [None]:
+                    out.append(Point(len(out), cfg, mode, wl, rep, bal))
+        return out
+
+    def topology_params(self, point: Point) -> dict[str, Any]:
+        """Parameters for the point's testbed, with the budget comparison applied."""
+        params = {**self.params, **point.config, **self.per_mode_params.get(point.mode, {})}
+        if self.budgets == "same-total" and point.mode == "regular":
+            host, tcp = params.get("host_cpu"), params.get("tcpserver_cpu")
+            if host is not None and tcp is not None:
+                params["host_cpu"] = round(float(host) + float(tcp), 4)
+        return params
+
+
+def rates_from(spec: Any) -> list[float]:
+    """``[100, 200]``, ``"100:1000:100"`` (start:stop:step, inclusive) or ``"100,200"``."""
+    if isinstance(spec, (int, float)):
+        rates = [float(spec)]
+    elif isinstance(spec, list):
+        rates = [float(r) for r in spec]
+    elif isinstance(spec, str) and ":" in spec:
+        try:
+            start, stop, step = (float(x) for x in spec.split(":"))
+        except ValueError:
+            raise SpecError(f"rates {spec!r}: expected START:STOP:STEP") from None
+        if step <= 0:
+            raise SpecError(f"rates {spec!r}: step must be positive")
+        rates, r = [], start
+        while r <= stop + 1e-9:
+            rates.append(r)
+            r += step
+    elif isinstance(spec, str):
+        try:
+            rates = [float(x) for x in spec.split(",")]
+        except ValueError:
+            raise SpecError(f"rates {spec!r}: not a list of numbers") from None
+    else:
+        raise SpecError(f"rates must be a list or START:STOP:STEP, not {spec!r}")
+    if not rates:
+        raise SpecError("rates: no offered rate given")
+    for r in rates:
+        if not 0 < r <= MAX_RATE:
+            raise SpecError(f"offered rate {r:g} req/s is outside (0, {MAX_RATE}]")
+    return rates
+
+
+def available_experiments() -> list[str]:
+    return sorted(p.stem for p in EXPERIMENT_DIR.glob("*.yaml"))
+
+
+def load_experiment(name_or_path: str, quick: bool = False) -> Experiment:
+    path = Path(name_or_path)
+    if not path.exists():
+        path = EXPERIMENT_DIR / f"{name_or_path}.yaml"
+        if not path.exists():
+            raise SpecError(f"unknown experiment {name_or_path!r}: shipped are "
+                            f"{', '.join(available_experiments())}, or give a file path")
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(f"{path}: not valid YAML: {e}") from None
+    return experiment_from_dict(raw, quick=quick, source=str(path))
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") -> Experiment:
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: an experiment is a mapping")
+    unknown = set(raw) - _KEYS
+    if unknown:
+        raise SpecError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_KEYS))}")
+    if quick and raw.get("quick"):
+        raw = _merge(raw, raw["quick"])
+    load = dict(raw.get("load") or {})
+    bad = set(load) - _LOAD_KEYS
+    if bad:
+        raise SpecError(f"{source}: load: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_LOAD_KEYS))}")
+    load["rates"] = rates_from(load.get("rates", [500]))
+    for key, default in (("step_seconds", 5.0), ("warmup_seconds", 1.0)):
+        v = load.setdefault(key, default)
+        if not isinstance(v, (int, float)) or v <= 0 or v > 3600:
+            raise SpecError(f"{source}: load.{key} must be a number of seconds in (0, 3600], not {v!r}")
+    load.setdefault("processes", 1)
+    modes = list(raw.get("modes") or ["regular"])
+    for m in modes:
+        if m not in MODES:
+            raise SpecError(f"{source}: unknown mode {m!r}; modes: {', '.join(MODES)}")
+    workloads = list(raw.get("workloads") or ["static"])
+    for w in workloads:
+        if w not in WORKLOADS:
+            raise SpecError(f"{source}: unknown workload {w!r}; workloads: {', '.join(WORKLOADS)}")
+    budgets = str(raw.get("budgets", "extra"))
+    if budgets not in BUDGETS:
+        raise SpecError(f"{source}: budgets must be one of {', '.join(BUDGETS)}, not {budgets!r}")
+    sweep = raw.get("sweep") or {}
+    if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
+        raise SpecError(f"{source}: sweep maps parameter names to non-empty lists of values")
+    reps = raw.get("repetitions", 1)
+    if not isinstance(reps, int) or reps < 1:
+        raise SpecError(f"{source}: repetitions must be a whole number >= 1")
+    balance = raw.get("balance") or []
+    balance = [balance] if isinstance(balance, str) else list(balance)
+    exp = Experiment(
+        name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
+        params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
+        load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep,
+        per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
+        service=dict(raw.get("service") or {}), balance=balance, phases=list(raw.get("phases") or []),
+        backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
+        source=source, raw=raw)
+    _check_topologies(exp, source)
+    return exp
+
+
+def _check_topologies(exp: Experiment, source: str) -> None:
+    """Every point's topology must load and fit this machine before anything runs."""
+    from .spec import check_cpu_budgets, load_topology
+    seen = set()
+    for p in exp.points():
+        params = {k: ("none" if v is None else str(v)) for k, v in exp.topology_params(p).items()}
+        key = tuple(sorted(params.items()))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            check_cpu_budgets(load_topology(exp.topology, params))
+        except SpecError as e:
+            raise SpecError(f"{source}: point {p.id}: {e}") from None

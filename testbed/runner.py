@@ -1,0 +1,294 @@
+"""The experiment runner: every point of the matrix on a fresh testbed, results on disk.
+
+    results/<run-id>/
+      manifest.json          experiment, versions, commit, kernel, cgroups, sysctls, seeds, machine
+      experiment.yaml        the description as run
+      points/<point-id>/     point.json (status), load/ (the load generator's steps.csv,
+                             requests.parquet, summary.json), samples.parquet, logs/
+      steps.parquet, samples.parquet, points.parquet   tidy tables for analysis.load()
+
+A point is written as soon as it ends; Ctrl-C or a crash keeps every finished point
+(and the steps of the one interrupted), tears the testbed down, and ``--resume RUN_DIR``
+runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import cgroups as cg
+from .errors import TestbedError
+from .experiment import Experiment, Point, load_experiment
+from .lifecycle import Testbed
+from .metrics import Sampler, offload_flags, sysctls_of, write_rows
+from .spec import load_topology
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+RECORDED_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range",
+                    "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_congestion_control",
+                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait")
+
+
+def run_experiment_cli(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "experiment.yaml").exists():
+            raise TestbedError(f"{run_dir} is not a run directory (no experiment.yaml)")
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        exp = load_experiment(str(run_dir / "experiment.yaml"), quick=manifest.get("quick", False))
+    else:
+        exp = load_experiment(args.experiment, quick=args.quick)
+        run_dir = new_run_dir(Path(args.results), exp.name)
+    code = run_experiment(exp, run_dir, quick=args.quick)
+    if not args.no_report and code == 0:
+        from analysis.report import write_report
+        report = write_report(run_dir)
+        print(f"report: {report}")
+    return code
+
+
+def new_run_dir(results: Path, name: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = results / f"{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
+    """Run every point not yet done; returns 0 when all are done, 130 when interrupted."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "experiment.yaml").exists():
+        import yaml
+        (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.raw, sort_keys=False))
+    manifest = write_manifest(exp, run_dir, quick)
+    points = exp.points()
+    todo = [p for p in points if point_status(run_dir, p) != "done"]
+    total_s = sum(point_seconds(exp) for _ in todo)
+    print(f"experiment {exp.name}: {len(points)} points, {len(points) - len(todo)} already done, "
+          f"about {total_s / 60:.1f} min to go -> {run_dir}")
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        for i, p in enumerate(todo, start=1):
+            print(f"[{i}/{len(todo)}] {p.id}", flush=True)
+            status = run_point(exp, p, run_dir)
+            print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: finished points are kept; resume with "
+              f"`python -m testbed run --resume {run_dir} {exp.name}`", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        manifest["finished"] = time.time()
+        manifest["points"] = {p.id: point_status(run_dir, p) for p in points}
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        from analysis.tables import build_tables
+        try:
+            build_tables(run_dir)
+        except Exception as e:  # tables can be rebuilt by analysis.load later
+            log.warning("could not build tables: %s", e)
+    return 130 if interrupted else 0
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def point_seconds(exp: Experiment) -> float:
+    load = exp.load
+    return len(load["rates"]) * (load["step_seconds"] + load["warmup_seconds"]) + 5
+
+
+def point_dir(run_dir: Path, p: Point) -> Path:
+    return run_dir / "points" / p.id
+
+
+def point_status(run_dir: Path, p: Point) -> str:
+    try:
+        return json.loads((point_dir(run_dir, p) / "point.json").read_text()).get("status", "unknown")
+    except (OSError, ValueError):
+        return "missing"
+
+
+def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path) -> list[str]:
+    load = exp.load
+    argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", p.workload,
+            "--rates", ",".join(f"{r:g}" for r in load["rates"]),
+            "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
+            "--processes", str(load.get("processes", 1)), "--out", str(out),
+            "--seed", str(exp.seed + p.repetition)]
+    if load.get("keepalive"):
+        argv.append("--keepalive")
+    if load.get("poisson"):
+        argv.append("--poisson")
+    if p.workload == "mixed" and "mix" in load:
+        argv += ["--mix", str(load["mix"])]
+    if "dynamic_cost_us" in load:
+        argv += ["--dynamic-cost-us", str(load["dynamic_cost_us"])]
+    return argv
+
+
+def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
+    out = point_dir(run_dir, p)
+    if out.exists():
+        shutil.rmtree(out)  # a point cut short is measured again from its start
+    (out / "load").mkdir(parents=True)
+    params = exp.topology_params(p)
+    info: dict[str, Any] = {"point": p.id, "mode": p.mode, "workload": p.workload,
+                            "repetition": p.repetition, "config": p.config, "balance": p.balance,
+                            "params": params, "budgets": exp.budgets, "status": "running",
+                            "started": time.time()}
+    _write_json(out / "point.json", info)
+    topo = load_topology(exp.topology, {k: ("none" if v is None else str(v)) for k, v in params.items()})
+    info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
+    service = {"seed": exp.seed, **exp.service}
+    if p.balance:
+        service["balance"] = p.balance
+    name = f"r{os.getpid() % 100000}"
+    sampler: Sampler | None = None
+    try:
+        with Testbed(topo, name, mode=p.mode, start_services=True, service_options=service,
+                     backend=exp.backend) as tb:
+            info["offloads"] = offload_flags(tb)
+            info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
+            info["service_url"] = tb.service_url
+            info["cfs_period_us"] = cg.detect().limits(tb.cgroup(topo.nodes[0].name))["period_us"]
+            _write_json(out / "point.json", info)
+            with Sampler(tb, interval=1.0) as sampler:
+                code = drive_load(tb, exp, p, out, prefix=f"    ")
+            info["loadgen_exit"] = code
+            info["status"] = "done" if code == 0 else "failed"
+            if code != 0:
+                info["error"] = _tail(out / "loadgen.log")
+            _collect(tb, out)
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except TestbedError as e:
+        info["status"] = "failed"
+        info["error"] = str(e)
+        print(f"    failed: {e}", file=sys.stderr)
+    finally:
+        if sampler is not None and sampler.rows:
+            write_rows(sampler.rows, out / "samples.parquet")
+        info["finished"] = time.time()
+        _write_json(out / "point.json", info)
+    return info["status"]
+
+
+def drive_load(tb: Testbed, exp: Experiment, p: Point, out: Path, prefix: str = "") -> int:
+    """Run the sweep inside the client node, relaying its progress lines to the terminal."""
+    argv = loadgen_argv(exp, p, tb.service_url, out / "load")
+    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
+    deadline = time.monotonic() + timeout
+    with open(out / "loadgen.log", "w") as logf:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                print(prefix + line.rstrip(), flush=True)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+            return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except (TimeoutError, subprocess.TimeoutExpired):
+            logf.write(f"runner: load generator exceeded {timeout:.0f} s; stopped\n")
+            return 124
+        finally:
+            if proc.poll() is None:
+                from .nodes import stop
+                stop(proc.pid, None, timeout=3)
+
+
+def _collect(tb: Testbed, out: Path) -> None:
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for f in tb.store.logs.glob("*.log"):
+        shutil.copy2(f, logs / f.name)
+    for f in tb.store.dir.glob("*.json"):
+        if f.name != "state.json":
+            shutil.copy2(f, logs / f.name)
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("resumed", []).append(time.time())
+    else:
+        manifest = {"experiment": exp.name, "source": exp.source, "quick": quick,
+                    "description": exp.description, "budgets": exp.budgets,
+                    "started": time.time(), "seed": exp.seed, "repetitions": exp.repetitions,
+                    "load": exp.load, "topology": exp.topology, "params": exp.params,
+                    "sweep": exp.sweep, "modes": exp.modes, "workloads": exp.workloads,
+                    "fidelity": {"min_idle": 0.05, **exp.fidelity}, **environment()}
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def environment() -> dict[str, Any]:
+    """What a reader needs to reproduce or doubt a result: code, software, kernel, machine."""
+    def cmd(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    versions = {"python": platform.python_version()}
+    from importlib.metadata import PackageNotFoundError, version
+    for pkg in ("pyroute2", "locust", "gevent", "uvloop", "httptools", "pandas", "pyarrow", "matplotlib"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    cpu_model = ""
+    try:
+        cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    except OSError:
+        pass
+    from .kernel import read_sysctl
+    return {
+        "versions": versions,
+        "commit": cmd("git", "rev-parse", "HEAD"), "dirty": bool(cmd("git", "status", "--porcelain")),
+        "kernel": platform.release(), "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model,
+                                                  "arch": platform.machine(), "hostname": platform.node(),
+                                                  "mem_kb": _meminfo_kb()},
+        "cgroup_version": cg.detect().version,
+        "host_sysctls": {k: read_sysctl(k) for k in RECORDED_SYSCTLS},
+        "clock": "time.time() epoch seconds; 1 s metric samples",
+    }
+
+
+def _meminfo_kb() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
