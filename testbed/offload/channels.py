@@ -45,8 +45,7 @@ class ChannelSpec:
     @property
     def name(self) -> str:
         """The shm channel's name, i.e. the part after ``shm:``."""
-        base = os.path.basename(self.path)
-        return base[len("tcps-") : -len(".sock")]
+        return os.path.basename(self.path)[: -len(".sock")]
 
 
 def parse(spec: str) -> ChannelSpec:
@@ -64,7 +63,8 @@ def parse(spec: str) -> ChannelSpec:
     if kind == "shm":
         if "/" in rest or not rest.replace("-", "").replace("_", "").isalnum():
             raise ValueError(f"channel {spec!r}: shm names are letters, digits, - and _ only")
-        return ChannelSpec("shm", path=os.path.join(SHM_DIR, f"tcps-{rest}.sock"))
+        name = rest if rest.startswith("tcps-") else f"tcps-{rest}"
+        return ChannelSpec("shm", path=os.path.join(SHM_DIR, f"{name}.sock"))
     raise ValueError(f"channel {spec!r}: unknown kind {kind!r}; use tcp, unix or shm")
 
 

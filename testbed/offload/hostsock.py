@@ -112,6 +112,8 @@ class TunnelTransport(asyncio.Transport):
     # --- Transport API -------------------------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:
         if name == "peername":
+            if type(self._peer) is bytes:  # decoded on first use: most apps never ask
+                self._peer = decode_peer(self._peer)[0]
             return self._peer
         if name == "sockname":
             return ("0.0.0.0", self._port)
@@ -273,12 +275,15 @@ class TunnelTransport(asyncio.Transport):
             self._rbuf.append(data)
             return
         self._protocol.data_received(data)  # type: ignore[attr-defined]
-        ch = self._ch
-        if ch.push_data:
-            self._consumed += len(data)
-            if self._consumed >= _HALF_RECV and not self._closed:
-                ch.emit(CREDIT, self.cid, self._consumed)
-                self._consumed = 0
+        if self._ch.push_data:
+            self._account(len(data))
+
+    def _account(self, n: int) -> None:
+        """Push modes: the application took n bytes; give window back by halves."""
+        self._consumed += n
+        if self._consumed >= _HALF_RECV and not self._closed:
+            self._ch.emit(CREDIT, self.cid, self._consumed)
+            self._consumed = 0
 
     def _on_data(self, data: bytes) -> None:
         self._recv_out = False
@@ -345,7 +350,7 @@ class TunnelListener:
             ch.conns[tr.cid] = tr
             if first:
                 sock._proto.data_received(first)
-                tr._consumed += len(first)
+                tr._account(len(first))
             while self.waiters:
                 w = self.waiters.popleft()
                 if not w.done():
@@ -616,12 +621,12 @@ class Tunnel(asyncio.Protocol):
                     w.set_result(None)
 
     def _new_conn(self, cid: int, port: int, payload: bytes, ftype: int) -> None:
-        try:
-            peer, off = decode_peer(payload)
-        except ProtocolError as e:
-            log.error("bad connection announcement: %s", e)
+        off = 3 + payload[0] if payload else 0
+        if off < 3 or len(payload) < off:
+            log.error("bad connection announcement for connection %d", cid)
             self.emit(CLOSE, cid, 0)
             return
+        peer = payload[:off]
         ls = self.listeners.get(port)
         if ls is None:
             self.emit(CLOSE, cid, 0)

@@ -1,0 +1,97 @@
+"""The host web application on kernel sockets (regular mode) and the document root."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from testbed.app.docroot import CLASS_BASE, generate
+from testbed.app.server import App, burn_cpu, serve_regular
+
+from .offload_helpers import free_port, http_get
+
+
+@pytest.fixture(scope="module")
+def docroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tcps-app")
+    generate(root, seed=3, dirs=1)
+    return root
+
+
+def test_docroot_deterministic_and_specweb_sizes(tmp_path: Path, docroot: Path) -> None:
+    m1 = generate(tmp_path / "a", seed=3, dirs=1)
+    m2 = json.loads((docroot / "manifest.json").read_text())
+    assert m1 == m2 and m1["seed"] == 3 and len(m1["files"]) == 36
+    sizes = {f["path"]: f["size"] for f in m1["files"]}
+    assert sizes["/dir0/class0_0"] == CLASS_BASE[0] and sizes["/dir0/class3_8"] == 9 * CLASS_BASE[3]
+    for f in m1["files"]:
+        data = (docroot / f["path"][1:]).read_bytes()
+        assert len(data) == f["size"] and hashlib.sha256(data).hexdigest() == f["sha256"]
+    other = generate(tmp_path / "b", seed=4, dirs=1)
+    assert other["files"][0]["sha256"] != m1["files"][0]["sha256"]
+
+
+def test_docroot_cli(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "testbed.app.docroot", str(tmp_path / "d"), "--seed", "5",
+                        "--dirs", "1"], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert json.loads((tmp_path / "d/manifest.json").read_text())["seed"] == 5
+
+
+def test_regular_mode_http(docroot: Path) -> None:
+    async def main() -> None:
+        port = free_port()
+        app = App(docroot)
+        srv = await serve_regular(app, "127.0.0.1", port)
+        try:
+            manifest = json.loads((docroot / "manifest.json").read_text())
+            res = await asyncio.gather(*(http_get(port, f["path"]) for f in manifest["files"]))
+            for f, (status, headers, body) in zip(manifest["files"], res):
+                assert status == 200 and body == (docroot / f["path"][1:]).read_bytes()
+                assert headers["connection"] == "close"
+            status, headers, body = await http_get(port, "/manifest.json")
+            assert headers["content-type"] == "application/json" and json.loads(body) == manifest
+            status, headers, body = await http_get(port, "/dir0/class1_0", method="HEAD")
+            assert status == 200 and body == b"" and headers["content-length"] == "1024"
+            for path in ("/nope", "/../../etc/passwd", "/%2e%2e/%2e%2e/etc/passwd", "/dir0/../../x", "/"):
+                assert (await http_get(port, path))[0] == 404, path
+            assert (await http_get(port, "/x", method="POST"))[0] == 405
+            assert (await http_get(port, "/dynamic?cost_us=abc"))[0] == 400
+            status, _, body = await http_get(port, "/dynamic?cost_us=500")
+            assert status == 200 and b"cost_us=500" in body
+            # keep-alive by default in HTTP/1.1; malformed request -> 400 and close
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /dir0/class0_0 HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = await r.readuntil(b"\r\n\r\n")
+            assert b"keep-alive" in head
+            await r.readexactly(102)
+            w.write(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n")
+            assert (await asyncio.wait_for(r.read(), 5)).startswith(b"HTTP/1.1 400")
+            w.close()
+        finally:
+            srv.close()
+
+    uvloop.run(main())
+
+
+def test_burn_cpu_costs_cpu_time() -> None:
+    t0 = time.thread_time()
+    burn_cpu(20_000)
+    assert 0.019 <= time.thread_time() - t0 < 0.2
+
+
+def test_cli_errors_are_one_line(tmp_path: Path) -> None:
+    r = subprocess.run([sys.executable, "-m", "testbed.app.server", "--docroot", str(tmp_path / "none"),
+                        "--listen", "127.0.0.1:1"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "not a directory" in r.stderr
+    r = subprocess.run([sys.executable, "-m", "testbed.app.server", "--docroot", str(tmp_path),
+                        "--mode", "split"], capture_output=True, text=True, timeout=30)
+    assert r.returncode == 2 and "--tunnel" in r.stderr
