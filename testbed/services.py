@@ -120,6 +120,50 @@ def start_services(tb: "Testbed") -> None:
         gws = [tb.address(f, _shared_link(tb, client, f)) for f in sorted(client_fronts)]
         NetnsBackend.set_route(tb.netns(client), f"{vip}/32", gws)
     wait_ready(tb, opts["ready_timeout"])
+    if opts.get("balance"):
+        start_balancer(tb, str(opts["balance"]), app_common, opts["ready_timeout"])
+
+
+def balance_knob(tb: "Testbed") -> str:
+    """cpu when the TCP server and the application share a node (smp), else work."""
+    hosts = tb.topology.by_role("host")
+    same = any(tb.topology.node(f).netns_key == h.netns_key for h in hosts for f in fronts_of(tb, h.name))
+    return "cpu" if same else "work"
+
+
+def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: float) -> None:
+    """One controller per front node; for the work knob, hosts also serve on kernel TCP."""
+    from .balance.policy import parse_policy
+    if tb.mode == "regular":
+        raise TestbedError("--balance needs an offloaded mode: in regular mode the TCP server "
+                           "does no TCP work to balance (e.g. --mode eager-accept)")
+    knob = balance_knob(tb)
+    policy = parse_policy(spec, knob)  # a clear error before anything starts
+    vip = tb.plan.service_address
+    by_front: dict[str, list[str]] = {}
+    for h in tb.topology.by_role("host"):
+        by_front.setdefault(fronts_of(tb, h.name)[0], []).append(h.name)
+    for front, hosts in by_front.items():
+        argv = ["--knob", knob, "--policy", spec, "--net-cgroup", tb.cgroup(front),
+                "--state-dir", str(tb.store.dir)]
+        for h in hosts:
+            argv += ["--app-cgroup", tb.cgroup(h)]
+        if knob == "work":
+            for h in hosts:  # the pass-through path: the same app on the host's kernel TCP
+                tb.popen(h, python_module("testbed.app.server", *app_common,
+                                          "--listen", f"0.0.0.0:{SERVICE_PORT}"),
+                         log_name="app-direct", supervise=True)
+            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts",
+                     ",".join(tb.address(h, _shared_link(tb, front, h)) for h in hosts)]
+        else:
+            budgets = [tb.topology.node(n).cpu for n in [front, *hosts]]
+            if any(b is None for b in budgets):
+                raise TestbedError("the CPU split shares a fixed total: give the TCP server and the "
+                                   "hosts CPU budgets (-p tcpserver_cpu=... -p host_cpu=...)")
+            argv += ["--total-cpu", f"{sum(budgets):g}"]  # type: ignore[arg-type]
+        tb.popen(front, python_module("testbed.balance.controller", *argv), log_name="balance", supervise=True)
+    _wait_for_path(tb.store.dir / "balance.json", timeout)
+    tb.extra["balance"] = {"knob": knob, "policy": policy.describe()}
 
 
 def _any_host(tb: "Testbed") -> str:
