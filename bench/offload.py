@@ -1,0 +1,327 @@
+"""Benchmark of the offload engine, side by side from one run on the ``cluster`` topology.
+
+1. Per-call cost of tunneled accept/recv/send/close against the same calls on kernel
+   sockets, by message size (the paper's "1 KB send overhead" measurement): wall time of
+   each call as the host application sees it, with the data already waiting.
+2. Host CPU per request, each offloaded mode against ``regular`` (same app, same uvloop).
+3. TCP-server CPU per request against HAProxy (``mode tcp``) relaying the same requests to
+   the regular host, on the same node and CPU budget.
+
+CPU is read from the nodes' cgroups (cpuacct), so it includes softirq work the kernel did
+in the node's processes' context (on veth a receiver's TCP processing runs in the sender's
+context: see DESIGN.md). Load is httperf, open loop, a new connection per request.
+
+Run (root): ``python -m bench.offload [--rate 5000] [--seconds 4] [--file /dir0/class1_5]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+MODES = ["regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
+PERCALL_PORT = 9000
+HAPROXY_PORT = 8080
+SIZES = [64, 1024, 4096, 16384, 65536]
+
+
+# --- per-call measurement (runs inside the nodes) ------------------------------------------
+
+
+async def _percall_host(a: argparse.Namespace) -> dict:
+    from testbed.offload import hostsock
+
+    loop = asyncio.get_running_loop()
+    sizes = [int(s) for s in a.sizes.split(",")]
+    res: dict[str, dict[str, float]] = {}
+    if a.mode == "regular":
+        import socket
+
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("0.0.0.0", a.port))
+        ls.listen(128)
+        ls.setblocking(False)
+        print("ready", flush=True)
+
+        async def accept():
+            s, _ = await loop.sock_accept(ls)
+            return s
+
+        async def recv(s, n):
+            buf = b""
+            while len(buf) < n:
+                chunk = await loop.sock_recv(s, n - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+            return buf
+
+        async def send(s, data):
+            await loop.sock_sendall(s, data)
+
+        async def close(s):
+            s.close()
+    else:
+        tun = await hostsock.open_tunnel(a.tunnel, Path(a.token_file).read_text().strip(), a.mode, "percall")
+        tls = await tun.listen(a.port)
+        print("ready", flush=True)
+
+        async def accept():
+            return await tls.accept()
+
+        async def recv(s, n):
+            buf = b""
+            while len(buf) < n:
+                chunk = await s.recv(n - len(buf))
+                if not chunk:
+                    break
+                buf += chunk
+            return buf
+
+        async def send(s, data):
+            await s.send(data)
+
+        async def close(s):
+            await s.close()
+
+    for size in sizes:
+        data = b"r" * size
+        tot = {"accept": 0.0, "recv": 0.0, "send": 0.0, "close": 0.0}
+        for i in range(a.n + 5):
+            await asyncio.sleep(0.002)  # let the connection and its data arrive first
+            t0 = time.perf_counter()
+            s = await accept()
+            t1 = time.perf_counter()
+            got = await recv(s, size)
+            t2 = time.perf_counter()
+            await send(s, data)
+            t3 = time.perf_counter()
+            await close(s)
+            t4 = time.perf_counter()
+            assert len(got) == size, (len(got), size)
+            if i >= 5:  # warm-up
+                tot["accept"] += t1 - t0
+                tot["recv"] += t2 - t1
+                tot["send"] += t3 - t2
+                tot["close"] += t4 - t3
+        res[str(size)] = {k: v / a.n * 1e6 for k, v in tot.items()}
+    return res
+
+
+def _percall_client(a: argparse.Namespace) -> None:
+    import socket
+
+    host, port = a.target.rsplit(":", 1)
+    for size in [int(s) for s in a.sizes.split(",")]:
+        data = b"q" * size
+        for _ in range(a.n + 5):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(data)
+            got = 0
+            while got < size:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                got += len(chunk)
+            s.close()
+
+
+# --- orchestration (root, builds testbeds) -------------------------------------------------
+
+
+def _httperf(tb, uri: str, rate: int, n: int, server: str, port: int) -> dict:
+    r = tb.run("client", ["httperf", "--hog", "--server", server, "--port", str(port), "--uri", uri,
+                          "--num-conns", str(n), "--rate", str(rate), "--timeout", "3"],
+               timeout=n / rate + 30, text=True)
+    out = r.stdout
+    m = re.search(r"replies (\d+)", out)
+    e = re.search(r"Errors: total (\d+)", out)
+    d = re.search(r"test-duration ([\d.]+) s", out)
+    return {"replies": int(m.group(1)) if m else 0, "errors": int(e.group(1)) if e else -1,
+            "duration_s": float(d.group(1)) if d else 0.0}
+
+
+def _measure(tb, nodes: list[str], uri: str, rate: int, seconds: float, server: str, port: int) -> dict:
+    n = int(rate * seconds)
+    _httperf(tb, uri, rate, max(200, n // 4), server, port)  # warm-up: caches, TIME_WAIT steady
+    u0 = {nd: tb.cgroups.usage(tb.cgroup(nd)) for nd in nodes}
+    hp = _httperf(tb, uri, rate, n, server, port)
+    u1 = {nd: tb.cgroups.usage(tb.cgroup(nd)) for nd in nodes}
+    replies = max(1, hp["replies"])
+    for nd in nodes:
+        hp[f"{nd}_us_per_req"] = (u1[nd].total_s - u0[nd].total_s) / replies * 1e6
+        hp[f"{nd}_throttled_s"] = u1[nd].throttled_s - u0[nd].throttled_s
+    return hp
+
+
+def _percall(tb, mode: str, sizes: str, n: int) -> dict:
+    py = sys.executable
+    argv = [py, "-m", "bench.offload", "_percall-host", "--mode", mode, "--port", str(PERCALL_PORT),
+            "--sizes", sizes, "--n", str(n)]
+    if mode != "regular":
+        argv += ["--tunnel", f"tcp:{tb.address('tcpserver', 'san')}:7000",
+                 "--token-file", str(tb.store.dir / "token")]
+    host = tb.popen("host1", argv, log_name="percall", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True, cwd=str(Path(__file__).resolve().parents[1]))
+    line = host.stdout.readline()  # type: ignore[union-attr]
+    if line.strip() != "ready":
+        host.kill()
+        raise RuntimeError(f"per-call host did not start: {line} {host.stderr.read()}")  # type: ignore[union-attr]
+    target = f"{tb.plan.service_address}:{PERCALL_PORT}"
+    tb.run("client", [py, "-m", "bench.offload", "_percall-client", "--target", target, "--sizes", sizes,
+                      "--n", str(n)], timeout=120, check=True, cwd=str(Path(__file__).resolve().parents[1]))
+    out, err = host.communicate(timeout=60)
+    if host.returncode != 0:
+        raise RuntimeError(f"per-call host failed: {err}")
+    return json.loads(out.strip().splitlines()[-1])
+
+
+HAPROXY_CFG = """global
+    nbthread 1
+    maxconn 8000
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 30s
+    timeout server 30s
+frontend fe
+    bind {front}:{port}
+    default_backend be
+backend be
+    server host1 {host}:80
+"""
+
+
+def _haproxy(tb, args) -> dict:
+    cfg = tb.store.dir / "tcps-haproxy.cfg"
+    front = tb.address("tcpserver", "public")
+    cfg.write_text(HAPROXY_CFG.format(front=front, port=HAPROXY_PORT, host=tb.address("host1", "san")))
+    p = tb.popen("tcpserver", ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], log_name="haproxy")
+    try:
+        time.sleep(0.5)
+        if p.poll() is not None:
+            raise RuntimeError(f"haproxy exited ({p.returncode}); see {tb.store.logs}")
+        return _measure(tb, ["tcpserver", "host1"], args.file, args.rate, args.seconds, front, HAPROXY_PORT)
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
+def run(args: argparse.Namespace) -> dict:
+    from testbed.lifecycle import Testbed
+    from testbed.spec import load_topology
+
+    params = {"host_cpu": str(args.host_cpu), "tcpserver_cpu": str(args.tcpserver_cpu)}
+    results: dict[str, Any] = {"config": vars(args).copy(), "modes": {}}
+    for mode in args.modes:
+        topo = load_topology("cluster", params)
+        print(f"[{mode}] building the cluster testbed ...", file=sys.stderr, flush=True)
+        with Testbed(topo, name="tcpsbench", mode=mode, start_services=True,
+                     service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
+            r: dict[str, Any] = {}
+            r["load"] = _measure(tb, ["tcpserver", "host1"], args.file, args.rate, args.seconds,
+                                 tb.plan.service_address, 80)
+            if mode == "regular" and not args.no_haproxy:
+                r["haproxy"] = _haproxy(tb, args)
+            if not args.no_percall:
+                r["percall"] = _percall(tb, mode, args.sizes, args.n)
+            results["modes"][mode] = r
+    return results
+
+
+def report(res: dict) -> str:
+    modes = res["modes"]
+    lines = []
+    cfg = res["config"]
+    lines.append(f"cluster topology: host {cfg['host_cpu']} CPU, tcpserver {cfg['tcpserver_cpu']} CPU; "
+                 f"httperf {cfg['rate']} req/s x {cfg['seconds']} s of {cfg['file']}, new connection each")
+    if any("percall" in m for m in modes.values()):
+        lines.append("\n1. Per-call cost, microseconds of wall time on the host (kernel = regular mode)")
+        cols = [m for m in modes if "percall" in modes[m]]
+        lines.append(f"{'size':>6} {'call':<7}" + "".join(f"{('kernel' if c == 'regular' else c):>18}" for c in cols))
+        sizes = list(next(m for m in modes.values() if "percall" in m)["percall"])
+        for size in sizes:
+            for call in ("accept", "recv", "send", "close"):
+                row = f"{size:>6} {call:<7}"
+                base = modes.get("regular", {}).get("percall", {}).get(size, {}).get(call)
+                for c in cols:
+                    v = modes[c]["percall"][size][call]
+                    ratio = f" ({v / base:4.1f}x)" if base and c != "regular" else ""
+                    row += f"{v:>11.1f}{ratio:>7}"
+                lines.append(row)
+    lines.append("\n2./3. CPU per request (us, cgroup cpuacct) and ratios")
+    reg = modes.get("regular", {}).get("load", {})
+    hap = modes.get("regular", {}).get("haproxy", {})
+    reg_host = reg.get("host1_us_per_req")
+    hap_ts = hap.get("tcpserver_us_per_req")
+    lines.append(f"{'mode':<18}{'replies':>9}{'errors':>7}{'host us':>9}{'host/regular':>14}"
+                 f"{'tcpsrv us':>11}{'tcpsrv/haproxy':>16}")
+    if hap:
+        lines.append(f"{'haproxy relay':<18}{hap['replies']:>9}{hap['errors']:>7}{hap['host1_us_per_req']:>9.1f}"
+                     f"{'':>14}{hap_ts:>11.1f}{1.0:>16.2f}")
+    for m, r in modes.items():
+        ld = r["load"]
+        h = ld["host1_us_per_req"]
+        ts = ld["tcpserver_us_per_req"]
+        hr = f"{h / reg_host:.2f}" if reg_host else "-"
+        tr = f"{ts / hap_ts:.2f}" if hap_ts and m != "regular" else "-"
+        lines.append(f"{m:<18}{ld['replies']:>9}{ld['errors']:>7}{h:>9.1f}{hr:>14}{ts:>11.1f}{tr:>16}")
+    lines.append("goals: host/regular <= 0.50 (static); tcpsrv/haproxy <= 0.60. In regular mode the "
+                 "tcpserver node only forwards (its softirq is charged to senders).")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m bench.offload", description=__doc__.split("\n")[0])
+    sub = ap.add_subparsers(dest="cmd")
+    h = sub.add_parser("_percall-host")
+    h.add_argument("--mode", required=True)
+    h.add_argument("--port", type=int, default=PERCALL_PORT)
+    h.add_argument("--tunnel")
+    h.add_argument("--token-file")
+    h.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    h.add_argument("--n", type=int, default=200)
+    c = sub.add_parser("_percall-client")
+    c.add_argument("--target", required=True)
+    c.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    c.add_argument("--n", type=int, default=200)
+    ap.add_argument("--rate", type=int, default=5000)
+    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--file", default="/dir0/class1_5", help="URI (6 KiB by default, as in DESIGN.md)")
+    ap.add_argument("--host-cpu", type=float, default=0.3)
+    ap.add_argument("--tcpserver-cpu", type=float, default=0.6)
+    ap.add_argument("--modes", nargs="+", default=MODES)
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--n", type=int, default=200, help="per-call iterations per size")
+    ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--no-percall", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the raw results here")
+    a = ap.parse_args(argv)
+    if a.cmd == "_percall-host":
+        from testbed.offload.server import install_loop
+
+        install_loop()
+        print(json.dumps(asyncio.run(_percall_host(a))), flush=True)
+        return 0
+    if a.cmd == "_percall-client":
+        _percall_client(a)
+        return 0
+    if "regular" not in a.modes:
+        a.modes.insert(0, "regular")
+    res = run(a)
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1))
+    print(report(res))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
