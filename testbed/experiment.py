@@ -11,6 +11,8 @@
     repetitions: 1
     seed: 1
     sweep: {tcpserver_cpu: [0.15, 0.3]}   # optional: crossed with everything else
+    configs: [{tcpserver_cpu: 0.1, host_cpu: 0.3}, ...]   # optional: explicit parameter sets
+    sweep_modes: [eager-accept]           # optional: only these modes run every configuration
     quick: {load: {step_seconds: 3}}      # overrides for --quick
 
 The matrix is sweep configurations x modes x workloads x repetitions; each element is a
@@ -33,7 +35,7 @@ from .services import MODES
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
 WORKLOADS = ("static", "dynamic", "mixed")
 BUDGETS = ("extra", "same-total")
-_KEYS = {"name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
+_KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "phases",
          "per_mode_params", "backend"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
@@ -70,6 +72,8 @@ class Experiment:
     repetitions: int = 1
     seed: int = 1
     sweep: dict[str, list[Any]] = field(default_factory=dict)
+    configs: list[dict[str, Any]] = field(default_factory=list)
+    sweep_modes: list[str] | None = None
     per_mode_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
     service: dict[str, Any] = field(default_factory=dict)
@@ -82,13 +86,16 @@ class Experiment:
 
     def points(self) -> list[Point]:
         keys = sorted(self.sweep)
-        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))] or [{}]
-        out = []
+        combos = [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
+        combos = [{**c, **extra} for c in (combos or [{}]) for extra in (self.configs or [{}])]
+        out: list[Point] = []
         balances: list[str | None] = list(self.balance) or [None]
-        for cfg, wl, rep in itertools.product(combos, self.workloads, range(1, self.repetitions + 1)):
+        for wl, rep in itertools.product(self.workloads, range(1, self.repetitions + 1)):
             for mode in self.modes:
-                for bal in balances if mode != "regular" else [None]:
-                    out.append(Point(len(out), cfg, mode, wl, rep, bal))
+                swept = self.sweep_modes is None or mode in self.sweep_modes
+                for cfg in combos if swept else [{}]:
+                    for bal in balances if mode != "regular" else [None]:
+                        out.append(Point(len(out), cfg, mode, wl, rep, bal))
         return out
 
     def topology_params(self, point: Point) -> dict[str, Any]:
@@ -190,6 +197,13 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     sweep = raw.get("sweep") or {}
     if not isinstance(sweep, dict) or not all(isinstance(v, list) and v for v in sweep.values()):
         raise SpecError(f"{source}: sweep maps parameter names to non-empty lists of values")
+    configs = raw.get("configs") or []
+    if not isinstance(configs, list) or not all(isinstance(c, dict) for c in configs):
+        raise SpecError(f"{source}: configs is a list of parameter mappings")
+    sweep_modes = raw.get("sweep_modes")
+    for m in sweep_modes or []:
+        if m not in modes:
+            raise SpecError(f"{source}: sweep_modes names {m!r}, which is not in modes")
     reps = raw.get("repetitions", 1)
     if not isinstance(reps, int) or reps < 1:
         raise SpecError(f"{source}: repetitions must be a whole number >= 1")
@@ -198,7 +212,8 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
-        load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep,
+        load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep, configs=configs,
+        sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
         service=dict(raw.get("service") or {}), balance=balance, phases=list(raw.get("phases") or []),
         backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
