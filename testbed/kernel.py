@@ -75,6 +75,24 @@ def create_netns(name: str) -> None:
         os.close(root)
 
 
+def attach_netns(name: str, pid: int) -> None:
+    """Name the network namespace of process ``pid`` (like `ip netns attach NAME PID`), so it
+    outlives the process and every tool that opens /run/netns/NAME can enter it."""
+    _share_netns_dir()
+    path = netns_path(name)
+    try:
+        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
+    except FileExistsError:
+        raise TestbedError(f"network namespace {name} already exists: "
+                           "run `python -m testbed clean` to remove leftovers") from None
+    try:
+        _check(_libc.mount(f"/proc/{pid}/ns/net".encode(), str(path).encode(), b"none", MS_BIND, None),
+               f"bind {path} to the namespace of pid {pid}")
+    except OSError:
+        path.unlink(missing_ok=True)
+        raise
+
+
 def remove_netns(name: str) -> bool:
     """Unmount and remove a named namespace; False if it did not exist."""
     path = netns_path(name)

@@ -273,6 +273,10 @@ def teardown(name: str) -> list[str]:
     namespaces = [n for kind, n in journal if kind == "netns"]
     namespaces += [n["netns"] for n in state.get("nodes", {}).values() if n["netns"] not in namespaces]
     removed.extend(f"netns {n}" for n in NetnsBackend.teardown(namespaces))
+    links = [n for kind, n in journal if kind == "link"]  # root-namespace bridges (mininet)
+    if links:
+        from .backends.mininet import MininetBackend
+        removed.extend(f"link {n}" for n in MininetBackend.teardown_links(links))
     for parent in cgroup_parents:
         if any(d.exists() for d in groups.dirs(parent)):
             groups.remove(parent)
