@@ -134,9 +134,15 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
         samples = pd.read_parquet(pdir / "samples.parquet") if (pdir / "samples.parquet").exists() else pd.DataFrame()
         if not samples.empty:
             all_samples.append(samples.assign(point=point["point"]))
-        steps_csv = pdir / "load" / "steps.csv"
-        if steps_csv.exists() and steps_csv.stat().st_size > 0:
-            steps = pd.read_csv(steps_csv)
+        # one steps.csv per load-generator run: the sweep's, or one per phase (shifting mix)
+        frames = []
+        for steps_csv in sorted((pdir / "load").glob("**/steps.csv")):
+            if steps_csv.stat().st_size > 0:
+                part = pd.read_csv(steps_csv)
+                phase = steps_csv.parent.name
+                frames.append(part.assign(phase=int(phase[5:]) if phase.startswith("phase") else None))
+        if frames:
+            steps = pd.concat(frames, ignore_index=True)
             if not steps.empty:
                 enriched = step_metrics(steps, samples, point, min_idle) if not samples.empty else steps
                 all_steps.append(enriched.assign(**meta))

@@ -33,7 +33,7 @@ from .errors import SpecError
 from .services import MODES
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
-WORKLOADS = ("static", "dynamic", "mixed")
+WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load in `phases`
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "phases",
@@ -191,6 +191,16 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     for w in workloads:
         if w not in WORKLOADS:
             raise SpecError(f"{source}: unknown workload {w!r}; workloads: {', '.join(WORKLOADS)}")
+    phases = list(raw.get("phases") or [])
+    if "shifting" in workloads:
+        if not phases:
+            raise SpecError(f"{source}: the shifting workload needs phases: [{{mix, rate, seconds}}, ...]")
+        for ph in phases:
+            if not isinstance(ph, dict) or set(ph) != {"mix", "rate", "seconds"}:
+                raise SpecError(f"{source}: each phase is {{mix: STATIC_SHARE, rate: REQ_PER_S, seconds: S}}")
+            rates_from([ph["rate"]])
+            if not 0 <= float(ph["mix"]) <= 1 or float(ph["seconds"]) <= 0:
+                raise SpecError(f"{source}: phase {ph}: mix in [0, 1] and seconds > 0")
     budgets = str(raw.get("budgets", "extra"))
     if budgets not in BUDGETS:
         raise SpecError(f"{source}: budgets must be one of {', '.join(BUDGETS)}, not {budgets!r}")
@@ -215,7 +225,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep, configs=configs,
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
-        service=dict(raw.get("service") or {}), balance=balance, phases=list(raw.get("phases") or []),
+        service=dict(raw.get("service") or {}), balance=balance, phases=phases,
         backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
         source=source, raw=raw)
     _check_topologies(exp, source)

@@ -15,6 +15,7 @@ runs only what is missing.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as dt
 import json
 import logging
@@ -26,6 +27,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from dataclasses import replace
 from typing import Any
 
 from . import cgroups as cg
@@ -109,6 +111,8 @@ def _raise_interrupt(*_: object) -> None:
 
 def point_seconds(exp: Experiment) -> float:
     load = exp.load
+    if exp.phases and "shifting" in exp.workloads:
+        return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
     return len(load["rates"]) * (load["step_seconds"] + load["warmup_seconds"]) + 5
 
 
@@ -190,14 +194,31 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
 
 
 def drive_load(tb: Testbed, exp: Experiment, p: Point, out: Path, prefix: str = "") -> int:
-    """Run the sweep inside the client node, relaying its progress lines to the terminal."""
-    argv = loadgen_argv(exp, p, tb.service_url, out / "load")
+    """Run the sweep inside the client node; the ``shifting`` workload runs one mixed-load
+    phase after another (the static share changing) while the testbed keeps running."""
+    if p.workload != "shifting":
+        return run_loadgen(tb, exp, loadgen_argv(exp, p, tb.service_url, out / "load"), out, prefix)
+    for i, phase in enumerate(exp.phases):
+        phase_exp = copy.copy(exp)
+        phase_exp.load = {**exp.load, "rates": [float(phase["rate"])], "step_seconds": float(phase["seconds"]),
+                          "mix": phase["mix"]}
+        argv = loadgen_argv(phase_exp, replace(p, workload="mixed"), tb.service_url, out / "load" / f"phase{i}")
+        print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase['mix']}, "
+              f"{phase['rate']} req/s for {phase['seconds']} s", flush=True)
+        code = run_loadgen(tb, phase_exp, argv, out, prefix)
+        if code != 0:
+            return code
+    return 0
+
+
+def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix: str) -> int:
+    """Run one load-generator invocation in the client node, relaying its progress lines."""
     timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
     deadline = time.monotonic() + timeout
-    with open(out / "loadgen.log", "w") as logf:
+    with open(out / "loadgen.log", "a") as logf:
         try:
             assert proc.stdout is not None
             for line in proc.stdout:
