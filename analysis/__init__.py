@@ -5,6 +5,7 @@
     t["steps"]    # one row per offered-load step, with CPU per node and fidelity flags
     t["samples"]  # 1 s samples: node CPU, per-CPU times, TCP and link counters, server counters
     t["points"]   # one row per point of the matrix, with its status
+    t["balance"]  # the balancing controller's decisions over time (when balancing ran)
     t["manifest"] # dict: experiment, versions, commit, kernel, cgroups, machine
 """
 
@@ -22,7 +23,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no manifest.json)")
-    names = ("steps", "samples", "points")
+    names = ("steps", "samples", "points", "balance")
     if all((run_dir / f"{n}.parquet").exists() for n in names):
         tables: dict[str, Any] = {n: pd.read_parquet(run_dir / f"{n}.parquet") for n in names}
     else:

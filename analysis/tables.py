@@ -1,5 +1,7 @@
 """From a run's raw files to tidy tables: one row per step, per sample, per point.
 
+``balance``: every decision of the balancing controller (inputs, split, reason), per point.
+
 ``steps``: every offered-load step of every point, joined with the point's mode,
 workload and budgets, each node's CPU over the step's measured window (from the 1 s
 cgroup samples), CPU per reply, and the fidelity flags:
@@ -121,7 +123,7 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     min_idle = float(manifest.get("fidelity", {}).get("min_idle", 0.05))
-    all_steps, all_samples, point_rows = [], [], []
+    all_steps, all_samples, point_rows, decisions = [], [], [], []
     for point in _read_points(run_dir):
         pdir = Path(point["dir"])
         meta = {"point": point["point"], "mode": point["mode"], "workload": point["workload"],
@@ -134,6 +136,13 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
         samples = pd.read_parquet(pdir / "samples.parquet") if (pdir / "samples.parquet").exists() else pd.DataFrame()
         if not samples.empty:
             all_samples.append(samples.assign(point=point["point"]))
+        balance_log = pdir / "logs" / "balance.jsonl"
+        if balance_log.exists():
+            rows = [json.loads(line) for line in balance_log.read_text().splitlines() if line.strip()]
+            if rows:
+                decisions.append(pd.DataFrame(rows).assign(point=point["point"], mode=point["mode"],
+                                                           balance=point.get("balance"),
+                                                           workload=point["workload"]))
         # one steps.csv per load-generator run: the sweep's, or one per phase (shifting mix)
         frames = []
         for steps_csv in sorted((pdir / "load").glob("**/steps.csv")):
@@ -150,6 +159,7 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
         "steps": pd.concat(all_steps, ignore_index=True) if all_steps else pd.DataFrame(),
         "samples": pd.concat(all_samples, ignore_index=True) if all_samples else pd.DataFrame(),
         "points": pd.DataFrame(point_rows),
+        "balance": pd.concat(decisions, ignore_index=True) if decisions else pd.DataFrame(),
     }
     for name, df in tables.items():
         df.to_parquet(run_dir / f"{name}.parquet", index=False)

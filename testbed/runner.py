@@ -241,7 +241,7 @@ def _collect(tb: Testbed, out: Path) -> None:
     logs.mkdir(exist_ok=True)
     for f in tb.store.logs.glob("*.log"):
         shutil.copy2(f, logs / f.name)
-    for f in tb.store.dir.glob("*.json"):
+    for f in [*tb.store.dir.glob("*.json"), *tb.store.dir.glob("*.jsonl")]:
         if f.name != "state.json":
             shutil.copy2(f, logs / f.name)
 
