@@ -42,7 +42,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="verb", required=True)
 
     up = sub.add_parser("up", help="build a topology and start the mode's services")
-    up.add_argument("topology", nargs="?", default="cluster", help="shipped name or YAML file (default: cluster)")
+    up.add_argument("topology", nargs="?", default="cluster",
+                    help="shipped name, YAML file, or a Mininet Topo class as module:Class (default: cluster)")
+    up.add_argument("--role", action="append", default=[], metavar="ROLE=NODE[,NODE]",
+                    help="with a Mininet Topo: which of its nodes play which role, e.g. "
+                    "--role client=h1 --role tcpserver=s1 --role host=h2,h3")
     up.add_argument("--name", default="tb", help="testbed name (default: tb)")
     up.add_argument("--mode", default="regular", help="regular, split, async-send, eager-receive, "
                     "eager-accept, setup-with-accept (default: regular)")
@@ -113,7 +117,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .spec import DEFAULT_SUBNET, load_topology, parse_params
     _require_root()
     check_mode(args.mode)
-    topo = load_topology(args.topology, parse_params(args.param))
+    from .spec_mininet import is_mininet_ref, load_mininet_topology
+    if is_mininet_ref(args.topology):  # module:Class, a Mininet Topo
+        topo = load_mininet_topology(args.topology, args.role, parse_params(args.param))
+    elif args.role:
+        raise TestbedError("--role is for Mininet Topo classes (module:Class); shipped topologies "
+                           "and YAML files name their roles themselves")
+    else:
+        topo = load_topology(args.topology, parse_params(args.param))
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance}
     tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
