@@ -1,0 +1,271 @@
+"""From the tidy ``steps`` table to the frames the report draws: canonical column names,
+curve labels, per-curve means over repetitions, the saturation point of every curve.
+
+The load generator's column names are resolved here, in one place (``COLUMNS``), so a
+rename in ``loadgen`` is a one-line change. Nothing here plots or writes files.
+
+Definitions the report states next to its numbers:
+
+- a *curve* is one (run, workload, sweep configuration, mode[:balance]) over offered load;
+- a step is *faithful* when it is neither ``generator_bound`` nor ``oversubscribed``;
+- the *saturation point* of a curve (per repetition) is its faithful step with the highest
+  reply rate; its reply rate is the curve's *peak*. A curve whose reply rate never fell
+  below ``KNEE_FRACTION`` of the offered rate did not saturate within the sweep, and its
+  peak is only a lower bound;
+- the *knee* is the first offered rate at which the mean reply rate fell below
+  ``KNEE_FRACTION`` of the offered rate.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KNEE_FRACTION = 0.95  # a reply rate under 95% of offered counts as "departed from y=x"
+REGULAR = "regular"
+
+# canonical name -> candidate column names in steps.csv, first match wins
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "offered": ("offered_rate", "offered", "rate", "target_rate"),
+    "send_rate": ("achieved_rate", "send_rate", "achieved_send_rate", "sent_rate"),
+    "reply_rate": ("reply_rate_avg", "reply_rate", "replies_per_s"),
+    "reply_rate_min": ("reply_rate_min",),
+    "reply_rate_max": ("reply_rate_max",),
+    "reply_rate_std": ("reply_rate_stddev", "reply_rate_std"),
+    "replies": ("replies", "ok", "n_ok"),
+    "sent": ("sent", "n_sent", "requests"),
+    "overflow": ("overflow", "errors_overflow", "err_overflow"),
+    "generator_cpu": ("gen_cpu_max", "generator_cpu", "gen_cpu"),  # busiest generator process
+    "lat_p50": ("lat_p50_ms", "latency_p50_ms"),            # from the intended send time
+    "lat_p99": ("lat_p99_ms", "latency_p99_ms"),
+    "lat_sent_p50": ("lat_sent_p50_ms", "latency_sent_p50_ms"),  # from the actual send time
+    "lat_sent_p99": ("lat_sent_p99_ms", "latency_sent_p99_ms"),
+}
+_ERROR_RE = re.compile(r"^(?:errors?|err)_(?P<kind>[a-z_]+)$")
+_NOT_KINDS = {"total", "rate", "all", "count"}
+
+
+def pick(df: pd.DataFrame, name: str) -> str | None:
+    for c in COLUMNS[name]:
+        if c in df.columns:
+            return c
+    return None
+
+
+def error_kinds(df: pd.DataFrame) -> dict[str, str]:
+    """{kind: column} for the per-kind error counts of a steps table (overflow included)."""
+    out = {}
+    for c in df.columns:
+        m = _ERROR_RE.match(c)
+        if m and m["kind"] not in _NOT_KINDS:
+            out[m["kind"]] = c
+    ov = pick(df, "overflow")
+    if ov and "overflow" not in out:
+        out["overflow"] = ov
+    return out
+
+
+def nodes_of(steps: pd.DataFrame) -> list[str]:
+    """Nodes with per-step CPU columns, in a stable order (client last)."""
+    nodes = sorted({c[len("user_"):] for c in steps.columns if c.startswith("user_")})
+    return sorted(nodes, key=lambda n: (n == "client", n))
+
+
+def cpus_of(steps: pd.DataFrame) -> list[str]:
+    return sorted((c[len("softirq_"):] for c in steps.columns if c.startswith("softirq_cpu")),
+                  key=lambda c: int(c[3:]) if c[3:].isdigit() else 0)
+
+
+def _fmt_value(v: Any) -> str:
+    return f"{v:g}" if isinstance(v, float) else str(v)
+
+
+@dataclass
+class Prepared:
+    """A run (or several, for compare) ready to draw."""
+    steps: pd.DataFrame                      # one row per step, canonical columns added
+    curves: pd.DataFrame                     # per curve and offered rate, mean over repetitions
+    peaks: pd.DataFrame                      # per curve and repetition: the saturation step
+    saturation: pd.DataFrame                 # per curve: peak mean/min/max/std, gain over regular
+    nodes: list[str]
+    server_nodes: list[str]
+    cpus: list[str]
+    error_kinds: list[str]
+    missing: list[str] = field(default_factory=list)  # canonical columns loadgen did not give
+
+
+def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
+            run: str | None = None) -> Prepared:
+    """Canonical columns, labels and the derived frames. ``roles``: node -> role."""
+    steps = steps.copy()
+    missing = []
+    for name in COLUMNS:
+        col = pick(steps, name)
+        if col is None:
+            missing.append(name)
+            steps[name] = np.nan
+        elif col != name:
+            steps[name] = pd.to_numeric(steps[col], errors="coerce")
+    if steps["replies"].isna().all() and not steps["reply_rate"].isna().all() and "duration_s" in steps:
+        steps["replies"] = steps["reply_rate"] * steps["duration_s"]
+    kinds = error_kinds(steps)
+    for kind, col in kinds.items():
+        steps[f"err_{kind}"] = pd.to_numeric(steps[col], errors="coerce").fillna(0)
+    steps["errors_total"] = sum((steps[f"err_{k}"] for k in kinds), pd.Series(0.0, index=steps.index))
+    dur = steps["duration_s"] if "duration_s" in steps else (steps["t_end"] - steps["t_start"])
+    steps["duration_s"] = dur
+    steps["error_rate"] = steps["errors_total"] / dur.where(dur > 0)
+    for flag in ("generator_bound", "oversubscribed"):
+        steps[flag] = steps[flag].fillna(False).astype(bool) if flag in steps else False
+    steps["faithful"] = ~(steps["generator_bound"] | steps["oversubscribed"])
+    steps["flags"] = [_flag_text(g, o) for g, o in zip(steps["generator_bound"], steps["oversubscribed"])]
+    steps["run"] = run if run is not None else steps.get("run", "")
+    steps["mode_label"] = [m if not isinstance(b, str) or not b else f"{m}:{b}"
+                           for m, b in zip(steps["mode"], steps.get("balance", [None] * len(steps)))]
+    cfg_cols = sorted(c for c in steps.columns if c.startswith("config_"))
+    steps["config_label"] = [", ".join(f"{c[len('config_'):]}={_fmt_value(row[c])}" for c in cfg_cols
+                                       if not (isinstance(row[c], float) and np.isnan(row[c])))
+                             for _, row in steps[cfg_cols].iterrows()] if cfg_cols else ""
+    steps["group"] = [" / ".join(x for x in (r, w, c) if x)
+                      for r, w, c in zip(steps["run"], steps["workload"], steps["config_label"])]
+    steps["curve"] = [f"{g} / {m}" if g else m for g, m in zip(steps["group"], steps["mode_label"])]
+    nodes = nodes_of(steps)
+    roles = roles or {}
+    server_nodes = [n for n in nodes if roles.get(n, "client" if n == "client" else "server") != "client"]
+    curves = _curves(steps, kinds)
+    peaks = _peaks(steps)
+    saturation = _saturation(peaks, curves)
+    return Prepared(steps=steps, curves=curves, peaks=peaks, saturation=saturation, nodes=nodes,
+                    server_nodes=server_nodes, cpus=cpus_of(steps), error_kinds=list(kinds),
+                    missing=missing)
+
+
+def _flag_text(gen_bound: bool, over: bool) -> str:
+    return ",".join(f for f, on in (("generator_bound", gen_bound), ("oversubscribed", over)) if on)
+
+
+_KEYS = ["group", "run", "workload", "config_label", "mode_label", "curve"]
+
+
+def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
+    """Mean (and min/max over repetitions) per curve and offered rate; a point is flagged
+    when any of its repetitions was."""
+    value_cols = ["reply_rate", "send_rate", "lat_p50", "lat_p99", "lat_sent_p50", "lat_sent_p99",
+                  "error_rate", "errors_total", "generator_cpu", "machine_idle"] + \
+                 [f"err_{k}" for k in kinds]
+    value_cols = [c for c in value_cols if c in steps]
+    g = steps.groupby(_KEYS + ["offered"], sort=True, dropna=False)
+    out = g[value_cols].mean()
+    out["reply_rate_lo"] = g["reply_rate"].min()
+    out["reply_rate_hi"] = g["reply_rate"].max()
+    out["repetitions"] = g["reply_rate"].size()
+    out["generator_bound"] = g["generator_bound"].any()
+    out["oversubscribed"] = g["oversubscribed"].any()
+    out = out.reset_index()
+    out["faithful"] = ~(out["generator_bound"] | out["oversubscribed"])
+    return out
+
+
+def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
+    """The saturation step of every curve and repetition (faithful steps first)."""
+    rows = []
+    for _, df in steps.groupby(_KEYS + ["repetition"], dropna=False):
+        faithful = df[df["faithful"]]
+        pool = faithful if not faithful.empty and faithful["reply_rate"].notna().any() else df
+        if pool["reply_rate"].isna().all():
+            continue
+        best = pool.loc[pool["reply_rate"].idxmax()].copy()
+        departed = (df["reply_rate"] < KNEE_FRACTION * df["offered"]).any()
+        best["peak_faithful"] = pool is faithful
+        best["saturated"] = bool(departed)
+        rows.append(best)
+    return pd.DataFrame(rows).reset_index(drop=True) if rows else pd.DataFrame(columns=list(steps.columns))
+
+
+def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+    """Per curve: peak reply rate over repetitions (mean, spread) and gain over Regular TCP
+    of the same run, workload and configuration."""
+    if peaks.empty:
+        return pd.DataFrame(columns=_KEYS + ["peak_mean"])
+    g = peaks.groupby(_KEYS, sort=False, dropna=False)
+    sat = g["reply_rate"].agg(peak_mean="mean", peak_min="min", peak_max="max", peak_std="std",
+                              repetitions="size").reset_index()
+    sat["peak_std"] = sat["peak_std"].fillna(0.0)
+    extra = g.agg(offered_at_peak=("offered", "mean"), all_faithful=("peak_faithful", "all"),
+                  saturated=("saturated", "all")).reset_index()
+    sat = sat.merge(extra, on=_KEYS)
+    knees = []
+    for key, df in curves.groupby(_KEYS, dropna=False):
+        below = df[df["reply_rate"] < KNEE_FRACTION * df["offered"]]
+        knees.append((*key, float(below["offered"].min()) if not below.empty else np.nan))
+    sat = sat.merge(pd.DataFrame(knees, columns=_KEYS + ["knee_offered"]), on=_KEYS, how="left")
+    flagged = curves.groupby(_KEYS, dropna=False)["faithful"].apply(lambda s: int((~s).sum())).reset_index()
+    sat = sat.merge(flagged.rename(columns={"faithful": "flagged_steps"}), on=_KEYS, how="left")
+    base = sat[sat["mode_label"] == REGULAR].set_index("group")["peak_mean"]
+    base_std = sat[sat["mode_label"] == REGULAR].set_index("group")["peak_std"]
+    sat["regular_peak"] = sat["group"].map(base)
+    sat["ratio_to_regular"] = sat["peak_mean"] / sat["regular_peak"]
+    sat["gain_pct"] = (sat["ratio_to_regular"] - 1.0) * 100.0
+    # spread of the ratio from the repetitions' extremes (min/max against max/min)
+    sat["ratio_lo"] = sat["peak_min"] / sat["group"].map(sat[sat["mode_label"] == REGULAR]
+                                                         .set_index("group")["peak_max"])
+    sat["ratio_hi"] = sat["peak_max"] / sat["group"].map(sat[sat["mode_label"] == REGULAR]
+                                                         .set_index("group")["peak_min"])
+    sat["regular_std"] = sat["group"].map(base_std)
+    return sat
+
+
+def cpu_at_saturation(prep: Prepared) -> pd.DataFrame:
+    """Per curve: each node's user/system/throttled CPU and budget at the saturation step
+    (mean over repetitions), CPU per reply per node and in total, softirq per CPU."""
+    peaks = prep.peaks
+    if peaks.empty:
+        return pd.DataFrame()
+    cols = []
+    for n in prep.nodes:
+        cols += [c for c in (f"user_{n}", f"system_{n}", f"cpu_{n}", f"throttled_{n}", f"budget_{n}",
+                             f"util_{n}", f"cpu_us_per_reply_{n}") if c in peaks]
+    cols += [c for c in ("cpu_servers", "cpu_us_per_reply_servers", "machine_idle", "reply_rate",
+                         "offered", "generator_cpu") if c in peaks]
+    cols += [f"softirq_{c}" for c in prep.cpus] + [f"idle_{c}" for c in prep.cpus if f"idle_{c}" in peaks]
+    num = peaks[_KEYS + cols].copy()
+    for c in cols:
+        num[c] = pd.to_numeric(num[c], errors="coerce")
+    out = num.groupby(_KEYS, sort=False, dropna=False)[cols].mean().reset_index()
+    flags = peaks.groupby(_KEYS, sort=False, dropna=False).agg(
+        generator_bound=("generator_bound", "any"), oversubscribed=("oversubscribed", "any")).reset_index()
+    out = out.merge(flags, on=_KEYS)
+    out["flags"] = [_flag_text(g, o) for g, o in zip(out["generator_bound"], out["oversubscribed"])]
+    budgets = [f"budget_{n}" for n in prep.server_nodes if f"budget_{n}" in out]
+    out["budget_servers"] = out[budgets].sum(axis=1, min_count=1) if budgets else np.nan
+    return out
+
+
+def machine_cpu_per_reply(prep: Prepared, ncpus: int | None) -> pd.Series:
+    """All CPUs' busy time per reply at saturation (generator and misattributed softirq
+    included): the one figure no cgroup accounting can shift between nodes."""
+    sat = cpu_at_saturation(prep)
+    if sat.empty or not ncpus or "machine_idle" not in sat:
+        return pd.Series(dtype=float)
+    return (1.0 - sat["machine_idle"]) * ncpus / sat["reply_rate"] * 1e6
+
+
+def roles_from(tables: dict[str, Any]) -> dict[str, str]:
+    """node -> role, from the samples table (kind == node)."""
+    s = tables.get("samples")
+    if s is None or s.empty or "role" not in s:
+        return {}
+    nodes = s[s["kind"] == "node"][["node", "role"]].dropna().drop_duplicates("node")
+    return dict(zip(nodes["node"], nodes["role"]))
+
+
+def run_name(run_dir: Path, manifest: dict[str, Any]) -> str:
+    return Path(run_dir).name or str(manifest.get("experiment", "run"))

@@ -1,0 +1,554 @@
+"""The run report: one self-contained HTML page with PNG figures beside it.
+
+    from analysis.report import write_report
+    write_report("results/quick-20261124-120000")   # -> .../report/index.html
+
+The page states next to the numbers what they depend on: how the CPU budgets were
+compared (``extra`` or ``same-total``), where softirq time was charged, the fidelity
+threshold and every flagged step, the NIC offload flags, and the manifest. Its summary
+says plainly whether offloading raised or lowered peak throughput against Regular TCP.
+``compare.py`` builds the same page over several runs.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import gzip
+import html
+import json
+import logging
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import pandas as pd
+
+from . import figures
+from .frames import KNEE_FRACTION, REGULAR, Prepared, cpu_at_saturation, prepare, roles_from
+
+log = logging.getLogger(__name__)
+
+BUDGETS_TEXT = {
+    "extra": ("extra: the TCP server's CPU budget came <b>on top of</b> the host's (the paper's "
+              "cluster: one more node). Regular TCP's host had only the host budget; its TCP-server "
+              "node only routed IP. A gain here can come from the extra CPU alone: read it with the "
+              "CPU-per-request table."),
+    "same-total": ("same-total: the TCP server's CPU was taken <b>out of the same total</b> (the paper's "
+                   "SMP): Regular TCP's host got host + TCP-server budget. A gain here is a gain at "
+                   "equal CPU."),
+}
+
+
+@dataclass
+class RunInfo:
+    """One run directory's tables, manifest and per-point files."""
+    dir: Path
+    name: str
+    tables: dict[str, Any]
+    manifest: dict[str, Any]
+    points: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def load(cls, run_dir: str | Path) -> "RunInfo":
+        from . import load
+        run_dir = Path(run_dir)
+        tables = load(run_dir)
+        points = []
+        for pj in sorted((run_dir / "points").glob("*/point.json")):
+            try:
+                points.append(json.loads(pj.read_text()))
+            except ValueError:
+                log.warning("%s: not valid JSON, left out", pj)
+        return cls(dir=run_dir, name=run_dir.name, tables=tables, manifest=tables["manifest"], points=points)
+
+    @property
+    def ncpus(self) -> int | None:
+        return (self.manifest.get("machine") or {}).get("cpus")
+
+
+def prepare_runs(runs: list[RunInfo]) -> Prepared:
+    """One Prepared over several runs (the run's name is part of each curve when >1)."""
+    frames, roles = [], {}
+    for r in runs:
+        steps = r.tables.get("steps")
+        if steps is None or steps.empty:
+            continue
+        frames.append(steps.assign(run=r.name if len(runs) > 1 else ""))
+        roles.update(roles_from(r.tables))
+        for p in r.points:
+            roles.update({n: v.get("role", "") for n, v in (p.get("nodes") or {}).items()})
+    if not frames:
+        raise EmptyRun("no steps measured: " + ", ".join(str(r.dir) for r in runs))
+    steps = pd.concat(frames, ignore_index=True)
+    prep = prepare(steps, roles=roles, run=None)
+    if prep.missing:
+        log.info("load generator columns not found: %s", ", ".join(prep.missing))
+    return prep
+
+
+class EmptyRun(ValueError):
+    """A run without a single measured step: there is nothing to plot."""
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def summary_table(prep: Prepared) -> pd.DataFrame:
+    """The gain table: peak faithful reply rate per curve with its spread over repetitions,
+    ratio and gain against Regular TCP of the same run, workload and configuration."""
+    sat = prep.saturation
+    if sat.empty:
+        return pd.DataFrame()
+    cpu = cpu_at_saturation(prep).set_index("curve")
+    rows = []
+    for _, s in sat.iterrows():
+        ratio = s["ratio_to_regular"]
+        flags = cpu.loc[s["curve"], "flags"] if s["curve"] in cpu.index else ""
+        rows.append({
+            "group": s["group"] or "-",
+            "mode": s["mode_label"],
+            "peak replies/s": _num(s["peak_mean"]) + ("" if s["saturated"] else " (≥, not saturated)"),
+            "± std": _num(s["peak_std"]),
+            "min-max": f"{_num(s['peak_min'])}-{_num(s['peak_max'])}",
+            "reps": int(s["repetitions"]),
+            "at offered": _num(s["offered_at_peak"]),
+            "knee at": _num(s["knee_offered"]) if not np.isnan(s["knee_offered"]) else "none",
+            "ratio to regular": "-" if np.isnan(ratio) else
+            f"{ratio:.2f}" + (f" ({s['ratio_lo']:.2f}-{s['ratio_hi']:.2f})" if s["repetitions"] > 1 else ""),
+            "gain": "-" if np.isnan(ratio) or s["mode_label"] == REGULAR else f"{s['gain_pct']:+.1f}%",
+            "server CPU µs/reply": _num(cpu.loc[s["curve"], "cpu_us_per_reply_servers"])
+            if s["curve"] in cpu.index and "cpu_us_per_reply_servers" in cpu else "-",
+            "flagged steps": int(s["flagged_steps"]),
+            "flags": ("peak from flagged steps; " if not s["all_faithful"] else "") + (flags or ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def cpu_table(prep: Prepared, ncpus: int | None) -> pd.DataFrame:
+    """Per curve at saturation: each node's user/system CPU against its budget, server CPU
+    per reply by node, all CPUs busy per reply, and the equal-total-CPU projection."""
+    sat = cpu_at_saturation(prep)
+    if sat.empty:
+        return pd.DataFrame()
+    rows = []
+    for _, s in sat.iterrows():
+        row: dict[str, Any] = {"curve": s["curve"], "replies/s": _num(s.get("reply_rate"))}
+        for n in prep.nodes:
+            b = s.get(f"budget_{n}")
+            row[f"{n} user+sys"] = (f"{s.get(f'user_{n}', np.nan):.2f}+{s.get(f'system_{n}', np.nan):.2f}"
+                                    + (f" / {b:g}" if b is not None and not np.isnan(b) else " / -"))
+            if f"throttled_{n}" in s and s[f"throttled_{n}"] > 0:
+                row[f"{n} user+sys"] += f" (thr {s[f'throttled_{n}']:.2f})"
+        for n in prep.server_nodes:
+            row[f"µs/reply {n}"] = _num(s.get(f"cpu_us_per_reply_{n}"))
+        row["µs/reply servers"] = _num(s.get("cpu_us_per_reply_servers"))
+        if ncpus and "machine_idle" in s and s.get("reply_rate"):
+            row["µs/reply all CPUs"] = _num((1.0 - s["machine_idle"]) * ncpus / s["reply_rate"] * 1e6)
+        row["server budget"] = _num(s.get("budget_servers"), 2)
+        row["flags"] = s["flags"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def softirq_table(prep: Prepared) -> pd.DataFrame:
+    """Per-CPU softirq and idle fraction at each curve's saturation step."""
+    sat = cpu_at_saturation(prep)
+    if sat.empty or not prep.cpus:
+        return pd.DataFrame()
+    rows = []
+    for _, s in sat.iterrows():
+        row: dict[str, Any] = {"curve": s["curve"]}
+        for c in prep.cpus:
+            row[f"softirq {c}"] = f"{s.get(f'softirq_{c}', np.nan):.3f}"
+            if f"idle_{c}" in s:
+                row[f"idle {c}"] = f"{s[f'idle_{c}']:.3f}"
+        row["machine idle"] = f"{s.get('machine_idle', np.nan):.3f}"
+        row["flags"] = s["flags"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def steps_table(prep: Prepared, only_flagged: bool = False) -> pd.DataFrame:
+    st = prep.steps
+    if only_flagged:
+        st = st[~st["faithful"]]
+    cols = {"curve": "curve", "repetition": "rep", "offered": "offered", "send_rate": "sent/s",
+            "reply_rate": "replies/s", "error_rate": "errors/s", "lat_p50": "p50 ms", "lat_p99": "p99 ms",
+            "generator_cpu": "gen CPU", "machine_idle": "machine idle", "starved_nodes": "starved nodes",
+            "flags": "flags"}
+    cols.update({f"cpu_{n}": f"cpu {n}" for n in prep.nodes})
+    have = [c for c in cols if c in st]
+    out = st[have].rename(columns=cols).copy()
+    for c in out.columns:
+        if out[c].dtype.kind == "f":
+            out[c] = out[c].map(lambda v: _num(v, 3 if abs(v) < 10 else 0) if pd.notna(v) else "-")
+    return out
+
+
+def points_table(runs: list[RunInfo]) -> pd.DataFrame:
+    rows = []
+    for r in runs:
+        for p in r.points:
+            rows.append({"run": r.name, "point": p.get("point"), "status": p.get("status"),
+                         "loadgen exit": p.get("loadgen_exit", "-"),
+                         "seconds": _num((p.get("finished") or np.nan) - (p.get("started") or np.nan)),
+                         "error": (p.get("error") or "")[:300]})
+    df = pd.DataFrame(rows)
+    if len(runs) == 1 and not df.empty:
+        df = df.drop(columns="run")
+    return df
+
+
+def offloads_table(runs: list[RunInfo]) -> pd.DataFrame:
+    """NIC offload flags per interface; a flag that differed between points says so."""
+    seen: dict[tuple[str, str, str], set[str]] = {}
+    for r in runs:
+        for p in r.points:
+            for iface, flags in (p.get("offloads") or {}).items():
+                for k, v in flags.items():
+                    seen.setdefault((r.name, iface, k), set()).add(str(v))
+    rows: dict[tuple[str, str], dict[str, str]] = {}
+    for (run, iface, k), vals in seen.items():
+        rows.setdefault((run, iface), {"run": run, "interface": iface})[k] = "/".join(sorted(vals))
+    df = pd.DataFrame(list(rows.values()))
+    if len(runs) == 1 and not df.empty:
+        df = df.drop(columns="run")
+    return df
+
+
+def _num(v: Any, digits: int = 0) -> str:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return "-"
+    if np.isnan(f):
+        return "-"
+    return f"{f:,.{digits}f}"
+
+
+# --------------------------------------------------------------------------- words
+
+
+def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
+    """The result in words, negative results stated as plainly as positive ones."""
+    out = []
+    sat = prep.saturation
+    budgets = {r.manifest.get("budgets", "extra") for r in runs}
+    budget_note = " and ".join(f"budgets: {b}" for b in sorted(budgets))
+    for group, df in sat.groupby("group", sort=False):
+        where = f"[{group}] " if group else ""
+        reg = df[df["mode_label"] == REGULAR]
+        others = df[df["mode_label"] != REGULAR]
+        if reg.empty:
+            out.append(f"{where}no Regular TCP curve: no gain can be computed.")
+            continue
+        r = reg.iloc[0]
+        for _, s in others.iterrows():
+            pct = s["gain_pct"]
+            verb = "raised" if pct > 0 else "lowered"
+            text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
+                    f"against Regular TCP with the same app and event loop "
+                    f"({s['peak_mean']:.0f} vs {r['peak_mean']:.0f} replies/s, "
+                    f"{int(s['repetitions'])} repetition(s); {budget_note}).")
+            if int(s["repetitions"]) > 1 and (s["ratio_lo"] - 1) * (s["ratio_hi"] - 1) < 0:
+                text += (f" The spread over repetitions (ratio {s['ratio_lo']:.2f}-{s['ratio_hi']:.2f}) "
+                         "includes no change: the sign of the difference is not established.")
+            caveats = []
+            if not s["saturated"]:
+                caveats.append(f"{s['mode_label']} did not saturate (its peak is a lower bound)")
+            if not r["saturated"]:
+                caveats.append("Regular TCP did not saturate (its peak is a lower bound)")
+            if not s["all_faithful"] or not r["all_faithful"]:
+                caveats.append("a peak comes from flagged steps only")
+            if caveats:
+                text += " Caveat: " + "; ".join(caveats) + "."
+            out.append(text)
+        if not others.empty:
+            best = others.loc[others["peak_mean"].idxmax()]
+            out.append(f"{where}Best offloaded mode: {best['mode_label']} "
+                       f"({best['gain_pct']:+.1f}% against Regular TCP).")
+    cpu = cpu_at_saturation(prep)
+    if not cpu.empty and "cpu_us_per_reply_servers" in cpu:
+        for group, df in cpu.groupby("group", sort=False):
+            reg = df[df["mode_label"] == REGULAR]
+            if reg.empty or np.isnan(reg.iloc[0]["cpu_us_per_reply_servers"]):
+                continue
+            base = reg.iloc[0]["cpu_us_per_reply_servers"]
+            for _, s in df[df["mode_label"] != REGULAR].iterrows():
+                c = s["cpu_us_per_reply_servers"]
+                if np.isnan(c) or c <= 0:
+                    continue
+                where = f"[{group}] " if group else ""
+                out.append(f"{where}{s['mode_label']} used {c:.0f} µs of server-side CPU per reply "
+                           f"against Regular TCP's {base:.0f} µs: at the same total CPU (if CPU-bound) it "
+                           f"would reach {base / c:.2f}x Regular TCP's rate "
+                           f"({'a gain' if base > c else 'a loss'} of {abs(base / c - 1) * 100:.0f}%).")
+    n_flag = int((~prep.steps["faithful"]).sum())
+    if n_flag:
+        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound or oversubscribed) "
+                   "and marked in every figure and table; peaks use faithful steps only where any exist.")
+    return out
+
+
+def irq_time_accounting(manifest: dict[str, Any]) -> str | None:
+    """'y'/'n' when known: from the manifest, or from this kernel's config when the report
+    is built on the kernel the run used."""
+    if "irq_time_accounting" in manifest:
+        return "y" if manifest["irq_time_accounting"] else "n"
+    if manifest.get("kernel") != platform.release():
+        return None
+    try:
+        with gzip.open("/proc/config.gz", "rt") as f:
+            for line in f:
+                if line.startswith("CONFIG_IRQ_TIME_ACCOUNTING=y"):
+                    return "y"
+        return "n"
+    except OSError:
+        return None
+
+
+def softirq_text(runs: list[RunInfo]) -> str:
+    irq = {irq_time_accounting(r.manifest) for r in runs}
+    if irq == {"n"}:
+        head = ("This kernel has no IRQ time accounting (CONFIG_IRQ_TIME_ACCOUNTING is not set): softirq "
+                "work (veth receive, forwarding, NAT) is charged to whichever process's cgroup was running "
+                "on that CPU. In Regular TCP the host and the client pay for the router's forwarding and "
+                "for receiving replies; the TCP-server node's cgroup can read near zero while forwarding "
+                "everything. ")
+    elif irq == {"y"}:
+        head = ("This kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): softirq time shows "
+                "in /proc/stat's softirq column and is not charged to the cgroups. ")
+    else:
+        head = ("Whether this kernel accounts IRQ time separately is not known (the report was built on "
+                "another kernel than the run); without it, softirq work is charged to the cgroup of "
+                "whichever process was running. ")
+    return head + ("The per-CPU softirq columns from /proc/stat are shown beside the node CPU, and "
+                   "'µs/reply all CPUs' counts every busy CPU cycle of the machine (load generator "
+                   "included), which no accounting can move between nodes.")
+
+
+# --------------------------------------------------------------------------- HTML
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:1.5em auto;max-width:1250px;color:#222;line-height:1.4}
+h1{font-size:1.5em} h2{border-bottom:1px solid #ccc;padding-bottom:.2em;margin-top:1.8em}
+table{border-collapse:collapse;font-size:.82em;margin:.6em 0}
+th,td{border:1px solid #ccc;padding:.25em .5em;text-align:right;vertical-align:top}
+th{background:#f2f2f2} td:first-child,th:first-child{text-align:left}
+tr.flagged td{background:#fff1e6} .flag{color:#c00;font-weight:bold}
+.note{background:#f6f8fa;border-left:4px solid #888;padding:.5em .8em;margin:.8em 0}
+.result{border-left-color:#06c;font-size:1.05em} img{max-width:100%;border:1px solid #eee}
+code{background:#f2f2f2;padding:0 .2em} figure{margin:1em 0} figcaption{font-size:.9em;color:#444}
+"""
+
+
+def html_table(df: pd.DataFrame, table_id: str | None = None, flag_col: str = "flags") -> str:
+    """A table whose flagged rows are shaded and carry a ⚑ in their flag cell."""
+    if df is None or df.empty:
+        return "<p><i>(none)</i></p>"
+    idattr = f' id="{table_id}"' if table_id else ""
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
+    body = []
+    for _, row in df.iterrows():
+        flagged = flag_col in df.columns and bool(str(row[flag_col]).strip())
+        cells = []
+        for c in df.columns:
+            v = "" if row[c] is None or (isinstance(row[c], float) and np.isnan(row[c])) else str(row[c])
+            cell = html.escape(v)
+            if c == flag_col and flagged:
+                cell = f'<span class="flag">⚑ {cell}</span>'
+            cells.append(f"<td>{cell}</td>")
+        body.append(f'<tr{" class=flagged" if flagged else ""}>{"".join(cells)}</tr>')
+    return f"<table{idattr}><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _kv_table(d: dict[str, Any]) -> str:
+    rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td style='text-align:left'>"
+                   f"{html.escape(v if isinstance(v, str) else json.dumps(v, default=str))}</td></tr>"
+                   for k, v in d.items())
+    return f"<table>{rows}</table>"
+
+
+def _manifest_section(r: RunInfo) -> str:
+    m = r.manifest
+    when = lambda t: dt.datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else "-"  # noqa: E731
+    cfs = sorted({str(p.get("cfs_period_us")) for p in r.points if p.get("cfs_period_us")})
+    key = {"run directory": str(r.dir), "experiment": m.get("experiment"), "source": m.get("source"),
+           "quick": m.get("quick"), "commit": m.get("commit"),
+           "uncommitted changes": m.get("dirty"), "kernel": m.get("kernel"),
+           "cgroup version": m.get("cgroup_version"), "machine": m.get("machine"),
+           "versions": m.get("versions"), "started": when(m.get("started")), "finished": when(m.get("finished")),
+           "resumed": [when(t) for t in m.get("resumed", [])], "seed": m.get("seed"),
+           "repetitions": m.get("repetitions"), "topology": m.get("topology"), "params": m.get("params"),
+           "sweep": m.get("sweep"), "modes": m.get("modes"), "workloads": m.get("workloads"),
+           "load": m.get("load"), "budgets": m.get("budgets"), "fidelity": m.get("fidelity"),
+           "CFS period (µs)": ", ".join(cfs) or "-", "host sysctls": m.get("host_sysctls"),
+           "clock": m.get("clock")}
+    sysctls = next((p.get("sysctls") for p in r.points if p.get("sysctls")), None)
+    if sysctls:
+        key["namespace sysctls (first point)"] = sysctls
+    return _kv_table(key)
+
+
+def _figure(figs: dict[str, str], key: str, caption: str) -> str:
+    if key not in figs:
+        return f"<p><i>figure {key} could not be drawn (see the log)</i></p>"
+    return (f'<figure><img src="{html.escape(figs[key])}" alt="{html.escape(key)}">'
+            f"<figcaption>{caption}</figcaption></figure>")
+
+
+def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str], title: str,
+                extra_sections: Iterable[str] = ()) -> str:
+    ncpus = runs[0].ncpus if runs else None
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+             f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
+    descr = " ".join(r.manifest.get("description", "") for r in runs if r.manifest.get("description"))
+    if descr:
+        parts.append(f"<p>{html.escape(descr)}</p>")
+    parts.append(f"<p>Generated {dt.datetime.now().isoformat(timespec='seconds')} from "
+                 f"{', '.join('<code>' + html.escape(str(r.dir)) + '</code>' for r in runs)}.</p>")
+    if prep is None:
+        parts.append("<div class='note result'><b>No step was measured</b>: there is nothing to plot. "
+                     "See the points below for what failed.</div>")
+    else:
+        parts.append("<h2>Summary</h2>")
+        parts.append("<div class='note result'>" + "<br>".join(html.escape(s).replace("µ", "&micro;")
+                                                                for s in summary_sentences(prep, runs))
+                     + "</div>")
+        parts.append(html_table(summary_table(prep), table_id="summary"))
+        parts.append(f"<p>Peak = the highest reply rate among a curve's faithful steps (mean over "
+                     f"repetitions, spread min-max and std); the knee = the first offered rate whose reply "
+                     f"rate fell below {KNEE_FRACTION:.0%} of it; a curve without a knee did not saturate "
+                     f"and its peak is a lower bound. Ratios compare modes within one run, workload and "
+                     f"configuration.</p>")
+        parts.append(_limits_section(runs, prep))
+        parts.append("<h2>Figures</h2>")
+        parts.append(_figure(figs, "reply_rate", "Reply rate against offered load per mode, with y = x; "
+                             "stars mark each curve's saturation point, dotted lines its knee; shaded bands "
+                             "span the repetitions."))
+        parts.append(_figure(figs, "gain", "Peak faithful reply rate per mode and gain over Regular TCP."))
+        parts.append(_figure(figs, "cpu_breakdown", "CPU per node at saturation: user and system stacked, "
+                             "budget as a black tick (budgets: " + ", ".join(
+                                 sorted({str(r.manifest.get('budgets')) for r in runs})) + ")."))
+        parts.append(_figure(figs, "cpu_per_request", "Server-side CPU per reply at saturation, stacked by "
+                             "node; diamonds: all CPUs' busy time per reply. Is offloading worth it at the "
+                             "same total CPU?"))
+        parts.append(_figure(figs, "latency", "Latency p50 and p99 against offered load, measured from the "
+                             "intended send time (open loop: queueing in the generator counts)."))
+        parts.append(_figure(figs, "errors", "Failed requests against offered load, and by kind."))
+        parts.append("<h2>CPU at saturation</h2><p>Per node: user+system CPU (cores) / budget, "
+                     "throttled time when any; CPU µs per reply per server-side node.</p>")
+        parts.append(html_table(cpu_table(prep, ncpus), table_id="cpu"))
+        parts.append("<h2>Softirq per CPU at saturation</h2>")
+        parts.append(f"<div class='note'>{html.escape(softirq_text(runs))}</div>")
+        parts.append(html_table(softirq_table(prep), table_id="softirq"))
+        parts.append("<h2>Flagged steps</h2>")
+        parts.append(html_table(steps_table(prep, only_flagged=True), table_id="flagged"))
+        parts.append("<h2>All steps</h2><details><summary>one row per step and repetition</summary>")
+        parts.append(html_table(steps_table(prep), table_id="steps") + "</details>")
+        if prep.missing:
+            parts.append("<p class='note'>Columns the load generator did not record (shown as '-'): "
+                         + html.escape(", ".join(prep.missing)) + ".</p>")
+    parts.extend(extra_sections)
+    parts.append("<h2>Points</h2>")
+    parts.append(html_table(points_table(runs), flag_col="error"))
+    parts.append("<h2>NIC offload flags</h2><p>TSO/GSO/GRO per interface (ethtool -k inside each node); "
+                 "a value like on/off differed between points.</p>")
+    parts.append(html_table(offloads_table(runs)))
+    for r in runs:
+        parts.append(f"<h2>Manifest: {html.escape(r.name)}</h2>")
+        parts.append(_manifest_section(r))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def _limits_section(runs: list[RunInfo], prep: Prepared) -> str:
+    items = []
+    for r in runs:
+        b = r.manifest.get("budgets", "extra")
+        items.append(f"<b>Budgets{' (' + html.escape(r.name) + ')' if len(runs) > 1 else ''}</b>: "
+                     + BUDGETS_TEXT.get(b, html.escape(str(b))))
+        fid = r.manifest.get("fidelity") or {}
+        items.append(f"<b>Fidelity threshold</b>: a step is <i>oversubscribed</i> when the machine had less "
+                     f"than {float(fid.get('min_idle', 0.05)):.0%} idle CPU over the step, or a budgeted node "
+                     f"used under 90% of its budget while its CPUs had no idle time left; "
+                     f"<i>generator-bound</i> when the load generator could not offer the load (achieved "
+                     f"send rate, its own CPU, or in-flight overflow).")
+    st = prep.steps
+    gb = st[st["generator_bound"]]
+    ov = st[st["oversubscribed"]]
+    items.append(f"<b>Generator-bound steps</b>: {len(gb)} of {len(st)}"
+                 + (": " + html.escape(", ".join(f"{c} @ {o:g}" for c, o in zip(gb["curve"], gb["offered"])))
+                    if len(gb) else "") + ".")
+    items.append(f"<b>Oversubscribed steps</b>: {len(ov)} of {len(st)}"
+                 + (": " + html.escape(", ".join(f"{c} @ {o:g}" for c, o in zip(ov["curve"], ov["offered"])))
+                    if len(ov) else "") + ".")
+    items.append("<b>Softirq</b>: " + html.escape(softirq_text(runs)))
+    offl = offloads_table(runs)
+    if not offl.empty:
+        flags = [c for c in offl.columns if c not in ("run", "interface")]
+        vals = {f: sorted(set("/".join(offl[f].dropna().astype(str)).split("/"))) for f in flags}
+        items.append("<b>NIC offloads</b>: " + html.escape("; ".join(f"{f}: {'/'.join(v)}"
+                                                                      for f, v in vals.items())))
+    budgets = budget_table(prep)
+    return ("<h2>What these numbers depend on</h2>" + "".join(f"<div class='note'>{i}</div>" for i in items)
+            + "<p>CPU budgets per node and mode (cores; '-' = unlimited):</p>" + html_table(budgets))
+
+
+def budget_table(prep: Prepared) -> pd.DataFrame:
+    cols = [f"budget_{n}" for n in prep.nodes if f"budget_{n}" in prep.steps]
+    if not cols:
+        return pd.DataFrame()
+    df = prep.steps.groupby("curve", sort=False)[cols].first().reset_index()
+    df.columns = ["curve"] + [c[len("budget_"):] for c in cols]
+    for c in df.columns[1:]:
+        df[c] = df[c].map(lambda v: "-" if v is None or pd.isna(v) else f"{float(v):g}")
+    return df
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | None = None,
+                 extra: Any = None) -> tuple[Path, Prepared | None, list[RunInfo]]:
+    """Load the runs, draw the figures into ``out_dir``, write ``out_dir/index.html``."""
+    runs = [RunInfo.load(d) for d in run_dirs]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        prep: Prepared | None = prepare_runs(runs)
+    except EmptyRun as e:
+        log.warning("%s", e)
+        prep = None
+    figs = figures.draw_all(prep, out, runs[0].ncpus) if prep is not None else {}
+    title = title or (f"Report: {runs[0].name}" if len(runs) == 1 else
+                      "Comparison: " + ", ".join(r.name for r in runs))
+    sections = extra(runs, prep) if extra else []
+    page = render_html(runs, prep, figs, title, sections)
+    (out / "index.html").write_text(page, encoding="utf-8")
+    log.info("report written to %s", out / "index.html")
+    return out / "index.html", prep, runs
+
+
+def write_report(run_dir: str | Path) -> Path:
+    """The runner's hook: RUN_DIR/report/index.html with its PNG figures beside it."""
+    path, _, _ = build_report([run_dir], Path(run_dir) / "report")
+    return path
+
+
+def summary_text(prep: Prepared | None, runs: list[RunInfo]) -> str:
+    """The terminal version of the summary: the gain table and the sentences."""
+    if prep is None:
+        return "no step was measured; see the points in the report"
+    table = summary_table(prep)
+    cols = [c for c in ("group", "mode", "peak replies/s", "± std", "reps", "ratio to regular", "gain",
+                        "server CPU µs/reply", "flagged steps", "flags") if c in table]
+    t = table[cols]
+    if (t["group"] == "-").all():
+        t = t.drop(columns="group")
+    lines = [t.to_string(index=False), ""]
+    lines += [f"- {s}" for s in summary_sentences(prep, runs)]
+    lines.append(f"- budgets: {', '.join(sorted({str(r.manifest.get('budgets')) for r in runs}))}")
+    return "\n".join(lines)
