@@ -422,6 +422,9 @@ class TunnelSocket:
     async def recv(self, n: int = 65536) -> bytes:
         p = self._proto
         tr = self.tr
+        if not p.buf and tr._rbuf:  # pushed ahead (eager receive): no wait at all
+            tr.resume_reading()
+            tr._rpaused = True
         while not p.buf and not p.eof:
             if tr._closed:
                 break
@@ -647,17 +650,19 @@ class Tunnel(asyncio.Protocol):
         return fut
 
     async def create_server(self, factory: Callable[[], asyncio.BaseProtocol], port: int,
-                            accept_ahead: int = 32) -> TunnelListener:
+                            accept_ahead: int = 32, peer_addresses: bool = False) -> TunnelListener:
+        """Like loop.create_server. Without ``peer_addresses`` get_extra_info("peername")
+        is None: the TCP server then saves a getpeername call per connection."""
         ls = TunnelListener(self, port, factory, accept_ahead)
         self.listeners[port] = ls
-        await self._request(LISTEN, port)
+        await self._request(LISTEN, port, b"\x01" if peer_addresses else b"")
         ls._refill()
         return ls
 
     async def listen(self, port: int) -> TunnelListener:
         ls = TunnelListener(self, port, None, 0)
         self.listeners[port] = ls
-        await self._request(LISTEN, port)
+        await self._request(LISTEN, port, b"\x01")
         return ls
 
     async def connect(self, host: str, port: int) -> TunnelSocket:

@@ -39,7 +39,7 @@ RECV_WINDOW = 64 * 1024
 HELLO = 1  # host -> server: payload JSON {version, token, host, mode}
 WELCOME = 2  # server -> host: payload JSON {version, mode, server}
 ERROR = 3  # either way: arg errno, payload UTF-8 message; conn 0 = channel-level
-LISTEN = 4  # host -> server: arg port, conn = request id
+LISTEN = 4  # host -> server: arg port, conn = request id; payload b"\x01" = send peer addresses
 LISTEN_OK = 5  # server -> host: arg port, conn = request id
 ACCEPT_REQ = 6  # host -> server: arg port; ask for one connection (pull accept)
 ACCEPTED = 7  # server -> host: conn; payload peer address (see encode_peer)

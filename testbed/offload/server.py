@@ -71,7 +71,8 @@ log = logging.getLogger("testbed.offload.server")
 _pack = HDR.pack
 _V = PROTOCOL_VERSION
 _HALF_SEND = SEND_WINDOW // 2
-_SAN_HIGH_WATER = 8 * 1024 * 1024  # above this, stop reading clients of that host
+_SAN_HIGH_WATER = 8 * 1024 * 1024
+_NO_PEER = encode_peer(None)  # above this, stop reading clients of that host
 
 
 @dataclass
@@ -314,6 +315,7 @@ class HostChannel(asyncio.Protocol):
         self.hello_timer: asyncio.TimerHandle | None = None
         self.peer = None
         self.dead = False
+        self.want_peer = False
 
     # --- output: batched per loop iteration -----------------------------------------
     def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
@@ -427,6 +429,7 @@ class HostChannel(asyncio.Protocol):
                     if c is not None and c.transport.can_write_eof():
                         c.transport.write_eof()
                 elif ftype == LISTEN:
+                    self.want_peer = self.want_peer or payload[:1] == b"\x01"
                     self.srv.listen_request(self, cid, arg)
                 elif ftype == CONNECT:
                     self.srv.connect_request(self, cid, arg, payload)
@@ -686,7 +689,8 @@ class TcpServer:
             return
         c.announced = True
         c.wait_since = 0.0
-        peer = encode_peer(c.transport.get_extra_info("peername"))
+        # getpeername is a syscall: only for hosts that asked for addresses in LISTEN
+        peer = encode_peer(c.transport.get_extra_info("peername")) if h.want_peer else _NO_PEER
         if self.push_accept:
             self.c_eager_accepts += 1
             if self.setup_with_accept and c.rlen:
