@@ -1,0 +1,20 @@
+"""Small Mininet ``Topo`` classes for the bring-your-own-topology tests (and as examples).
+
+    sudo python -m testbed up tests.mininet_topos:TwoTier -p hosts=2 \
+        --role client=h1 --role tcpserver=t1 --role host=h2,h3
+"""
+
+from mininet.topo import Topo
+
+
+class TwoTier(Topo):
+    """h1 --s1-- t1 --s2-- h2..h<hosts+1>: a client switch and a SAN switch around a front node."""
+
+    def build(self, hosts: int = 2, san_bw: float | None = None) -> None:  # Mininet calls build()
+        h1, t1 = self.addHost("h1"), self.addHost("t1", cpu=0.1)
+        s1, s2 = self.addSwitch("s1"), self.addSwitch("s2")
+        self.addLink(h1, s1)
+        self.addLink(s1, t1)
+        self.addLink(t1, s2, bw=san_bw)
+        for i in range(hosts):
+            self.addLink(self.addHost(f"h{i + 2}"), s2, bw=san_bw)
