@@ -5,10 +5,9 @@ A channel spec is one of
 - ``tcp:ADDR:PORT``  TCP over the SAN link (cluster, inic, multihost topologies);
 - ``unix:PATH``      a filesystem Unix socket (smp: both processes in one node; filesystem
                      sockets are shared across network namespaces, abstract ones are not);
-- ``shm:NAME``       beyond the paper: a pair of shared-memory rings per host in
-                     ``/dev/shm/tcps-NAME-<n>`` (the paper's memory-mapped channel), with a
-                     Unix socket ``/dev/shm/tcps-NAME.sock`` only for the handshake and for
-                     wake-ups when a ring goes from empty to non-empty (see ``shmring``).
+- ``shm:NAME``       beyond the paper, planned: shared-memory rings in ``/dev/shm/tcps-NAME-*``
+                     with a Unix socket ``/dev/shm/tcps-NAME.sock`` for the handshake and
+                     wake-ups. Parsed, but not implemented yet: serve/connect say so.
 
 Both ends speak asyncio's Protocol interface over any of them, so the TCP server and the
 host library do not know which one they use.
@@ -85,9 +84,7 @@ async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> a
         srv = await loop.create_unix_server(factory, spec.path, backlog=128)
         os.chmod(spec.path, 0o600)  # only root (the testbed) may attach
         return srv
-    from . import shmring
-
-    return await shmring.serve(spec, factory)
+    raise _shm_missing(spec)
 
 
 async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
@@ -98,9 +95,12 @@ async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) ->
         return tr, pr
     if spec.kind == "unix":
         return await loop.create_unix_connection(factory, spec.path)
-    from . import shmring
+    raise _shm_missing(spec)
 
-    return await shmring.connect(spec, factory)
+
+def _shm_missing(spec: ChannelSpec) -> OSError:
+    return OSError(f"channel {spec}: the shared-memory ring is not implemented yet; "
+                   "use unix:PATH (smp) or tcp:ADDR:PORT")
 
 
 def tune_accepted(transport: asyncio.BaseTransport) -> None:
