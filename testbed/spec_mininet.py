@@ -124,6 +124,8 @@ def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
         return s
 
     edges = list(topo.links(sort=False, withInfo=True))
+    for a, b, info in edges:
+        _check_link_params(a, b, info)
     for a, b, _ in edges:
         if a in parent and b in parent:
             parent[find(a)] = find(b)
@@ -163,6 +165,20 @@ def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
                       params=dict(params or {}))
     validate(result, f"Mininet Topo {type(topo).__name__}")
     return result
+
+
+#: Topo link keys that name or place things the testbed's address plan decides itself
+_LINK_NAMING = {"node1", "node2", "port1", "port2", "key", "intfName1", "intfName2", "addr1", "addr2", "cls"}
+_LINK_SHAPING = {"bw", "delay", "loss"}
+
+
+def _check_link_params(a: str, b: str, info: dict[str, Any]) -> None:
+    """Shaping the testbed cannot reproduce is refused, never dropped silently."""
+    unsupported = sorted(k for k, v in info.items()
+                         if k not in _LINK_NAMING | _LINK_SHAPING and v not in (None, False, 0))
+    if unsupported:
+        raise SpecError(f"Topo link {a}-{b}: {', '.join(unsupported)} cannot be converted "
+                        f"(supported: bw, delay, loss); remove it from the Topo")
 
 
 def _node(name: str, role: str, info: dict[str, Any], ncpus: int) -> Node:

@@ -222,6 +222,14 @@ def test_topo_conversion_roles_segments_and_errors():
     with pytest.raises(SpecError, match="cannot import nosuchmod"):
         load_mininet_topology("nosuchmod:Topo", TWO_TIER_ROLES)
 
+    from mininet.topo import Topo
+
+    class WithJitter(Topo):
+        def build(self) -> None:
+            self.addLink(self.addHost("h1"), self.addHost("h2"), bw=10, jitter="1ms")
+    with pytest.raises(SpecError, match="h1-h2: jitter cannot be converted"):
+        from_mininet(WithJitter(), {"h1": "client", "h2": "host"})
+
 
 def test_cli_up_mininet_topo_class_on_either_backend(tb_name):
     cases = [("netns", "tests.mininet_topos:TwoTier", ["-p", "hosts=2"], TWO_TIER_ROLES, "h3"),
