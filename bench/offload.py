@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import re
 import subprocess
 import sys
@@ -231,7 +232,7 @@ def run(args: argparse.Namespace) -> dict:
     for mode in args.modes:
         topo = load_topology("cluster", params)
         print(f"[{mode}] building the cluster testbed ...", file=sys.stderr, flush=True)
-        with Testbed(topo, name="tcpsbench", mode=mode, start_services=True,
+        with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=mode, start_services=True,
                      service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
             r: dict[str, Any] = {}
             r["load"] = _measure(tb, ["tcpserver", "host1"], args.file, args.rate, args.seconds,
@@ -324,9 +325,9 @@ def main(argv: list[str] | None = None) -> int:
     if "regular" not in a.modes:
         a.modes.insert(0, "regular")
     res = run(a)
-    if a.json:
-        a.json.write_text(json.dumps(res, indent=1))
     print(report(res))
+    if a.json:
+        a.json.write_text(json.dumps(res, indent=1, default=str))
     return 0
 
 
