@@ -234,6 +234,10 @@ class MininetBackend:
                         raise TestbedError(f"mininet: {ns}/{ifname} is not up")
                     if lp.link.mbit:
                         _check_rate(ipr, idx, lp.link.mbit, f"{ns}/{ifname}", lp.link.name)
+                    if (lp.link.delay_ms or lp.link.loss_pct) and not any(
+                            q.get_attr("TCA_KIND") == "netem" for q in ipr.get_qdiscs(index=idx)):
+                        raise KernelFeatureMissing(f"link {lp.link.name}: {ns}/{ifname} has no netem "
+                                                   "qdisc for its delay/loss")
                 if key in gateways:
                     gws = {r.get_attr("RTA_GATEWAY") for r in ipr.get_default_routes(family=2)}
                     if gws != {gateways[key]}:
