@@ -169,6 +169,26 @@ def test_sigkill_of_the_builder_then_down_removes_everything(tb_name):
     assert not Path(f"/proc/{sleeper}").exists() or "Z" in Path(f"/proc/{sleeper}/stat").read_text().split()[2]
 
 
+def test_builder_killed_mid_build_leaves_nothing_after_down(tb_name):
+    """Killed while Mininet is still attaching namespaces: only the journal knows what exists."""
+    before = root_links()
+    code = (f"from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
+            f"import os, signal, testbed.backends.mininet as b\n"
+            f"orig, n = b.attach_netns, [0]\n"
+            f"def slow(name, pid):\n    orig(name, pid); n[0] += 1\n"
+            f"    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
+            f"b.attach_netns = slow\n"
+            f"Testbed(load_topology('multihost', {{'hosts': '4', 'host_cpu': 'none'}}), '{tb_name}',"
+            f" backend='mininet').up()\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
+    assert proc.returncode == -signal.SIGKILL
+    shells = journaled(tb_name, "pid")
+    assert any(x.startswith("netns") for x in leftovers(tb_name))
+    run_cli("down", tb_name)
+    assert leftovers(tb_name) == [] and root_links() == before
+    assert not any(pid_alive(int(p.split(":")[0]), int(p.split(":")[1])) for p in shells)
+
+
 @pytest.mark.parametrize("mode", ["regular", "split"])
 def test_both_backends_serve_byte_exact_files(tb_name, mode):
     for backend in ("netns", "mininet"):
