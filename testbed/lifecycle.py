@@ -38,7 +38,8 @@ def backend_class(name: str) -> type:
     A backend has ``__init__(testbed, journal)`` and ``build(topology, plan)``, creates
     every node's namespace under /run/netns/<prefix>-<testbed>-<node> (so processes,
     routes and metrics work the same on both), and journals what it creates: ``netns``
-    names, and ``pid`` entries ("PID:STARTTIME") for helper processes it leaves running.
+    names, ``pid`` entries ("PID:STARTTIME") for helper processes it leaves running, and
+    ``link`` names of interfaces it makes in the root namespace (deleted by exact name).
     """
     if name == "netns":
         return NetnsBackend
