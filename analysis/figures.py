@@ -125,6 +125,17 @@ def _bar_labels(sat: pd.DataFrame) -> list[str]:
     return [f"{c}\n[{f}]" if f else c for c, f in zip(sat["curve"], sat["flags"])]
 
 
+def user_system(sat: pd.DataFrame, node: str) -> tuple[pd.Series, pd.Series]:
+    """The node's CPU split into user and system. cpuacct.stat's user/system are counted in
+    10 ms ticks while the total (cpuacct.usage) is exact, so the split is taken as a share
+    of the exact total, not summed from the ticks."""
+    nan = pd.Series(np.nan, index=sat.index)
+    total = sat.get(f"cpu_{node}", nan)
+    u, s = sat.get(f"user_{node}", nan), sat.get(f"system_{node}", nan)
+    share = (u / (u + s)).where((u + s) > 0)
+    return (total * share).fillna(0), (total * (1 - share)).fillna(total.fillna(0))
+
+
 def cpu_breakdown(prep: Prepared, out: Path) -> str:
     """CPU per node at each curve's saturation step: user and system stacked, one bar per
     node, the node's budget as a black tick."""
@@ -139,8 +150,7 @@ def cpu_breakdown(prep: Prepared, out: Path) -> str:
     x = np.arange(len(sat))
     for j, node in enumerate(nodes):
         xs = x - 0.4 + width * (j + 0.5)
-        user = sat.get(f"user_{node}", pd.Series(np.nan, index=sat.index)).fillna(0)
-        system = sat.get(f"system_{node}", pd.Series(np.nan, index=sat.index)).fillna(0)
+        user, system = user_system(sat, node)
         hatch = ["//" if f else None for f in sat["flags"]]
         for k in range(len(sat)):
             ax.bar(xs[k], user.iloc[k], width * 0.95, color=cmap(j), hatch=hatch[k], edgecolor="white")
@@ -167,8 +177,9 @@ def cpu_breakdown(prep: Prepared, out: Path) -> str:
 
 
 def cpu_per_request(prep: Prepared, out: Path, ncpus: int | None) -> str:
-    """CPU time per reply at saturation, stacked over the server-side nodes, beside all
-    CPUs' busy time per reply (a diamond)."""
+    """CPU time per reply at saturation, stacked over the server-side nodes. (All CPUs' busy
+    time per reply is in the table only: it includes the generator and anything else that
+    ran on the machine, which would dwarf the bars.)"""
     sat = cpu_at_saturation(prep)
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(sat) + 3), 5.0))
     if sat.empty:
@@ -189,10 +200,6 @@ def cpu_per_request(prep: Prepared, out: Path, ncpus: int | None) -> str:
         bottom += v
     for k, total in enumerate(bottom):
         ax.text(x[k], total, f"{total:.0f}", ha="center", va="bottom", fontsize=8)
-    if ncpus and "machine_idle" in sat:
-        machine = (1.0 - sat["machine_idle"]) * ncpus / sat["reply_rate"] * 1e6
-        ax.scatter(x, machine, marker="D", color="black", zorder=5,
-                   label="all CPUs busy per reply (incl. generator)")
     ax.set_xticks(x)
     ax.set_xticklabels(_bar_labels(sat), fontsize=7)
     ax.set_ylabel("CPU µs per reply at saturation")

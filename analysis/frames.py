@@ -134,8 +134,20 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     steps["config_label"] = [", ".join(f"{c[len('config_'):]}={_fmt_value(row[c])}" for c in cfg_cols
                                        if not (isinstance(row[c], float) and np.isnan(row[c])))
                              for _, row in steps[cfg_cols].iterrows()] if cfg_cols else ""
-    steps["group"] = [" / ".join(x for x in (r, w, c) if x)
-                      for r, w, c in zip(steps["run"], steps["workload"], steps["config_label"])]
+    # phases of a shifting workload (issue 8) are compared phase by phase, like configurations
+    phase = steps["phase"] if "phase" in steps else pd.Series([None] * len(steps), index=steps.index)
+    steps["phase_label"] = ["" if p is None or (isinstance(p, float) and np.isnan(p)) else f"phase {int(p)}"
+                            for p in phase]
+    steps["group"] = [" / ".join(x for x in (r, w, c, p) if x) for r, w, c, p in
+                      zip(steps["run"], steps["workload"], steps["config_label"], steps["phase_label"])]
+    # modes outside a sweep (``sweep_modes``) ran the base configuration only: their group
+    # without the configuration is the baseline of every swept configuration
+    steps["base_group"] = [" / ".join(x for x in (r, w, p) if x) for r, w, p in
+                           zip(steps["run"], steps["workload"], steps["phase_label"])]
+    order = {m: i for i, m in enumerate(sorted(steps["mode_label"].unique(), key=lambda m: (m != REGULAR, m)))}
+    steps = steps.assign(_order=steps["mode_label"].map(order)).sort_values(
+        ["run", "workload", "config_label", "phase_label", "_order", "repetition", "offered"],
+        kind="stable").drop(columns="_order").reset_index(drop=True)
     steps["curve"] = [f"{g} / {m}" if g else m for g, m in zip(steps["group"], steps["mode_label"])]
     nodes = nodes_of(steps)
     roles = roles or {}
@@ -152,7 +164,7 @@ def _flag_text(gen_bound: bool, over: bool) -> str:
     return ",".join(f for f, on in (("generator_bound", gen_bound), ("oversubscribed", over)) if on)
 
 
-_KEYS = ["group", "run", "workload", "config_label", "mode_label", "curve"]
+_KEYS = ["group", "base_group", "run", "workload", "config_label", "mode_label", "curve"]
 
 
 def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
@@ -177,7 +189,7 @@ def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
 def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
     """The saturation step of every curve and repetition (faithful steps first)."""
     rows = []
-    for _, df in steps.groupby(_KEYS + ["repetition"], dropna=False):
+    for _, df in steps.groupby(_KEYS + ["repetition"], dropna=False, sort=False):
         faithful = df[df["faithful"]]
         pool = faithful if not faithful.empty and faithful["reply_rate"].notna().any() else df
         if pool["reply_rate"].isna().all():
@@ -209,17 +221,18 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     sat = sat.merge(pd.DataFrame(knees, columns=_KEYS + ["knee_offered"]), on=_KEYS, how="left")
     flagged = curves.groupby(_KEYS, dropna=False)["faithful"].apply(lambda s: int((~s).sum())).reset_index()
     sat = sat.merge(flagged.rename(columns={"faithful": "flagged_steps"}), on=_KEYS, how="left")
-    base = sat[sat["mode_label"] == REGULAR].set_index("group")["peak_mean"]
-    base_std = sat[sat["mode_label"] == REGULAR].set_index("group")["peak_std"]
-    sat["regular_peak"] = sat["group"].map(base)
+    reg = sat[sat["mode_label"] == REGULAR].drop_duplicates("group").set_index("group")
+    # a swept configuration without its own Regular TCP is compared with the base one
+    sat["baseline"] = [g if g in reg.index else (b if b in reg.index else None)
+                       for g, b in zip(sat["group"], sat["base_group"])]
+    for col, src in (("regular_peak", "peak_mean"), ("regular_min", "peak_min"), ("regular_max", "peak_max"),
+                     ("regular_std", "peak_std"), ("regular_saturated", "saturated")):
+        sat[col] = sat["baseline"].map(reg[src])
     sat["ratio_to_regular"] = sat["peak_mean"] / sat["regular_peak"]
     sat["gain_pct"] = (sat["ratio_to_regular"] - 1.0) * 100.0
     # spread of the ratio from the repetitions' extremes (min/max against max/min)
-    sat["ratio_lo"] = sat["peak_min"] / sat["group"].map(sat[sat["mode_label"] == REGULAR]
-                                                         .set_index("group")["peak_max"])
-    sat["ratio_hi"] = sat["peak_max"] / sat["group"].map(sat[sat["mode_label"] == REGULAR]
-                                                         .set_index("group")["peak_min"])
-    sat["regular_std"] = sat["group"].map(base_std)
+    sat["ratio_lo"] = sat["peak_min"] / sat["regular_max"]
+    sat["ratio_hi"] = sat["peak_max"] / sat["regular_min"]
     return sat
 
 

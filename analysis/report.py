@@ -115,6 +115,8 @@ def summary_table(prep: Prepared) -> pd.DataFrame:
             "reps": int(s["repetitions"]),
             "at offered": _num(s["offered_at_peak"]),
             "knee at": _num(s["knee_offered"]) if not np.isnan(s["knee_offered"]) else "none",
+            "vs regular of": "-" if s["baseline"] is None or s["mode_label"] == REGULAR
+            else (s["baseline"] or "-"),
             "ratio to regular": "-" if np.isnan(ratio) else
             f"{ratio:.2f}" + (f" ({s['ratio_lo']:.2f}-{s['ratio_hi']:.2f})" if s["repetitions"] > 1 else ""),
             "gain": "-" if np.isnan(ratio) or s["mode_label"] == REGULAR else f"{s['gain_pct']:+.1f}%",
@@ -133,11 +135,16 @@ def cpu_table(prep: Prepared, ncpus: int | None) -> pd.DataFrame:
     if sat.empty:
         return pd.DataFrame()
     rows = []
-    for _, s in sat.iterrows():
+    nan = np.full(len(sat), np.nan)
+    user, system = {}, {}
+    for n in prep.nodes:
+        u, sy = figures.user_system(sat, n)
+        user[n], system[n] = u.to_numpy(), sy.to_numpy()
+    for i, (_, s) in enumerate(sat.iterrows()):
         row: dict[str, Any] = {"curve": s["curve"], "replies/s": _num(s.get("reply_rate"))}
         for n in prep.nodes:
             b = s.get(f"budget_{n}")
-            row[f"{n} user+sys"] = (f"{s.get(f'user_{n}', np.nan):.2f}+{s.get(f'system_{n}', np.nan):.2f}"
+            row[f"{n} user+sys"] = (f"{user.get(n, nan)[i]:.2f}+{system.get(n, nan)[i]:.2f}"
                                     + (f" / {b:g}" if b is not None and not np.isnan(b) else " / -"))
             if f"throttled_{n}" in s and s[f"throttled_{n}"] > 0:
                 row[f"{n} user+sys"] += f" (thr {s[f'throttled_{n}']:.2f})"
@@ -237,20 +244,29 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
     sat = prep.saturation
     budgets = {r.manifest.get("budgets", "extra") for r in runs}
     budget_note = " and ".join(f"budgets: {b}" for b in sorted(budgets))
+    cpu = cpu_at_saturation(prep)
+    cpu_of = dict(zip(cpu["curve"], cpu["cpu_us_per_reply_servers"])) \
+        if not cpu.empty and "cpu_us_per_reply_servers" in cpu else {}
+    reg_curve = {g: c for g, c, m in zip(sat["group"], sat["curve"], sat["mode_label"]) if m == REGULAR}
     for group, df in sat.groupby("group", sort=False):
         where = f"[{group}] " if group else ""
-        reg = df[df["mode_label"] == REGULAR]
         others = df[df["mode_label"] != REGULAR]
-        if reg.empty:
-            out.append(f"{where}no Regular TCP curve: no gain can be computed.")
-            continue
-        r = reg.iloc[0]
         for _, s in others.iterrows():
+            if s["baseline"] is None or pd.isna(s["regular_peak"]):
+                out.append(f"{where}{s['mode_label']}: no Regular TCP curve to compare with "
+                           f"(peak {s['peak_mean']:.0f} replies/s).")
+                continue
+            against = "" if s["baseline"] == group else f" ({s['baseline'] or 'base configuration'})"
+            if not s["saturated"] and not s["regular_saturated"]:
+                out.append(f"{where}{s['mode_label']}: neither it nor Regular TCP{against} saturated within the "
+                           f"offered range (peaks {s['peak_mean']:.0f} and {s['regular_peak']:.0f} replies/s): "
+                           "no gain or loss can be measured; offer more load.")
+                continue
             pct = s["gain_pct"]
             verb = "raised" if pct > 0 else "lowered"
             text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
-                    f"against Regular TCP with the same app and event loop "
-                    f"({s['peak_mean']:.0f} vs {r['peak_mean']:.0f} replies/s, "
+                    f"against Regular TCP{against} with the same app and event loop "
+                    f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s, "
                     f"{int(s['repetitions'])} repetition(s); {budget_note}).")
             if int(s["repetitions"]) > 1 and (s["ratio_lo"] - 1) * (s["ratio_hi"] - 1) < 0:
                 text += (f" The spread over repetitions (ratio {s['ratio_lo']:.2f}-{s['ratio_hi']:.2f}) "
@@ -258,33 +274,30 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
             caveats = []
             if not s["saturated"]:
                 caveats.append(f"{s['mode_label']} did not saturate (its peak is a lower bound)")
-            if not r["saturated"]:
+            if not s["regular_saturated"]:
                 caveats.append("Regular TCP did not saturate (its peak is a lower bound)")
-            if not s["all_faithful"] or not r["all_faithful"]:
-                caveats.append("a peak comes from flagged steps only")
+            if not s["all_faithful"]:
+                caveats.append("its peak comes from flagged steps only")
             if caveats:
                 text += " Caveat: " + "; ".join(caveats) + "."
+            c, base = cpu_of.get(s["curve"], np.nan), cpu_of.get(reg_curve.get(s["baseline"]), np.nan)
+            if c > 0 and base > 0:
+                text += (f" It used {c:.0f} µs of server-side CPU per reply against Regular TCP's {base:.0f} µs: "
+                         f"at the same total CPU (if CPU-bound) it would reach {base / c:.2f}x Regular TCP's "
+                         f"rate ({'a gain' if base > c else 'a loss'} of {abs(base / c - 1) * 100:.0f}%).")
             out.append(text)
-        if not others.empty:
-            best = others.loc[others["peak_mean"].idxmax()]
+        measurable = others[others["saturated"] | (others["regular_saturated"] == True)]  # noqa: E712
+        measurable = measurable[measurable["regular_peak"].notna()]
+        if len(measurable) > 1:
+            best = measurable.loc[measurable["peak_mean"].idxmax()]
             out.append(f"{where}Best offloaded mode: {best['mode_label']} "
                        f"({best['gain_pct']:+.1f}% against Regular TCP).")
-    cpu = cpu_at_saturation(prep)
-    if not cpu.empty and "cpu_us_per_reply_servers" in cpu:
-        for group, df in cpu.groupby("group", sort=False):
-            reg = df[df["mode_label"] == REGULAR]
-            if reg.empty or np.isnan(reg.iloc[0]["cpu_us_per_reply_servers"]):
-                continue
-            base = reg.iloc[0]["cpu_us_per_reply_servers"]
-            for _, s in df[df["mode_label"] != REGULAR].iterrows():
-                c = s["cpu_us_per_reply_servers"]
-                if np.isnan(c) or c <= 0:
-                    continue
-                where = f"[{group}] " if group else ""
-                out.append(f"{where}{s['mode_label']} used {c:.0f} µs of server-side CPU per reply "
-                           f"against Regular TCP's {base:.0f} µs: at the same total CPU (if CPU-bound) it "
-                           f"would reach {base / c:.2f}x Regular TCP's rate "
-                           f"({'a gain' if base > c else 'a loss'} of {abs(base / c - 1) * 100:.0f}%).")
+    bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
+    total = sum(len(r.points) for r in runs)
+    if bad:
+        out.append(f"{len(bad)} of {total} points did not finish ("
+                   + ", ".join(f"{pt}: {st}" for _, pt, st in bad)
+                   + "): their curves are missing or have fewer repetitions; see Points.")
     n_flag = int((~prep.steps["faithful"]).sum())
     if n_flag:
         out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound or oversubscribed) "
@@ -325,8 +338,9 @@ def softirq_text(runs: list[RunInfo]) -> str:
                 "another kernel than the run); without it, softirq work is charged to the cgroup of "
                 "whichever process was running. ")
     return head + ("The per-CPU softirq columns from /proc/stat are shown beside the node CPU, and "
-                   "'µs/reply all CPUs' counts every busy CPU cycle of the machine (load generator "
-                   "included), which no accounting can move between nodes.")
+                   "'µs/reply all CPUs' counts every busy CPU cycle of the machine, which no accounting "
+                   "can move between nodes, but it includes the load generator and anything else that "
+                   "ran on the machine meanwhile (other users' work too).")
 
 
 # --------------------------------------------------------------------------- HTML
@@ -433,8 +447,7 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
                              "budget as a black tick (budgets: " + ", ".join(
                                  sorted({str(r.manifest.get('budgets')) for r in runs})) + ")."))
         parts.append(_figure(figs, "cpu_per_request", "Server-side CPU per reply at saturation, stacked by "
-                             "node; diamonds: all CPUs' busy time per reply. Is offloading worth it at the "
-                             "same total CPU?"))
+                             "node. Is offloading worth it at the same total CPU?"))
         parts.append(_figure(figs, "latency", "Latency p50 and p99 against offered load, measured from the "
                              "intended send time (open loop: queueing in the generator counts)."))
         parts.append(_figure(figs, "errors", "Failed requests against offered load, and by kind."))
