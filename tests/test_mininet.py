@@ -30,7 +30,7 @@ from .conftest import ROOT, leftovers, run_cli
 
 mininet = pytest.importorskip("mininet.net", reason="Debian's mininet package is not installed")
 
-pytestmark = pytest.mark.needs_root
+pytestmark = [pytest.mark.needs_root, pytest.mark.mininet]
 
 ECHO_SERVER = [sys.executable, "-c", """
 import socket
@@ -205,6 +205,7 @@ def test_both_backends_serve_byte_exact_files(tb_name, mode):
         assert leftovers(tb_name) == [], backend
 
 
+@pytest.mark.slow
 def test_short_sweep_gives_comparable_reply_rates_on_both_backends(tb_name):
     rates = {}
     for backend in ("netns", "mininet"):
