@@ -16,6 +16,7 @@ APT_PACKAGES=(
     mininet bridge-utils iputils-ping       # the Mininet backend, without Open vSwitch
     haproxy httperf nginx-light             # the comparison points of the benchmarks
     chromium                                # opening reports in a real browser in tests
+    shellcheck ruby                         # checking the Vagrant provisioning path
 )
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

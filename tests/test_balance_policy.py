@@ -71,3 +71,25 @@ def test_work_split_ruleset_edges():
     assert "dnat" not in ws.ruleset(1.0)                    # all offloaded: no pass-through rule
     assert "numgen random" not in ws.ruleset(0.0) and "dnat to numgen inc mod 2" in ws.ruleset(0.0)
     assert "< 4000" in ws.ruleset(0.6)
+
+
+def test_closed_loop_homes_in_on_the_balance_point_with_few_reversals():
+    """A plant where each side's load follows the split (network side heavier per request,
+    as on static load): the controller must settle near where both sides are equally busy."""
+    policy = parse_policy("adaptive:start=1.0")
+    state = State(split=policy.split)
+    net_cost, app_cost_offloaded, app_cost_direct = 1.6, 0.4, 1.3  # per unit of load
+
+    def plant(split: float) -> Sample:
+        net = net_cost * split
+        app = app_cost_offloaded * split + app_cost_direct * (1 - split)
+        return Sample(min(net, 1.0), min(app, 1.0), max(0.0, net - 1.0), max(0.0, app - 1.0))
+
+    splits = []
+    for _ in range(80):
+        state, _ = decide(policy, "work", state, plant(state.split))
+        splits.append(state.split)
+    balance_point = app_cost_direct / (net_cost - app_cost_offloaded + app_cost_direct)
+    assert abs(splits[-1] - balance_point) < 0.1, (splits[-1], balance_point)
+    assert state.reversals <= 4
+    assert max(splits[-20:]) - min(splits[-20:]) < 0.1, "settled, not swinging"

@@ -133,7 +133,9 @@ class NetnsBackend:
             ipr = self._ipr[key]
             idx = ipr.link_lookup(ifname=ifname)[0]
             ipr.addr("add", index=idx, address=lp.addresses[key], prefixlen=lp.subnet.prefixlen)
-            if lp.link.mbit:
+            if lp.link.delay_ms or lp.link.loss_pct:
+                self._netem(ipr, idx, lp.link)
+            elif lp.link.mbit:
                 self._shape(ipr, idx, lp.link)
             ipr.link("set", index=idx, state="up")
 
@@ -148,6 +150,20 @@ class NetnsBackend:
         except NetlinkError as e:
             raise KernelFeatureMissing(f"link {link.name}: cannot apply tbf rate {link.mbit} Mbit/s "
                                        f"(sch_tbf): {e}") from None
+
+    def _netem(self, ipr: IPRoute, idx: int, link: Link) -> None:
+        """Delay and loss (and the rate, if any) in one netem qdisc per direction.
+        Only reached where the netem probe succeeded; not exercised on this kernel."""
+        kw: dict = {"delay": int((link.delay_ms or 0) * 1000), "loss": link.loss_pct or 0}
+        if link.mbit:
+            kw["rate"] = f"{int(link.mbit * 1e6)}bit"
+        try:
+            ipr.tc("add", "netem", index=idx, handle=0x10000, **kw)
+        except NetlinkError as e:
+            raise KernelFeatureMissing(f"link {link.name}: cannot apply netem {kw}: {e}") from None
+        kinds = [q.get_attr("TCA_KIND") for q in ipr.get_qdiscs(index=idx)]
+        if "netem" not in kinds:
+            raise TestbedError(f"link {link.name}: netem was accepted but reads back as {kinds}")
 
     def _default_routes(self, topo: Topology, plan: AddressPlan) -> None:
         """Nodes that do not forward send everything via a front node on their first link."""

@@ -11,8 +11,10 @@ Each interval the controller measures each side's *pressure*: CPU used over budg
 the fraction of the interval it was throttled (so a side pinned at its quota reads above
 one). The imbalance is network pressure minus application pressure. When the busier side
 is busy enough and the imbalance exceeds a dead band in the same direction for ``hold``
-consecutive intervals (hysteresis), the split moves by ``gain * imbalance``, at most
-``step``. An overloaded network side means: offload *less* work (work split) or give the
+consecutive intervals (hysteresis), the split moves by ``gain * imbalance``, at most the
+current step. The step starts at ``step``, halves at every reversal of direction (down to
+``min_step``) and grows back by half after moves in the same direction, so the split
+homes in on the balance point instead of swinging around it. An overloaded network side means: offload *less* work (work split) or give the
 network side *more* CPU (CPU split).
 
 ``decide`` has no side effects, so recorded samples replay exactly in tests.
@@ -32,6 +34,7 @@ class Policy:
     kind: str = "adaptive"  # adaptive | fixed
     split: float = 0.5  # the fixed split, or the adaptive policy's starting point
     step: float = 0.1  # largest move per interval
+    min_step: float = 0.02  # the step never shrinks below this
     gain: float = 0.5  # move = gain * imbalance (then bounded by step)
     deadband: float = 0.1  # imbalances smaller than this are noise
     hold: int = 2  # intervals an imbalance must persist before acting
@@ -64,6 +67,7 @@ class State:
     last_move: int = 0  # direction of the last move
     reversals: int = 0
     moves: int = 0
+    step: float | None = None  # the current largest move (None: the policy's step)
 
 
 @dataclass(frozen=True)
@@ -101,14 +105,16 @@ def decide(policy: Policy, knob: str, state: State, sample: Sample) -> tuple[Sta
     if held < policy.hold:
         return result(replace(state, pending=direction, held=held), 0.0,
                       f"holding ({held}/{policy.hold}) before moving {'up' if direction > 0 else 'down'}")
-    move = direction * min(policy.step, policy.gain * abs(imbalance))
+    reversal = state.last_move != 0 and direction != state.last_move
+    step = policy.step if state.step is None else state.step
+    step = max(policy.min_step, step / 2) if reversal else min(policy.step, step * 1.5)
+    move = direction * min(step, policy.gain * abs(imbalance))
     split = min(policy.max_split, max(policy.min_split, state.split + move))
     moved = split - state.split
     if moved == 0:
         return result(replace(state, pending=direction, held=held), 0.0, "at the limit")
-    reversal = state.last_move != 0 and direction != state.last_move
     new = State(split=split, pending=direction, held=0, last_move=direction,
-                reversals=state.reversals + int(reversal), moves=state.moves + 1)
+                reversals=state.reversals + int(reversal), moves=state.moves + 1, step=step)
     side = "network" if imbalance > 0 else "application"
     return result(new, moved, f"{side} side busier by {abs(imbalance):.2f}")
 
@@ -143,7 +149,8 @@ def parse_policy(spec: str, knob: str = "work") -> Policy:
         except ValueError:
             raise TestbedError(f"balance {spec!r}: {key} must be a number") from None
     policy = Policy(kind="adaptive", **fields)  # type: ignore[arg-type]
-    checks = [(0 < policy.step <= 1, "step must be in (0, 1]"), (policy.gain > 0, "gain must be positive"),
+    checks = [(0 < policy.step <= 1, "step must be in (0, 1]"),
+              (0 < policy.min_step <= policy.step, "min_step must be in (0, step]"), (policy.gain > 0, "gain must be positive"),
               (policy.deadband >= 0, "deadband must be >= 0"), (policy.hold >= 1, "hold must be >= 1"),
               (0 <= policy.min_split <= policy.split <= policy.max_split <= 1,
                "need 0 <= min_split <= start <= max_split <= 1"),
