@@ -1,0 +1,92 @@
+"""The balancer on real small runs: real namespaces, cgroups, nftables, TCP server and load."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+import pytest
+
+from testbed.errors import TestbedError
+from testbed.lifecycle import Testbed
+from testbed.spec import load_topology
+
+from .conftest import ROOT, leftovers, run_cli
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+
+
+def drive(tb: Testbed, workload: str, rate: int, seconds: float, tmp_path, cost_us: int = 0) -> None:
+    argv = [sys.executable, "-m", "loadgen", "sweep", "--target", tb.service_url, "--workload", workload,
+            "--rates", str(rate), "--step-seconds", str(seconds), "--warmup", "0.5",
+            "--out", str(tmp_path / f"load-{workload}"), "-q"]
+    if cost_us:
+        argv += ["--dynamic-cost-us", str(cost_us)]
+    res = tb.run("client", argv, timeout=seconds + 60, cwd=str(ROOT))
+    assert res.returncode == 0, res.stderr.decode()[-2000:]
+
+
+def decisions(tb: Testbed) -> list[dict]:
+    return [json.loads(l) for l in (tb.store.dir / "balance.jsonl").read_text().splitlines()]
+
+
+def busy_intervals_until_moved(rows: list[dict], moved) -> int:
+    busy = [r for r in rows if not r["reason"].startswith("idle")]
+    for i, r in enumerate(busy, start=1):
+        if moved(r["split"]):
+            return i
+    return 10**6
+
+
+def test_cpu_split_moves_to_the_network_side_under_static_load(tb_name, tmp_path):
+    topo = load_topology("smp", {"tcpserver_cpu": "0.2", "host_cpu": "0.2"})
+    with Testbed(topo, tb_name, mode="eager-accept", start_services=True,
+                 service_options={"balance": "adaptive"}) as tb:
+        drive(tb, "static", 5000, 10, tmp_path)
+        rows = decisions(tb)
+        assert busy_intervals_until_moved(rows, lambda s: s > 0.55) <= 5, rows
+        state = json.loads(run_cli("status", tb_name, "--json").stdout)["balance"]
+        assert state["knob"] == "cpu" and state["split"] > 0.55 and state["last_decision"]
+        net = tb.cgroups.limits(tb.cgroup("tcpserver"))["cpu"]
+        app = tb.cgroups.limits(tb.cgroup("host1"))["cpu"]
+        assert net + app == pytest.approx(0.4, abs=0.002), "the total stays fixed"
+        assert net == pytest.approx(state["split"] * 0.4, abs=0.002), "the cgroups hold the split"
+    assert leftovers(tb_name) == []
+
+
+def test_cpu_split_moves_to_the_application_side_under_dynamic_load(tb_name, tmp_path):
+    topo = load_topology("smp", {"tcpserver_cpu": "0.2", "host_cpu": "0.2"})
+    with Testbed(topo, tb_name, mode="eager-accept", start_services=True,
+                 service_options={"balance": "adaptive", "dynamic_cost_us": 2000}) as tb:
+        drive(tb, "dynamic", 400, 10, tmp_path, cost_us=2000)
+        rows = decisions(tb)
+        assert busy_intervals_until_moved(rows, lambda s: s < 0.45) <= 5, rows
+        assert rows[-1]["reversals"] <= 2, "steady load: no oscillation"
+
+
+def test_work_split_moves_work_off_a_saturated_tcp_server(tb_name, tmp_path):
+    topo = load_topology("cluster", {"tcpserver_cpu": "0.15", "host_cpu": "0.3"})
+    with Testbed(topo, tb_name, mode="eager-accept", start_services=True,
+                 service_options={"balance": "adaptive:start=1.0"}) as tb:
+        drive(tb, "static", 4500, 10, tmp_path)
+        rows = decisions(tb)
+        assert busy_intervals_until_moved(rows, lambda s: s < 0.9) <= 5, rows
+        ruleset = tb.run("tcpserver", ["nft", "list", "table", "ip", "tcps_balance"]).stdout.decode()
+        assert "numgen random mod 10000" in ruleset and "dnat to" in ruleset
+        # both paths served: the host's kernel-TCP app answered pass-through connections
+        direct = tb.store.logs / "host1-app-direct.log"
+        assert direct.exists()
+        stats = json.loads((tb.store.dir / "stats-tcpserver.json").read_text())
+        assert stats["connections_total"] > 0
+        load = json.loads((tmp_path / "load-static" / "summary.json").read_text())
+        assert load  # the sweep completed with its summary
+
+
+def test_bad_balance_settings_are_refused_cleanly(tb_name):
+    bad = run_cli("up", "--name", tb_name, "--mode", "eager-accept", "--balance", "sometimes", check=False)
+    assert bad.returncode == 2 and "expected adaptive" in bad.stderr and "Traceback" not in bad.stderr
+    assert leftovers(tb_name) == []
+    bad = run_cli("up", "--name", tb_name, "--balance", "adaptive", check=False)
+    assert bad.returncode == 2 and "needs an offloaded mode" in bad.stderr
+    assert leftovers(tb_name) == []
