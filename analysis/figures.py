@@ -116,7 +116,7 @@ def reply_rate(prep: Prepared, out: Path) -> str:
         handles += [Line2D([], [], marker="*", color="grey", markeredgecolor="black", linestyle="none",
                            markersize=13, label="saturation: peak faithful reply rate"),
                     Line2D([], [], color="grey", linestyle=":",
-                           label=f"knee: reply rate < {KNEE_FRACTION:.0%} of offered")] + _flag_legend()
+                           label=f"knee: reply rate < {KNEE_FRACTION:.0%} of offered from here on")] + _flag_legend()
         ax.legend(handles=handles, fontsize=7, loc="upper left")
     return _finish(fig, out, "reply_rate.png")
 
@@ -300,7 +300,7 @@ def gain(prep: Prepared, out: Path) -> str:
     ax.set_xticks(x)
     ax.set_xticklabels(sat["curve"], fontsize=7)
     ax.set_ylabel("peak faithful replies/s")
-    ax.set_title("peak reply rate at saturation, gain over Regular TCP (bars: min-max over repetitions)")
+    ax.set_title("peak reply rate and gain over Regular TCP\n(whiskers: min-max over repetitions)")
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="no faithful step: peak from flagged steps")], fontsize=7)

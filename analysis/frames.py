@@ -12,8 +12,9 @@ Definitions the report states next to its numbers:
   reply rate; its reply rate is the curve's *peak*. A curve whose reply rate never fell
   below ``KNEE_FRACTION`` of the offered rate did not saturate within the sweep, and its
   peak is only a lower bound;
-- the *knee* is the first offered rate at which the mean reply rate fell below
-  ``KNEE_FRACTION`` of the offered rate.
+- the *knee* is the offered rate from which on the mean reply rate stayed below
+  ``KNEE_FRACTION`` of the offered rate up to the highest offered rate; a curve whose
+  highest step was still served has no knee and did not saturate.
 """
 
 from __future__ import annotations
@@ -174,7 +175,7 @@ def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
                   "error_rate", "errors_total", "generator_cpu", "machine_idle"] + \
                  [f"err_{k}" for k in kinds]
     value_cols = [c for c in value_cols if c in steps]
-    g = steps.groupby(_KEYS + ["offered"], sort=True, dropna=False)
+    g = steps.groupby(_KEYS + ["offered"], sort=False, dropna=False)  # keeps regular first
     out = g[value_cols].mean()
     out["reply_rate_lo"] = g["reply_rate"].min()
     out["reply_rate_hi"] = g["reply_rate"].max()
@@ -186,6 +187,20 @@ def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
     return out
 
 
+def knee_of(curve: pd.DataFrame) -> float:
+    """The offered rate from which on every step's reply rate stayed under KNEE_FRACTION of
+    the offered rate (NaN when the highest offered rate was still served): a one-step dip
+    followed by recovery, common in 1 s windows, is not a knee."""
+    df = curve.dropna(subset=["reply_rate"]).groupby("offered")["reply_rate"].mean().sort_index()
+    below = (df < KNEE_FRACTION * df.index.to_numpy()).to_numpy()
+    if len(below) == 0 or not below[-1]:
+        return float("nan")
+    k = len(below) - 1
+    while k > 0 and below[k - 1]:
+        k -= 1
+    return float(df.index[k])
+
+
 def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
     """The saturation step of every curve and repetition (faithful steps first)."""
     rows = []
@@ -195,9 +210,8 @@ def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
         if pool["reply_rate"].isna().all():
             continue
         best = pool.loc[pool["reply_rate"].idxmax()].copy()
-        departed = (df["reply_rate"] < KNEE_FRACTION * df["offered"]).any()
         best["peak_faithful"] = pool is faithful
-        best["saturated"] = bool(departed)
+        best["saturated"] = not np.isnan(knee_of(df))
         rows.append(best)
     return pd.DataFrame(rows).reset_index(drop=True) if rows else pd.DataFrame(columns=list(steps.columns))
 
@@ -214,10 +228,7 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     extra = g.agg(offered_at_peak=("offered", "mean"), all_faithful=("peak_faithful", "all"),
                   saturated=("saturated", "all")).reset_index()
     sat = sat.merge(extra, on=_KEYS)
-    knees = []
-    for key, df in curves.groupby(_KEYS, dropna=False):
-        below = df[df["reply_rate"] < KNEE_FRACTION * df["offered"]]
-        knees.append((*key, float(below["offered"].min()) if not below.empty else np.nan))
+    knees = [(*key, knee_of(df)) for key, df in curves.groupby(_KEYS, dropna=False)]
     sat = sat.merge(pd.DataFrame(knees, columns=_KEYS + ["knee_offered"]), on=_KEYS, how="left")
     flagged = curves.groupby(_KEYS, dropna=False)["faithful"].apply(lambda s: int((~s).sum())).reset_index()
     sat = sat.merge(flagged.rename(columns={"faithful": "flagged_steps"}), on=_KEYS, how="left")

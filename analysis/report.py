@@ -184,7 +184,7 @@ def steps_table(prep: Prepared, only_flagged: bool = False) -> pd.DataFrame:
     cols = {"curve": "curve", "repetition": "rep", "offered": "offered", "send_rate": "sent/s",
             "reply_rate": "replies/s", "error_rate": "errors/s", "lat_p50": "p50 ms", "lat_p99": "p99 ms",
             "generator_cpu": "gen CPU", "machine_idle": "machine idle", "starved_nodes": "starved nodes",
-            "flags": "flags"}
+            "bound_reasons": "generator-bound because", "flags": "flags"}
     cols.update({f"cpu_{n}": f"cpu {n}" for n in prep.nodes})
     have = [c for c in cols if c in st]
     out = st[have].rename(columns=cols).copy()
@@ -256,7 +256,7 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                 out.append(f"{where}{s['mode_label']}: no Regular TCP curve to compare with "
                            f"(peak {s['peak_mean']:.0f} replies/s).")
                 continue
-            against = "" if s["baseline"] == group else f" ({s['baseline'] or 'base configuration'})"
+            against = "" if s["baseline"] == group else " (base configuration)"
             if not s["saturated"] and not s["regular_saturated"]:
                 out.append(f"{where}{s['mode_label']}: neither it nor Regular TCP{against} saturated within the "
                            f"offered range (peaks {s['peak_mean']:.0f} and {s['regular_peak']:.0f} replies/s): "
@@ -434,8 +434,8 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
         parts.append(html_table(summary_table(prep), table_id="summary"))
         parts.append(f"<p>Peak = the highest reply rate among a curve's faithful steps (mean over "
                      f"repetitions, spread min-max and std); the knee = the first offered rate whose reply "
-                     f"rate fell below {KNEE_FRACTION:.0%} of it; a curve without a knee did not saturate "
-                     f"and its peak is a lower bound. Ratios compare modes within one run, workload and "
+                     f"rate stayed below {KNEE_FRACTION:.0%} of it up to the highest offered rate; a curve without "
+                     f"a knee did not saturate and its peak is a lower bound. Ratios compare modes within one run, workload and "
                      f"configuration.</p>")
         parts.append(_limits_section(runs, prep))
         parts.append("<h2>Figures</h2>")
@@ -492,12 +492,18 @@ def _limits_section(runs: list[RunInfo], prep: Prepared) -> str:
     st = prep.steps
     gb = st[st["generator_bound"]]
     ov = st[st["oversubscribed"]]
+    def where(df: pd.DataFrame) -> str:
+        return html.escape(", ".join(f"{c} @ {o:g} req/s (r{r})" for c, o, r in
+                                     zip(df["curve"], df["offered"], df["repetition"])))
+    reasons = sorted({x for x in st.loc[st["generator_bound"], "bound_reasons"].dropna().astype(str)
+                      for x in x.split(";") if x}) if "bound_reasons" in st else []
     items.append(f"<b>Generator-bound steps</b>: {len(gb)} of {len(st)}"
-                 + (": " + html.escape(", ".join(f"{c} @ {o:g}" for c, o in zip(gb["curve"], gb["offered"])))
-                    if len(gb) else "") + ".")
+                 + (f": {where(gb)}. Reasons: {html.escape('; '.join(reasons))}" if len(gb) else "") + ".")
+    starved = sorted({n for x in st.loc[st["oversubscribed"], "starved_nodes"].dropna().astype(str)
+                      for n in x.split(",") if n}) if "starved_nodes" in st else []
     items.append(f"<b>Oversubscribed steps</b>: {len(ov)} of {len(st)}"
-                 + (": " + html.escape(", ".join(f"{c} @ {o:g}" for c, o in zip(ov["curve"], ov["offered"])))
-                    if len(ov) else "") + ".")
+                 + (f": {where(ov)}" if len(ov) else "")
+                 + (f". Starved nodes: {html.escape(', '.join(starved))}" if starved else "") + ".")
     items.append("<b>Softirq</b>: " + html.escape(softirq_text(runs)))
     offl = offloads_table(runs)
     if not offl.empty:
@@ -549,6 +555,16 @@ def write_report(run_dir: str | Path) -> Path:
     """The runner's hook: RUN_DIR/report/index.html with its PNG figures beside it."""
     path, _, _ = build_report([run_dir], Path(run_dir) / "report")
     return path
+
+
+def summary_of(run_dir: str | Path) -> str:
+    """The terminal summary of a run (for the runner to print after ``write_report``)."""
+    runs = [RunInfo.load(run_dir)]
+    try:
+        prep: Prepared | None = prepare_runs(runs)
+    except EmptyRun:
+        prep = None
+    return summary_text(prep, runs)
 
 
 def summary_text(prep: Prepared | None, runs: list[RunInfo]) -> str:
