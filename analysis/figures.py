@@ -32,19 +32,14 @@ LINESTYLES = ["-", "--", ":", "-."]
 
 
 def _styles(prep: Prepared) -> dict[str, dict[str, object]]:
-    """curve -> color (by mode) and line style (by run and configuration)."""
-    modes = sorted(prep.steps["mode_label"].unique(), key=lambda m: (m != "regular", m))
-    cmap = plt.get_cmap("tab10")
-    color = {m: cmap(i % 10) for i, m in enumerate(modes)}
-    groups = list(dict.fromkeys(prep.steps.sort_values(["run", "config_label"])["run"].astype(str)
-                                + "|" + prep.steps.sort_values(["run", "config_label"])["config_label"]))
-    style = {g: LINESTYLES[i % len(LINESTYLES)] for i, g in enumerate(groups)}
-    out = {}
-    for curve, df in prep.steps.groupby("curve"):
-        row = df.iloc[0]
-        out[curve] = {"color": color[row["mode_label"]],
-                      "linestyle": style[f"{row['run']}|{row['config_label']}"]}
-    return out
+    """curve -> a color of its own (modes and configurations must stay apart) and a line
+    style per run (compare)."""
+    curves = list(dict.fromkeys(prep.steps["curve"]))
+    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+    runs = list(dict.fromkeys(prep.steps["run"]))
+    run_of = dict(zip(prep.steps["curve"], prep.steps["run"]))
+    return {c: {"color": cmap(i % cmap.N), "linestyle": LINESTYLES[runs.index(run_of[c]) % len(LINESTYLES)]}
+            for i, c in enumerate(curves)}
 
 
 def _flag_legend() -> list[object]:
@@ -121,8 +116,12 @@ def reply_rate(prep: Prepared, out: Path) -> str:
     return _finish(fig, out, "reply_rate.png")
 
 
+def _wrap(curve: str) -> str:
+    return curve.replace(" / ", "\n")  # one part of the label per line keeps bars apart
+
+
 def _bar_labels(sat: pd.DataFrame) -> list[str]:
-    return [f"{c}\n[{f}]" if f else c for c, f in zip(sat["curve"], sat["flags"])]
+    return [_wrap(c) + (f"\n[{f}]" if f else "") for c, f in zip(sat["curve"], sat["flags"])]
 
 
 def user_system(sat: pd.DataFrame, node: str) -> tuple[pd.Series, pd.Series]:
@@ -298,7 +297,8 @@ def gain(prep: Prepared, out: Path) -> str:
             txt += "\n(not saturated)"
         ax.text(x[k], s["peak_max"], txt, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
-    ax.set_xticklabels(sat["curve"], fontsize=7)
+    ax.set_xticklabels([_wrap(c) for c in sat["curve"]], fontsize=7)
+    ax.set_ylim(0, float(np.nanmax(sat["peak_max"])) * 1.2)
     ax.set_ylabel("peak faithful replies/s")
     ax.set_title("peak reply rate and gain over Regular TCP\n(whiskers: min-max over repetitions)")
     ax.grid(axis="y", alpha=0.3)
