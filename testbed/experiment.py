@@ -98,6 +98,14 @@ class Experiment:
                         out.append(Point(len(out), cfg, mode, wl, rep, bal))
         return out
 
+    def rates_for(self, workload: str) -> list[float]:
+        rates = self.load["rates"]
+        if isinstance(rates, dict):
+            if workload not in rates:
+                raise SpecError(f"{self.source}: load.rates gives no rates for workload {workload!r}")
+            return rates[workload]
+        return rates
+
     def topology_params(self, point: Point) -> dict[str, Any]:
         """Parameters for the point's testbed, with the budget comparison applied."""
         params = {**self.params, **point.config, **self.per_mode_params.get(point.mode, {})}
@@ -177,7 +185,14 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     bad = set(load) - _LOAD_KEYS
     if bad:
         raise SpecError(f"{source}: load: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_LOAD_KEYS))}")
-    load["rates"] = rates_from(load.get("rates", [500]))
+    rates = load.get("rates", [500])
+    if isinstance(rates, dict):  # per workload: {static: "1000:6000:500", dynamic: [200, 400]}
+        unknown_wl = set(rates) - set(WORKLOADS)
+        if unknown_wl:
+            raise SpecError(f"{source}: load.rates names unknown workload(s) {', '.join(sorted(unknown_wl))}")
+        load["rates"] = {wl: rates_from(r) for wl, r in rates.items()}
+    else:
+        load["rates"] = rates_from(rates)
     for key, default in (("step_seconds", 5.0), ("warmup_seconds", 1.0)):
         v = load.setdefault(key, default)
         if not isinstance(v, (int, float)) or v <= 0 or v > 3600:
@@ -228,6 +243,9 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         service=dict(raw.get("service") or {}), balance=balance, phases=phases,
         backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
         source=source, raw=raw)
+    for wl in workloads:
+        if wl != "shifting":
+            exp.rates_for(wl)
     _check_topologies(exp, source)
     return exp
 

@@ -78,7 +78,7 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     manifest = write_manifest(exp, run_dir, quick)
     points = exp.points()
     todo = [p for p in points if point_status(run_dir, p) != "done"]
-    total_s = sum(point_seconds(exp) for _ in todo)
+    total_s = sum(point_seconds(exp, p.workload) + 8 for p in todo)
     print(f"experiment {exp.name}: {len(points)} points, {len(points) - len(todo)} already done, "
           f"about {total_s / 60:.1f} min to go -> {run_dir}")
     interrupted = False
@@ -109,11 +109,14 @@ def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def point_seconds(exp: Experiment) -> float:
+def point_seconds(exp: Experiment, workload: str | None = None) -> float:
+    """About how long one point's load runs (for progress and time-outs)."""
     load = exp.load
-    if exp.phases and "shifting" in exp.workloads:
+    if workload == "shifting":
         return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
-    return len(load["rates"]) * (load["step_seconds"] + load["warmup_seconds"]) + 5
+    workloads = [workload] if workload else [w for w in exp.workloads if w != "shifting"]
+    longest = max((len(exp.rates_for(w)) for w in workloads), default=1)
+    return longest * (load["step_seconds"] + load["warmup_seconds"]) + 5
 
 
 def point_dir(run_dir: Path, p: Point) -> Path:
@@ -130,7 +133,7 @@ def point_status(run_dir: Path, p: Point) -> str:
 def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path) -> list[str]:
     load = exp.load
     argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", p.workload,
-            "--rates", ",".join(f"{r:g}" for r in load["rates"]),
+            "--rates", ",".join(f"{r:g}" for r in exp.rates_for(p.workload)),
             "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
             "--processes", str(load.get("processes", 1)), "--out", str(out),
             "--seed", str(exp.seed + p.repetition)]
@@ -213,7 +216,7 @@ def drive_load(tb: Testbed, exp: Experiment, p: Point, out: Path, prefix: str = 
 
 def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix: str) -> int:
     """Run one load-generator invocation in the client node, relaying its progress lines."""
-    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60)
+    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
