@@ -34,12 +34,16 @@ LINESTYLES = ["-", "--", ":", "-."]
 def _styles(prep: Prepared) -> dict[str, dict[str, object]]:
     """curve -> a color of its own (modes and configurations must stay apart) and a line
     style per run (compare)."""
-    curves = list(dict.fromkeys(prep.steps["curve"]))
-    cmap = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
-    runs = list(dict.fromkeys(prep.steps["run"]))
-    run_of = dict(zip(prep.steps["curve"], prep.steps["run"]))
-    return {c: {"color": cmap(i % cmap.N), "linestyle": LINESTYLES[runs.index(run_of[c]) % len(LINESTYLES)]}
-            for i, c in enumerate(curves)}
+    st = prep.steps
+    # the same mode and configuration keeps its color across workload panels
+    key = st["run"].astype(str) + "|" + st["config_label"] + "|" + st["phase_label"] + "|" + st["mode_label"]
+    keys = list(dict.fromkeys(key))
+    cmap = plt.get_cmap("tab10" if len(keys) <= 10 else "tab20")
+    runs = list(dict.fromkeys(st["run"]))
+    out = {}
+    for curve, k, run in zip(st["curve"], key, st["run"]):
+        out[curve] = {"color": cmap(keys.index(k) % cmap.N), "linestyle": LINESTYLES[runs.index(run) % len(LINESTYLES)]}
+    return out
 
 
 def _flag_legend() -> list[object]:
