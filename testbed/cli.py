@@ -174,7 +174,8 @@ def status_of(name: str) -> dict[str, Any]:
 
 def print_status(state: dict[str, Any]) -> None:
     print(f"testbed {state['name']}: topology {state['topology']['name']}, mode {state['mode']}, "
-          f"cgroup v{state['cgroup_version']}, built in {state['build_seconds'] * 1000:.0f} ms")
+          f"backend {state.get('backend', 'netns')}, cgroup v{state['cgroup_version']}, "
+          f"built in {state['build_seconds'] * 1000:.0f} ms")
     rows = [("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")]
     for node, info in state["nodes"].items():
         addrs = " ".join(f"{a}({l})" for l, a in info["addresses"].items())
@@ -187,6 +188,10 @@ def print_status(state: dict[str, Any]) -> None:
     for p in state.get("processes", []):
         if not p.get("alive", True):
             print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")
+    if state.get("balance"):
+        b = state["balance"]
+        print(f"balance: {b.get('knob')} split {b.get('split')} (network side's share), policy {b.get('policy')}, "
+              f"{b.get('moves', 0)} moves")
     if "docroot" in state:
         print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
         print(f"document root: {state['docroot']}")
