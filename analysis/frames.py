@@ -117,6 +117,14 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
             steps[name] = pd.to_numeric(steps[col], errors="coerce")
     if steps["replies"].isna().all() and not steps["reply_rate"].isna().all() and "duration_s" in steps:
         steps["replies"] = steps["reply_rate"] * steps["duration_s"]
+    # CPU per reply from replies *completed in the window* (reply_rate), the same window the
+    # CPU was measured over. steps.csv's `replies` counts answers to requests *intended* in the
+    # window, finished whenever: past saturation that overstates the window's replies (up to
+    # 2x seen) and understates the CPU per reply.
+    rate = steps["reply_rate"].where(steps["reply_rate"] > 0)
+    for c in [c for c in steps.columns if c.startswith("cpu_") and not c.startswith("cpu_us_per_reply")]:
+        suffix = c[len("cpu_"):]
+        steps[f"cpu_us_per_reply_{suffix}"] = pd.to_numeric(steps[c], errors="coerce") / rate * 1e6
     kinds = error_kinds(steps)
     for kind, col in kinds.items():
         steps[f"err_{kind}"] = pd.to_numeric(steps[col], errors="coerce").fillna(0)
