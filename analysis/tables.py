@@ -78,7 +78,9 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
     for _, st in steps.iterrows():
         t0, t1 = float(st["t_start"]), float(st["t_end"])
         dur = max(t1 - t0, 1e-9)
-        replies = float(st.get("replies", st.get("reply_rate_avg", 0) * dur))
+        # replies that completed inside the window: past saturation, `replies` also counts
+        # answers to the window's requests that came after it, which would flatter CPU/reply
+        replies = float(st.get("reply_rate_avg", 0)) * dur
         extra: dict[str, Any] = {"duration_s": dur}
         machine = cpus[cpus["node"] == "cpu"] if not cpus.empty else cpus
         idle = _cpu_idle_fraction(machine, t0, t1) if not machine.empty else float("nan")

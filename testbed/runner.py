@@ -55,9 +55,10 @@ def run_experiment_cli(args: argparse.Namespace) -> int:
         exp = load_experiment(args.experiment, quick=args.quick)
         run_dir = new_run_dir(Path(args.results), exp.name)
     code = run_experiment(exp, run_dir, quick=args.quick)
-    if not args.no_report and code == 0:
-        from analysis.report import write_report
-        report = write_report(run_dir)
+    if not args.no_report and any((run_dir / "points").glob("*/load/**/steps.csv")):
+        from analysis.report import summary_of, write_report
+        report = write_report(run_dir)  # also for an interrupted run: what was measured
+        print(summary_of(run_dir))
         print(f"report: {report}")
     return code
 
@@ -299,6 +300,7 @@ def environment() -> dict[str, Any]:
         pass
     from .kernel import read_sysctl
     return {
+        "irq_time_accounting": irq_time_accounting(),
         "versions": versions,
         "commit": cmd("git", "rev-parse", "HEAD"), "dirty": bool(cmd("git", "status", "--porcelain")),
         "kernel": platform.release(), "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model,
@@ -308,6 +310,19 @@ def environment() -> dict[str, Any]:
         "host_sysctls": {k: read_sysctl(k) for k in RECORDED_SYSCTLS},
         "clock": "time.time() epoch seconds; 1 s metric samples",
     }
+
+
+def irq_time_accounting() -> bool | None:
+    """CONFIG_IRQ_TIME_ACCOUNTING: without it softirq time is charged to whoever runs."""
+    import gzip
+    candidates = [Path("/proc/config.gz"), Path(f"/boot/config-{platform.release()}")]
+    for path in candidates:
+        try:
+            text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+        except OSError:
+            continue
+        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in text
+    return None  # the kernel's configuration is not readable here
 
 
 def _meminfo_kb() -> int | None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import http.client
 import logging
 import secrets
+import socket
 import sys
 import time
 from pathlib import Path
@@ -153,8 +154,10 @@ def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: flo
                 tb.popen(h, python_module("testbed.app.server", *app_common,
                                           "--listen", f"0.0.0.0:{SERVICE_PORT}"),
                          log_name="app-direct", supervise=True)
-            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts",
-                     ",".join(tb.address(h, _shared_link(tb, front, h)) for h in hosts)]
+            direct = [tb.address(h, _shared_link(tb, front, h)) for h in hosts]
+            for addr in direct:  # pass-through must find the host's kernel-TCP app listening
+                _wait_listening(tb, front, addr, SERVICE_PORT, timeout)
+            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts", ",".join(direct)]
         else:
             budgets = [tb.topology.node(n).cpu for n in [front, *hosts]]
             if any(b is None for b in budgets):
@@ -185,6 +188,24 @@ def _san_endpoint(tb: "Testbed", front: str, host: str, channel: str) -> str:
     if channel == "shm":
         return f"shm:tcps-{tb.name}-{front}"
     return f"tcp:{tb.address(front, _shared_link(tb, front, host))}:{SAN_PORT}"
+
+
+def _wait_listening(tb: "Testbed", node: str, addr: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with in_netns(tb.netns(node)):
+            sock = socket.socket()
+        sock.settimeout(1.0)
+        try:
+            sock.connect((addr, port))
+            return
+        except OSError as e:
+            if time.monotonic() > deadline:
+                raise TestbedError(f"nothing listens on {addr}:{port} seen from {node} after "
+                                   f"{timeout:.0f} s ({e}); logs are in {tb.store.logs}") from None
+            time.sleep(0.05)
+        finally:
+            sock.close()
 
 
 def _wait_for_path(path: Path, timeout: float) -> None:
