@@ -77,7 +77,7 @@ class StepArrays:
 
 class _Conn:
     __slots__ = ("sock", "fd", "idx", "watcher", "got", "head", "need", "deadline", "done",
-                 "reused", "req", "status", "keep")
+                 "reused", "req", "status", "keep", "arr")
 
     def __init__(self, sock: _socket.socket) -> None:
         self.sock = sock
@@ -93,6 +93,7 @@ class _Conn:
         self.req = b""
         self.status = 0
         self.keep = False
+        self.arr: StepArrays | None = None  # the step this request belongs to
 
 
 def parse_head(head: bytes) -> tuple[int, int, int, bool] | None:
@@ -122,8 +123,9 @@ def parse_head(head: bytes) -> tuple[int, int, int, bool] | None:
 class Engine:
     """Sends scheduled requests to one address from the current process's gevent loop.
 
-    ``on_done(idx, sent, done, status, nbytes, error)``, when given, is called for every
-    finished request (used by the plain-Locust user to fire ``events.request``)."""
+    ``on_done(item, sent, done, status, nbytes, error)``, when given, is called for every
+    request that finishes or fails to start (used to fire Locust's ``events.request``);
+    overflowed requests are only counted in the arrays."""
 
     def __init__(self, addr: tuple[str, int], *, keepalive: bool = False, max_inflight: int = 4096,
                  timeout: float = 5.0,
@@ -170,7 +172,6 @@ class Engine:
                 sleep(max(0.0, tl[i] - monotonic()))
         if drain:
             self.wait_idle(self.timeout + 1.0)
-        self.arrays = None
         return arrays
 
     def wait_idle(self, limit: float) -> None:
@@ -198,7 +199,7 @@ class Engine:
         if self.idle:
             c = self.idle.pop()
             c.idx, c.req, c.got, c.head, c.need, c.done, c.reused = idx, req, 0, None, -1, False, True
-            c.status, c.keep = 0, False
+            c.status, c.keep, c.arr = 0, False, a
             c.deadline = now + self.timeout
             self.inflight += 1
             self._pending.append(c)
@@ -209,41 +210,40 @@ class Engine:
                 c.done = True
                 c.sock.close()
                 self.inflight -= 1
-                self._open(idx, req, now)
+                self._open(idx, req, now, a)
                 return
             w = self.loop.io(c.fd, READ)
             c.watcher = w
             w.start(self._on_read, c)
             return
-        self._open(idx, req, now)
+        self._open(idx, req, now, a)
 
-    def _open(self, idx: int, req: bytes, now: float) -> None:
+    def _open(self, idx: int, req: bytes, now: float, a: StepArrays) -> None:
         try:
             s = _socket.socket(_socket.AF_INET, _socket.SOCK_STREAM)
         except OSError as e:
-            self._fail_early(idx, e.errno, now)
+            self._fail_early(a, idx, e.errno, now)
             return
         s.setblocking(False)
         err = s.connect_ex(self.addr)
         if err and err not in _AGAIN:
             s.close()
-            self._fail_early(idx, err, now)
+            self._fail_early(a, idx, err, now)
             return
         self.connections_opened += 1
         c = _Conn(s)
-        c.idx, c.req, c.deadline = idx, req, now + self.timeout
+        c.idx, c.req, c.deadline, c.arr = idx, req, now + self.timeout, a
         self.inflight += 1
         self._pending.append(c)
         w = self.loop.io(c.fd, WRITE)
         c.watcher = w
         w.start(self._on_connected, c)
 
-    def _fail_early(self, idx: int, err: int | None, now: float) -> None:
-        a = self.arrays
+    def _fail_early(self, a: StepArrays, idx: int, err: int | None, now: float) -> None:
         a.done[idx] = now
-        a.error[idx] = error_kind(err)
+        a.error[idx] = kind = error_kind(err)
         if self.on_done is not None:
-            self.on_done(idx, now, now, 0, 0, int(a.error[idx]))
+            self.on_done(int(a.item[idx]), now, now, 0, 0, kind)
 
     def _on_connected(self, c: _Conn) -> None:
         c.watcher.stop()
@@ -326,27 +326,26 @@ class Engine:
         c.done = True
         c.sock.close()
         self.inflight -= 1
-        self._open(c.idx, c.req, time.monotonic())
+        self._open(c.idx, c.req, time.monotonic(), c.arr)
 
     def _finish(self, c: _Conn, status: int, err: int, reuse: bool = False) -> None:
         now = time.monotonic()
         c.watcher.stop()
         c.done = True
         self.inflight -= 1
-        a = self.arrays
+        a = c.arr
         idx = c.idx
-        if a is not None:
-            a.done[idx] = now
-            a.status[idx] = status
-            a.nbytes[idx] = c.got
-            a.error[idx] = err
+        a.done[idx] = now
+        a.status[idx] = status
+        a.nbytes[idx] = c.got
+        a.error[idx] = err
         if self.on_done is not None:
-            self.on_done(idx, float(a.sent[idx]) if a is not None else now, now, status, c.got, err)
+            self.on_done(int(a.item[idx]), float(a.sent[idx]), now, status, c.got, err)
         if reuse and err == 0:
             nc = _Conn.__new__(_Conn)  # a fresh record: the old one stays in the deadline deque
             nc.sock, nc.fd, nc.watcher, nc.reused = c.sock, c.fd, None, True
             nc.idx, nc.got, nc.head, nc.need, nc.deadline, nc.done, nc.req = -1, 0, None, -1, 0.0, True, b""
-            nc.status, nc.keep = 0, False
+            nc.status, nc.keep, nc.arr = 0, False, None
             self.idle.append(nc)
         else:
             c.sock.close()

@@ -52,8 +52,9 @@ http {{
 """
 
 
-def make_docroot(root: Path, sizes: dict[int, list[int]] | None = None) -> dict:
-    """A small SPECweb99-like tree plus manifest.json (four classes, nine files each)."""
+def make_docroot(root: Path, only: str | None = None) -> dict:
+    """A small SPECweb99-like tree plus manifest.json (four classes, nine files each), and a
+    6 KiB file ``/6k``; ``only="/6k"`` makes the manifest list that one file (benchmarks)."""
     from .workload import CLASS_BASE
     files = []
     for cls, base in CLASS_BASE.items():
@@ -63,9 +64,11 @@ def make_docroot(root: Path, sizes: dict[int, list[int]] | None = None) -> dict:
             (root / "dir0").mkdir(parents=True, exist_ok=True)
             (root / path.lstrip("/")).write_bytes(b"x" * size)
             files.append({"path": path, "size": size, "class": cls})
+    (root / "6k").write_bytes(b"y" * 6144)
+    if only is not None:
+        files = [{"path": only, "size": (root / only.lstrip("/")).stat().st_size, "class": 1}]
     manifest = {"files": files, "seed": 0}
     (root / "manifest.json").write_text(json.dumps(manifest))
-    (root / "6k").write_bytes(b"y" * 6144)
     return manifest
 
 
@@ -139,12 +142,12 @@ def nginx_argv(workdir: Path, listen: str, workers: int = 1, root: Path | None =
 
 
 def start_nginx(host: str = "127.0.0.1", port: int | None = None, workers: int = 1,
-                cpus: Sequence[int] | None = None,
+                cpus: Sequence[int] | None = None, only: str | None = None,
                 popen: Callable[..., subprocess.Popen] | None = None) -> Server:
     """nginx serving a small document root; ``popen`` lets a caller start it in a node."""
     port = port or free_port(host if host != "0.0.0.0" else "127.0.0.1")
     workdir = Path(tempfile.mkdtemp(prefix="tcps-nginx-"))
-    make_docroot(workdir / "root")
+    make_docroot(workdir / "root", only=only)
     workdir.chmod(0o755)
     argv = nginx_argv(workdir, f"{host}:{port}", workers)
     if cpus:

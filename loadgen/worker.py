@@ -181,19 +181,16 @@ class SweepWorker:
 
     # -- Locust's event hooks ------------------------------------------------------------
 
-    def _inline_event(self, idx: int, sent: float, done: float, status: int, nbytes: int, err: int) -> None:
-        s = self.setup
-        a = self.engine.arrays if self.engine else None
-        item = int(a.item[idx]) if a is not None else 0
-        fire_request(self.env, s.names[item], sent, done, status, nbytes, err)
+    def _inline_event(self, item: int, sent: float, done: float, status: int, nbytes: int, err: int) -> None:
+        fire_request(self.env, self.setup.names[item], sent, done, status, nbytes, err)
 
     def _fire_events(self, a: StepArrays) -> None:
         """Batched: every request of the step, after the step (Locust's totals and
         percentiles are right; its per-second charts show the step's requests at its end)."""
         s = self.setup
         names = s.names
-        for idx, item, sent, done, status, nbytes, err in zip(
-                range(len(a.item)), a.item.tolist(), a.sent.tolist(), a.done.tolist(),
+        for item, sent, done, status, nbytes, err in zip(
+                a.item.tolist(), a.sent.tolist(), a.done.tolist(),
                 a.status.tolist(), a.nbytes.tolist(), a.error.tolist()):
             fire_request(self.env, names[item], sent, done, status, nbytes, err)
 
