@@ -85,8 +85,11 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
+        started = time.monotonic()
         for i, p in enumerate(todo, start=1):
-            print(f"[{i}/{len(todo)}] {p.id}", flush=True)
+            left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
+            print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
+                  f"about {left / 60:.1f} min left)", flush=True)
             status = run_point(exp, p, run_dir)
             print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
     except KeyboardInterrupt:
