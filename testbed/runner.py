@@ -77,6 +77,7 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
         import yaml
         (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.raw, sort_keys=False))
     manifest = write_manifest(exp, run_dir, quick)
+    remove_orphans()
     points = exp.points()
     todo = [p for p in points if point_status(run_dir, p) != "done"]
     total_s = sum(point_seconds(exp, p.workload) + 8 for p in todo)
@@ -107,6 +108,21 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
         except Exception as e:  # tables can be rebuilt by analysis.load later
             log.warning("could not build tables: %s", e)
     return 130 if interrupted else 0
+
+
+def remove_orphans() -> None:
+    """Tear down testbeds left by a runner that crashed or was killed (its pid is gone)."""
+    from .kernel import pid_alive
+    from .lifecycle import teardown
+    from .state import StateStore, list_testbeds
+    for name in list_testbeds():
+        try:
+            owner = StateStore(name).load().get("owner") or {}
+        except TestbedError:
+            continue
+        if owner.get("by") == "runner" and not pid_alive(owner["pid"], owner.get("start_time")):
+            teardown(name)
+            print(f"removed testbed {name} left by a runner that died (pid {owner['pid']})")
 
 
 def _raise_interrupt(*_: object) -> None:
@@ -170,9 +186,11 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
         service["balance"] = p.balance
     name = f"r{os.getpid() % 100000}"
     sampler: Sampler | None = None
+    from .kernel import pid_start_time
+    tb = Testbed(topo, name, mode=p.mode, start_services=True, service_options=service, backend=exp.backend)
+    tb.extra["owner"] = {"by": "runner", "pid": os.getpid(), "start_time": pid_start_time(os.getpid())}
     try:
-        with Testbed(topo, name, mode=p.mode, start_services=True, service_options=service,
-                     backend=exp.backend) as tb:
+        with tb:
             info["offloads"] = offload_flags(tb)
             info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
             info["service_url"] = tb.service_url
