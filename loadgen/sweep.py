@@ -295,9 +295,10 @@ class Sweep:
         merged = {key: v[order] for key, v in merged.items()}
         t_start, t_end = start + cfg.warmup, start + cfg.step_seconds
         row = summarize(k, rate, t_start, t_end, merged, infos)
-        self.rows.append(row)
-        append_step_row(cfg.out / "steps.csv", row)
+        # requests first: a step listed in steps.csv always has its requests on disk
         write_requests_part(cfg.out, k, merged, t_start, t_end, self._request_names())
+        append_step_row(cfg.out / "steps.csv", row)
+        self.rows.append(row)
         self.on_step(row)
 
     def _request_names(self) -> list[str]:
