@@ -414,7 +414,8 @@ def _figure(figs: dict[str, str], key: str, caption: str) -> str:
 
 
 def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str], title: str,
-                extra_sections: Iterable[str] = ()) -> str:
+                extra_sections: Iterable[str] = (), lead_sections: Iterable[str] = ()) -> str:
+    """``lead_sections`` follow the summary (the balancing section); ``extra_sections`` the steps."""
     ncpus = runs[0].ncpus if runs else None
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -426,6 +427,7 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
     if prep is None:
         parts.append("<div class='note result'><b>No step was measured</b>: there is nothing to plot. "
                      "See the points below for what failed.</div>")
+        parts.extend(lead_sections)
     else:
         parts.append("<h2>Summary</h2>")
         parts.append("<div class='note result'>" + "<br>".join(html.escape(s).replace("µ", "&micro;")
@@ -437,6 +439,7 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
                      f"rate stayed below {KNEE_FRACTION:.0%} of it up to the highest offered rate; a curve without "
                      f"a knee did not saturate and its peak is a lower bound. Ratios compare modes within one run, workload and "
                      f"configuration.</p>")
+        parts.extend(lead_sections)
         parts.append(_limits_section(runs, prep))
         parts.append("<h2>Figures</h2>")
         parts.append(_figure(figs, "reply_rate", "Reply rate against offered load per mode, with y = x; "
@@ -545,7 +548,13 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
     title = title or (f"Report: {runs[0].name}" if len(runs) == 1 else
                       "Comparison: " + ", ".join(r.name for r in runs))
     sections = extra(runs, prep) if extra else []
-    page = render_html(runs, prep, figs, title, sections)
+    try:  # the balancing section (issue 8), when any run has balance points
+        from . import balance
+        lead = balance.sections(runs, prep, out)
+    except Exception:  # it must not cost the user the rest of the report
+        log.exception("the balancing section failed")
+        lead = ["<h2>Balancing host and TCP server</h2><p><i>could not be built (see the log)</i></p>"]
+    page = render_html(runs, prep, figs, title, sections, lead)
     (out / "index.html").write_text(page, encoding="utf-8")
     log.info("report written to %s", out / "index.html")
     return out / "index.html", prep, runs
@@ -580,4 +589,9 @@ def summary_text(prep: Prepared | None, runs: list[RunInfo]) -> str:
     lines = [t.to_string(index=False), ""]
     lines += [f"- {s}" for s in summary_sentences(prep, runs)]
     lines.append(f"- budgets: {', '.join(sorted({str(r.manifest.get('budgets')) for r in runs}))}")
+    from .balance import _subset, summary_for  # the balancing results, when a run has balance points
+    for r in runs:
+        text = summary_for(r, prep if len(runs) == 1 else _subset(prep, r.name))
+        if text:
+            lines += ["", (f"[{r.name}] " if len(runs) > 1 else "") + text]
     return "\n".join(lines)
