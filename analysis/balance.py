@@ -407,32 +407,46 @@ def accounting_note(runs: list[Any]) -> str:
 # --------------------------------------------------------------------------- the figure
 
 
-def _requests_reply_bins(point_dir: Path) -> tuple[float, np.ndarray, list[tuple[int, float, float]]]:
-    """(t0, replies per 1 s bin from t0, [(phase, first intended, last intended)]) of a point."""
+def _point_replies(point_dir: Path) -> tuple[np.ndarray, list[tuple[int, float]]]:
+    """(completion times of the point's successful replies, [(phase, first intended time)] per
+    load-generator run: one for a sweep, one per phase of the shifting workload)."""
     import pyarrow.parquet as pq
-    files = sorted((point_dir / "load").glob("**/requests.parquet"))
     dones, spans = [], []
-    t0 = float("inf")
-    for f in files:
+    for f in sorted((point_dir / "load").glob("**/requests.parquet")):
         t = pq.read_table(f, columns=["intended", "done", "status", "error"]).to_pandas()
         if t.empty:
             continue
-        err = t["error"].astype(str).replace({"nan": ""}).fillna("")
+        err = t["error"].astype(object).where(t["error"].notna(), "").astype(str)
         ok = (err == "") & (t["status"] > 0) & (t["status"] < 400) & t["done"].notna()
         dones.append(t.loc[ok, "done"].to_numpy(dtype=float))
         name = f.parent.name
         phase = int(name[5:]) if name.startswith("phase") and name[5:].isdigit() else -1
-        lo, hi = float(t["intended"].min()), float(t["intended"].max())
-        spans.append((phase, lo, hi))
-        t0 = min(t0, lo)
-    if not dones or not np.isfinite(t0):
-        return float("nan"), np.zeros(0), []
-    done = np.concatenate(dones) - t0
-    done = done[done >= 0]
-    nbins = int(np.ceil(done.max())) if len(done) else 0
-    counts = np.bincount(np.floor(done).astype(np.int64), minlength=nbins).astype(float) if len(done) \
-        else np.zeros(0)
-    return t0, counts, spans
+        spans.append((phase, float(t["intended"].min())))
+    return (np.concatenate(dones) if dones else np.zeros(0)), sorted(spans, key=lambda s: s[1])
+
+
+class _Clock:
+    """Maps each point's epoch times onto one axis on which every point's load-generator runs
+    (phases) start together: a phase starts at the same x for every point, late enough that
+    no point's previous phase runs into it."""
+
+    def __init__(self, spans: dict[str, list[tuple[int, float]]]):
+        self.spans = {p: s for p, s in spans.items() if s}
+        n = max((len(s) for s in self.spans.values()), default=0)
+        self.starts = [0.0] * n
+        for k in range(1, n):
+            gaps = [s[k][1] - s[k - 1][1] for s in self.spans.values() if len(s) > k]
+            self.starts[k] = self.starts[k - 1] + max(gaps)
+        self.phases = [next((s[k][0] for s in self.spans.values() if len(s) > k), -1) for k in range(n)]
+
+    def x(self, point: str, t: np.ndarray) -> np.ndarray:
+        s = self.spans.get(point)
+        t = np.asarray(t, dtype=float)
+        if not s:
+            return np.full(t.shape, np.nan)
+        los = np.array([lo for _, lo in s])
+        k = np.clip(np.searchsorted(los, t, side="right") - 1, 0, len(los) - 1)
+        return t - los[k] + np.array(self.starts)[k]
 
 
 def _label(r: PointResult) -> str:
@@ -457,13 +471,17 @@ def draw_workload(c: Comparison, run: Any, prep: Prepared, out: Path, name: str)
     for r in results:
         reps = st[st["point"].isin(r.points)].sort_values("repetition")
         first_rep[id(r)] = reps["point"].iloc[0] if not reps.empty else (r.points[0] if r.points else None)
-    adaptive_ref = None
-    xmax = 0.0
-    for k, r in enumerate(results):
+    replies, spans = {}, {}
+    for r in results:
         point = first_rep[id(r)]
-        if point is None:
+        if point is not None:
+            replies[point], spans[point] = _point_replies(run.dir / "points" / point)
+    clock = _Clock(spans)
+    xmax = 0.0
+    for r in results:
+        point = first_rep[id(r)]
+        if point is None or point not in clock.spans:
             continue
-        t0, counts, spans = _requests_reply_bins(run.dir / "points" / point)
         if r.mode == REGULAR:
             color, lw, z = "black", 1.6, 4
         elif r.kind == "adaptive":
@@ -473,58 +491,54 @@ def draw_workload(c: Comparison, run: Any, prep: Prepared, out: Path, name: str)
             color, lw, z = fixed_cmap(0.1 + 0.75 * c.fixed.index(r) / n), 1.4, 3
         else:
             color, lw, z = "tab:gray", 1.2, 2
-        if len(counts):
-            x = np.arange(len(counts)) + 0.5
-            ax.plot(x, counts, color=color, linewidth=lw, zorder=z, marker="o", markersize=2.5)
+        x = clock.x(point, replies[point])
+        x = x[x >= 0]
+        if len(x):
+            counts = np.bincount(np.floor(x).astype(np.int64)).astype(float)
+            ax.plot(np.arange(len(counts)) + 0.5, counts, color=color, linewidth=lw, zorder=z, marker="o",
+                    markersize=2.5)
             xmax = max(xmax, float(len(counts)))
         handles.append(Line2D([], [], color=color, linewidth=lw, label=f"{_label(r)}: replies/s"))
-        if r.kind == "adaptive" and adaptive_ref is None:
-            adaptive_ref = (point, t0, spans)
-        # the split: the controller's decisions, or the fixed value
-        if balance is not None and not balance.empty and np.isfinite(t0):
+        # the split: the controller's decisions (a fixed policy logs its constant split too)
+        if balance is not None and not balance.empty and "point" in balance:
             dec = balance[balance["point"] == point].sort_values("t")
             if not dec.empty:
-                tx = dec["t"].to_numpy(dtype=float) - t0
-                ax2.step(tx, dec["split"].to_numpy(dtype=float), where="post", color=color,
-                         linewidth=2.0 if r.kind == "adaptive" else 1.0,
-                         linestyle="--" if r.kind == "adaptive" else ":", zorder=z, alpha=0.9)
-                handles.append(Line2D([], [], color=color, linestyle="--" if r.kind == "adaptive" else ":",
-                                      linewidth=2.0 if r.kind == "adaptive" else 1.0,
-                                      label=f"{_label(r)}: split (right axis)"))
-    # offered load, measured windows and phase boundaries of the adaptive point (else the first)
-    ref_point, ref_t0 = None, float("nan")
-    if adaptive_ref:
-        ref_point, ref_t0, ref_spans = adaptive_ref
-    else:
-        for r in results:
-            if first_rep[id(r)]:
-                ref_point = first_rep[id(r)]
-                ref_t0, _, ref_spans = _requests_reply_bins(run.dir / "points" / ref_point)
-                break
-    if ref_point is not None and np.isfinite(ref_t0):
-        rs = st[st["point"] == ref_point].sort_values("t_start")
+                style = dict(linewidth=2.0, linestyle="--") if r.kind == "adaptive" else \
+                    dict(linewidth=1.0, linestyle=":")
+                ax2.step(clock.x(point, dec["t"].to_numpy(dtype=float)), dec["split"].to_numpy(dtype=float),
+                         where="post", color=color, zorder=z, alpha=0.9, **style)  # type: ignore[arg-type]
+                handles.append(Line2D([], [], color=color, label=f"{_label(r)}: split (right axis)",
+                                      **style))  # type: ignore[arg-type]
+    # offered load and measured windows of the adaptive point (else the first), phase starts
+    ref = next((first_rep[id(r)] for r in c.adaptive if first_rep[id(r)] in clock.spans), None) or \
+        next((first_rep[id(r)] for r in results if first_rep[id(r)] in clock.spans), None)
+    if ref is not None:
+        rs = st[st["point"] == ref].sort_values("t_start")
         warm = float((run.manifest.get("load") or {}).get("warmup_seconds", 0) or 0)
-        for i, (_, s) in enumerate(rs.iterrows()):
-            a_, b_ = float(s["t_start"]) - ref_t0, float(s["t_end"]) - ref_t0
+        for _, s in rs.iterrows():
+            a_, b_ = clock.x(ref, np.array([float(s["t_start"]), float(s["t_end"])]))
             ax.axvspan(a_, b_, color="tab:blue", alpha=0.06, linewidth=0)
             ax.hlines(float(s["offered"]), a_ - warm, b_, colors="grey", linestyles="--", linewidth=1.0)
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1.0, label="offered load"))
+        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1.0,
+                              label="offered load" + ("" if ref == first_rep[id(results[0])] and not c.adaptive
+                                                      else " (adaptive point's schedule)")))
         handles.append(Patch(color="tab:blue", alpha=0.15, label="measured window"))
-        if c.workload == SHIFTING:
-            mixes = _phase_mixes(run)
-            for phase, lo, _hi in sorted(ref_spans):
-                if phase < 0:
-                    continue
-                x = lo - ref_t0
-                ax.axvline(x, color="dimgrey", linewidth=1.4)
-                mix = f"\nstatic share {mixes[phase]:g}" if phase < len(mixes) else ""
-                ax.text(x + 0.1, 0.98, f"phase {phase}{mix}", transform=ax.get_xaxis_transform(),
-                        va="top", ha="left", fontsize=8, color="dimgrey")
-            handles.append(Line2D([], [], color="dimgrey", linewidth=1.4, label="phase start"))
+    if c.workload == SHIFTING and clock.starts:
+        mixes = _phase_mixes(run)
+        for phase, x0 in zip(clock.phases, clock.starts):
+            if phase < 0:
+                continue
+            ax.axvline(x0, color="dimgrey", linewidth=1.4)
+            mix = f"\nstatic share {mixes[phase]:g}" if phase < len(mixes) else ""
+            ax.text(x0 + 0.1, 0.98, f"phase {phase}{mix}", transform=ax.get_xaxis_transform(),
+                    va="top", ha="left", fontsize=8, color="dimgrey")
+        handles.append(Line2D([], [], color="dimgrey", linewidth=1.4, label="phase start"))
     ax.set_xlim(-0.5, max(xmax, 1.0) + 0.5)
     ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0) * (1.15 if c.workload == SHIFTING else 1.05))
     ax2.set_ylim(-0.03, 1.05)
-    ax.set_xlabel("seconds since the point's load started (repetition 1)")
+    ax.set_xlabel("seconds since the point's load started" + (" (each phase aligned on its start)"
+                                                              if c.workload == SHIFTING else "")
+                  + "; repetition 1")
     ax.set_ylabel("replies/s (1 s bins, replies completed in the bin)")
     ax2.set_ylabel("split: the network side's share (work the TCP server terminates)")
     ax.set_title(f"reply rate over time and the split: {c.group} ({c.mode})")
