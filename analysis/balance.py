@@ -194,12 +194,16 @@ class Comparison:
         return ([self.regular] if self.regular else []) + self.fixed + self.adaptive + self.others
 
 
-def comparisons(prep: Prepared | None, balance: pd.DataFrame | None) -> list[Comparison]:
+def comparisons(prep: Prepared | None, balance: pd.DataFrame | None,
+                workloads: list[str] | None = None) -> list[Comparison]:
     """Per workload, group and offload mode; Regular TCP of the same group is the baseline."""
     if prep is None or prep.steps.empty or "balance" not in prep.steps:
         return []
     out = []
-    for wl in dict.fromkeys(prep.steps["workload"]):
+    order = list(dict.fromkeys(prep.steps["workload"]))
+    if workloads:  # the experiment's order (static, dynamic, shifting), not the alphabet's
+        order.sort(key=lambda w: workloads.index(w) if w in workloads else len(workloads))
+    for wl in order:
         results = _shifting_results(prep, wl) if wl == SHIFTING else _steady_results(prep, wl)
         for r in results:
             _controller(balance, r)
@@ -379,7 +383,7 @@ def _equal_nodes_sentence(c: Comparison, a: PointResult, params: dict[str, Any],
                else "NOT JUDGED") if verdicts else "NOT JUDGED"
     if verdict != "MISSED" and None in verdicts:
         verdict = "NOT FULLY JUDGED"
-    return head + f"{verdict}: " + "; ".join(parts) + f" (equal nodes: {host} CPU each)."
+    return head + f"{verdict}. " + "; ".join(parts) + f" (equal nodes: {host} CPU each)."
 
 
 def accounting_note(runs: list[Any]) -> str:
@@ -585,7 +589,7 @@ def sections(runs: list[Any], prep: Prepared | None, out: Path) -> list[str]:
         run_prep = prep
         if prep is not None and len(runs) > 1:
             run_prep = _subset(prep, run.name)
-        comps = comparisons(run_prep, run.tables.get("balance"))
+        comps = comparisons(run_prep, run.tables.get("balance"), run.manifest.get("workloads"))
         if len(runs) > 1:
             parts.append(f"<h3>{html.escape(run.name)}</h3>")
         if not comps:
@@ -631,7 +635,7 @@ def summary_for(run: Any, prep: Prepared | None) -> str:
     """The terminal text of one run's balancing results ('' when it has none)."""
     if not has_balance(run):
         return ""
-    comps = comparisons(prep, run.tables.get("balance"))
+    comps = comparisons(prep, run.tables.get("balance"), run.manifest.get("workloads"))
     lines = ["Balancing host and TCP server:"]
     if not comps:
         return "\n".join(lines + ["  no step of a balance point was measured"])
