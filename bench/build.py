@@ -21,7 +21,7 @@ from typing import Callable
 
 from testbed.backends.netns import BASE_SYSCTLS, FRONT_SYSCTLS, netns_name, switch_netns_name
 from testbed.lifecycle import Testbed, teardown
-from testbed.spec import FRONT_ROLES, Topology, load_topology, plan_addresses
+from testbed.spec import FRONT_ROLES, Topology, default_gateways, load_topology, plan_addresses
 
 
 Script = list[tuple[str | None, list[str]]]  # (namespace for `ip -n`, batch lines)
@@ -61,14 +61,8 @@ def ip_batch_scripts(topo: Topology, name: str) -> tuple[Script, Script, list[tu
             create.setdefault(a, []).append(f"link add {ia} type veth peer name {ib} netns {b}")
         for ns, ifname, addr in ends:
             config.setdefault(ns, []).extend([f"addr add {addr}/24 dev {ifname}", f"link set {ifname} up"])
-    fronts = {n.netns_key for n in topo.nodes if n.role in FRONT_ROLES}
-    for key in topo.namespaces:
-        for lp in plan.links if key not in fronts else []:
-            if key in lp.addresses:
-                gw = next((lp.addresses[f] for f in lp.addresses if f in fronts), None)
-                if gw:
-                    config[netns_name(name, key)].append(f"route add default via {gw}")
-                    break
+    for key, gw in default_gateways(topo, plan).items():
+        config[netns_name(name, key)].append(f"route add default via {gw}")
     build: Script = [(None, root)] + list(create.items()) + list(config.items())
     removal: Script = [(None, remove_root)]  # the kernel deletes the interfaces with them
     return build, removal, sysctls

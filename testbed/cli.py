@@ -196,7 +196,7 @@ def print_status(state: dict[str, Any]) -> None:
         print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
         print(f"document root: {state['docroot']}")
     print(f"reach it:  sudo python -m testbed exec client -- curl -s {state['service_url']}manifest.json")
-    print(f"           sudo python -m testbed exec host1 -- ip -br addr")
+    print("           sudo python -m testbed exec host1 -- ip -br addr")
     print(f"stop it:   sudo python -m testbed down {state['name']}")
 
 

@@ -51,8 +51,8 @@ def _share_netns_dir() -> None:
                "share /run/netns")
 
 
-def create_netns(name: str) -> None:
-    """Create a named network namespace (like `ip netns add`), in this thread, without a fork."""
+def _new_mount_point(name: str) -> Path:
+    """The empty file /run/netns/NAME that a namespace gets bind-mounted on."""
     _share_netns_dir()
     path = netns_path(name)
     try:
@@ -60,6 +60,12 @@ def create_netns(name: str) -> None:
     except FileExistsError:
         raise TestbedError(f"network namespace {name} already exists: "
                            "run `python -m testbed clean` to remove leftovers") from None
+    return path
+
+
+def create_netns(name: str) -> None:
+    """Create a named network namespace (like `ip netns add`), in this thread, without a fork."""
+    path = _new_mount_point(name)
     root = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         _check(_libc.unshare(CLONE_NEWNET), "unshare(CLONE_NEWNET)")
@@ -78,13 +84,7 @@ def create_netns(name: str) -> None:
 def attach_netns(name: str, pid: int) -> None:
     """Name the network namespace of process ``pid`` (like `ip netns attach NAME PID`), so it
     outlives the process and every tool that opens /run/netns/NAME can enter it."""
-    _share_netns_dir()
-    path = netns_path(name)
-    try:
-        os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
-    except FileExistsError:
-        raise TestbedError(f"network namespace {name} already exists: "
-                           "run `python -m testbed clean` to remove leftovers") from None
+    path = _new_mount_point(name)
     try:
         _check(_libc.mount(f"/proc/{pid}/ns/net".encode(), str(path).encode(), b"none", MS_BIND, None),
                f"bind {path} to the namespace of pid {pid}")

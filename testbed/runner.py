@@ -197,7 +197,7 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
             info["cfs_period_us"] = cg.detect().limits(tb.cgroup(topo.nodes[0].name))["period_us"]
             _write_json(out / "point.json", info)
             with Sampler(tb, interval=1.0) as sampler:
-                code = drive_load(tb, exp, p, out, prefix=f"    ")
+                code = drive_load(tb, exp, p, out, prefix="    ")
             info["loadgen_exit"] = code
             info["status"] = "done" if code == 0 else "failed"
             if code != 0:

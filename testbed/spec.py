@@ -169,6 +169,23 @@ def plan_addresses(topo: Topology, base: str = DEFAULT_SUBNET) -> AddressPlan:
     return AddressPlan(net, tuple(plans), service)
 
 
+def default_gateways(topo: Topology, plan: AddressPlan) -> dict[str, str]:
+    """Namespace key -> default gateway: nodes that do not forward send everything via a
+    front node (TCP server or NIC) on their first link that has one."""
+    fronts = {n.netns_key for n in topo.nodes if n.role in FRONT_ROLES}
+    out = {}
+    for key in topo.namespaces:
+        if key in fronts:
+            continue
+        for lp in plan.links:
+            if key in lp.addresses:
+                gw = next((lp.addresses[f] for f in lp.addresses if f in fronts), None)
+                if gw:
+                    out[key] = gw
+                    break
+    return out
+
+
 # --- loading -----------------------------------------------------------------------------
 
 _TOP_KEYS = {"name", "description", "params", "channel", "nodes", "links"}

@@ -41,7 +41,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import PREFIX
 from ..errors import KernelFeatureMissing, TestbedError
 from ..kernel import attach_netns, in_netns, pid_start_time, write_sysctl
-from ..spec import FRONT_ROLES, AddressPlan, LinkPlan, Topology
+from ..spec import FRONT_ROLES, AddressPlan, LinkPlan, Topology, default_gateways
 from .netns import BASE_SYSCTLS, FRONT_SYSCTLS, BuiltTopology, NetnsBackend, netns_name
 
 log = logging.getLogger(__name__)
@@ -56,23 +56,6 @@ REQUIRED_TOOLS = {"mnexec": "mininet", "ifconfig": "net-tools", "brctl": "bridge
 def bridge_name(testbed: str, link: str) -> str:
     """Root-namespace bridge of a LAN: 10 characters, so ports ``<bridge>-p<k>`` fit IFNAMSIZ."""
     return PREFIX + hashlib.sha1(f"{testbed}/{link}".encode()).hexdigest()[:6]
-
-
-def default_gateways(topo: Topology, plan: AddressPlan) -> dict[str, str]:
-    """Namespace key -> gateway: nodes that do not forward go via a front node on their
-    first link that has one (the same rule as the netns backend)."""
-    fronts = {n.netns_key for n in topo.nodes if n.role in FRONT_ROLES}
-    out = {}
-    for key in topo.namespaces:
-        if key in fronts:
-            continue
-        for lp in plan.links:
-            if key in lp.addresses:
-                gw = next((lp.addresses[f] for f in lp.addresses if f in fronts), None)
-                if gw:
-                    out[key] = gw
-                    break
-    return out
 
 
 def _import_mininet() -> dict[str, Any]:

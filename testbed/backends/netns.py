@@ -22,7 +22,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import PREFIX
 from ..errors import KernelFeatureMissing, TestbedError
 from ..kernel import create_netns, in_netns, netns_path, remove_netns, write_sysctl
-from ..spec import FRONT_ROLES, AddressPlan, Link, LinkPlan, Topology
+from ..spec import FRONT_ROLES, AddressPlan, Link, LinkPlan, Topology, default_gateways
 
 log = logging.getLogger(__name__)
 
@@ -166,17 +166,8 @@ class NetnsBackend:
             raise TestbedError(f"link {link.name}: netem was accepted but reads back as {kinds}")
 
     def _default_routes(self, topo: Topology, plan: AddressPlan) -> None:
-        """Nodes that do not forward send everything via a front node on their first link."""
-        fronts = {n.netns_key for n in topo.nodes if n.role in FRONT_ROLES}
-        for key in topo.namespaces:
-            if key in fronts:
-                continue
-            for lp in plan.links:
-                if key in lp.addresses:
-                    gw = next((lp.addresses[f] for f in lp.addresses if f in fronts), None)
-                    if gw:
-                        self._ipr[key].route("add", dst="0.0.0.0/0", gateway=gw)
-                        break
+        for key, gw in default_gateways(topo, plan).items():
+            self._ipr[key].route("add", dst="0.0.0.0/0", gateway=gw)
 
     def _require_netem(self, topo: Topology) -> None:
         probe = netns_name(self.testbed, "probe")
