@@ -132,6 +132,8 @@ class ClientConn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.last = self.srv.tick
         self.srv.c_client_in += len(data)
+        if self.host_closed:  # the host closed this connection: nobody reads these bytes
+            return
         host = self.host
         if host is None or not self.announced:
             if self.wait_since and self.host is not None:  # setup-with-accept: first data
@@ -215,6 +217,8 @@ class ClientConn(asyncio.Protocol):
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.host_closed:  # the usual end of an HTTP/1.0 exchange: no EOF frame needed
+            return True
         host = self.host
         if host is not None and self.announced:
             if self.srv.push:
@@ -834,6 +838,24 @@ def read_token(path: str) -> str:
     return token
 
 
+def batch_scheduling() -> bool:
+    """Run this process as SCHED_BATCH (``TCPS_SCHED=normal`` keeps SCHED_OTHER).
+
+    The TCP server and its host share a core: with SCHED_OTHER every SAN write wakes the
+    peer, which preempts the writer at once, so each side runs a few frames per time slice
+    and pays a context switch per batch. A SCHED_BATCH task that wakes up does not preempt
+    the running one; each side then runs until it blocks in epoll and frames batch up.
+    The benchmark runs HAProxy and the regular host the same way (docs/performance.md).
+    """
+    if os.environ.get("TCPS_SCHED", "batch") != "batch" or not hasattr(os, "SCHED_BATCH"):
+        return False
+    try:
+        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+    except OSError:
+        return False
+    return True
+
+
 def install_loop() -> str:
     """Use uvloop when importable: the same loop for every mode keeps comparisons fair.
 
@@ -846,6 +868,7 @@ def install_loop() -> str:
     gc.collect()
     gc.freeze()
     gc.set_threshold(50_000, 50, 100)
+    batch_scheduling()
     try:
         import uvloop
     except ImportError:
