@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from collections import deque
@@ -89,6 +90,9 @@ class ServerConfig:
     hello_timeout: float = 5.0
     setup_wait: float = 0.05  # setup-with-accept: announce without data after this
     accept_ahead: int = 0  # unused by the server; the host decides how many it asks for
+    # TCP_DEFER_ACCEPT seconds on the public listener (0 = off; None = on, 1 s, only in
+    # setup-with-accept, where a connection is not announced before its first bytes anyway)
+    defer_accept: float | None = None
 
 
 class ClientConn(asyncio.Protocol):
@@ -553,6 +557,15 @@ class TcpServer:
             ps.server = await self.loop.create_server(
                 lambda: ClientConn(self, ps), self.cfg.listen_host, port, reuse_address=True, backlog=4096
             )
+            defer = self.cfg.defer_accept
+            if defer is None:
+                defer = 1.0 if self.setup_with_accept else 0.0
+            if defer > 0:
+                # the kernel completes the accept only once the client's first bytes are
+                # in: connection and request arrive in one wakeup, not two
+                for sock in ps.server.sockets:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT,
+                                    max(1, round(defer)))
             self.ports[port] = ps
         return ps
 
@@ -887,6 +900,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-conns", type=int, default=20000)
     ap.add_argument("--backlog", type=int, default=4096)
     ap.add_argument("--idle-timeout", type=float, default=60.0)
+    ap.add_argument("--defer-accept", type=float, default=None,
+                    help="TCP_DEFER_ACCEPT seconds on the public port (0 = off; default: 1 in "
+                         "setup-with-accept, off otherwise, so silent clients are announced at once)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -897,7 +913,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ServerConfig(
             listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
-            backlog=a.backlog, idle_timeout=a.idle_timeout,
+            backlog=a.backlog, idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
         )
     except (ValueError, OSError) as e:
         print(f"offload.server: {e}", file=sys.stderr)
