@@ -9,9 +9,18 @@
 
 CPU is read from the nodes' cgroups (cpuacct), so it includes softirq work the kernel did
 in the node's processes' context (on veth a receiver's TCP processing runs in the sender's
-context: see DESIGN.md). Load is httperf, open loop, a new connection per request.
+context: see DESIGN.md). Load is httperf, open loop, a new connection per request, at the
+same offered rates for every configuration (``--rates``: a moderate and a high one by
+default, since batching helps more with load), repeated ``--repeat`` times in alternation
+so the report can give the spread (min-max) beside the median.
 
-Run (root): ``python -m bench.offload [--rate 5000] [--seconds 4] [--file /dir0/class1_5]``
+Equal footing: the TCP server, the host application (every mode) and HAProxy all run as
+SCHED_BATCH (``testbed.offload.server.batch_scheduling``; ``TCPS_SCHED=normal`` turns it
+off for all of them). The client namespace keeps at most 2,000 TIME_WAIT sockets
+(``net.ipv4.tcp_max_tw_buckets``, per namespace): httperf closes first, and with tens of
+thousands of client TIME_WAIT ports it stalls looking for a free port.
+
+Run (root): ``python -m bench.offload [--rates 3000,6500] [--seconds 3] [--repeat 2]``
 """
 
 from __future__ import annotations
@@ -154,9 +163,13 @@ def _httperf(tb, uri: str, rate: int, n: int, server: str, port: int) -> dict:
             "duration_s": float(d.group(1)) if d else 0.0}
 
 
-def _measure(tb, nodes: list[str], uri: str, rate: int, seconds: float, server: str, port: int,
-             max_conns: int = 10**9) -> dict:
-    n = min(int(rate * seconds), max_conns)
+def _client_tw_cap(tb) -> None:
+    """httperf closes first, so TIME_WAIT piles up on the client; bound it there only."""
+    tb.run("client", ["sysctl", "-q", "-w", "net.ipv4.tcp_max_tw_buckets=2000"], check=True)
+
+
+def _measure(tb, nodes: list[str], uri: str, rate: int, seconds: float, server: str, port: int) -> dict:
+    n = int(rate * seconds)
     _httperf(tb, uri, rate, min(2000, max(200, n // 4)), server, port)  # warm-up: caches, TIME_WAIT steady
     u0 = {nd: tb.cgroups.usage(tb.cgroup(nd)) for nd in nodes}
     hp = _httperf(tb, uri, rate, n, server, port)
@@ -206,43 +219,76 @@ backend be
 """
 
 
-def _haproxy(tb, args) -> dict:
+def _haproxy(tb, args) -> dict[str, dict]:
     cfg = tb.store.dir / "tcps-haproxy.cfg"
     front = tb.address("tcpserver", "public")
     cfg.write_text(HAPROXY_CFG.format(front=front, port=HAPROXY_PORT, host=tb.address("host1", "san")))
-    p = tb.popen("tcpserver", ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], log_name="haproxy")
+    argv = ["/usr/sbin/haproxy", "-db", "-f", str(cfg)]
+    if os.environ.get("TCPS_SCHED", "batch") == "batch":
+        argv = ["chrt", "--batch", "0", *argv]  # the same scheduling as the TCP server
+    p = tb.popen("tcpserver", argv, log_name="haproxy")
     try:
         time.sleep(0.5)
         if p.poll() is not None:
             raise RuntimeError(f"haproxy exited ({p.returncode}); see {tb.store.logs}")
-        # HAProxy's client side ends in TIME_WAIT on the client node: stay within its ports
-        return _measure(tb, ["tcpserver", "host1"], args.file, args.rate, args.seconds, front, HAPROXY_PORT,
-                        max_conns=12000)
+        return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds, front, HAPROXY_PORT)
+                for rate in args.rates}
     finally:
         p.terminate()
         p.wait(5)
 
 
 def run(args: argparse.Namespace) -> dict:
+    """Every configuration at every rate, ``repeat`` rounds in alternation (A B C A B C):
+    slow drifts of a shared machine then spread over all configurations alike."""
     from testbed.lifecycle import Testbed
     from testbed.spec import load_topology
 
     params = {"host_cpu": str(args.host_cpu), "tcpserver_cpu": str(args.tcpserver_cpu)}
-    results: dict[str, Any] = {"config": vars(args).copy(), "modes": {}}
-    for mode in args.modes:
-        topo = load_topology("cluster", params)
-        print(f"[{mode}] building the cluster testbed ...", file=sys.stderr, flush=True)
-        with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=mode, start_services=True,
-                     service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
-            r: dict[str, Any] = {}
-            r["load"] = _measure(tb, ["tcpserver", "host1"], args.file, args.rate, args.seconds,
-                                 tb.plan.service_address, 80)
-            if mode == "regular" and not args.no_haproxy:
-                r["haproxy"] = _haproxy(tb, args)
-            if not args.no_percall:
-                r["percall"] = _percall(tb, mode, args.sizes, args.n)
-            results["modes"][mode] = r
+    results: dict[str, Any] = {"config": vars(args).copy(), "modes": {m: {"rounds": []} for m in args.modes}}
+    if not args.no_haproxy:
+        results["haproxy"] = {"rounds": []}
+    for rnd in range(args.repeat):
+        for mode in args.modes:
+            topo = load_topology("cluster", params)
+            print(f"[round {rnd + 1}/{args.repeat}, {mode}] building the cluster testbed ...",
+                  file=sys.stderr, flush=True)
+            with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=mode, start_services=True,
+                         service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
+                _client_tw_cap(tb)
+                r = results["modes"][mode]
+                r["rounds"].append({str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
+                                                        tb.plan.service_address, 80) for rate in args.rates})
+                if mode == "regular" and not args.no_haproxy:
+                    results["haproxy"]["rounds"].append(_haproxy(tb, args))
+                if not args.no_percall and rnd == 0:
+                    r["percall"] = _percall(tb, mode, args.sizes, args.n)
     return results
+
+
+def _stats(vals: list[float]) -> str:
+    """median [min-max] of the rounds, or the single value."""
+    vals = sorted(v for v in vals if v is not None)
+    if not vals:
+        return "-"
+    med = vals[len(vals) // 2] if len(vals) % 2 else (vals[len(vals) // 2 - 1] + vals[len(vals) // 2]) / 2
+    if len(vals) == 1 or vals[0] == vals[-1]:
+        return f"{med:.2f}" if med < 10 else f"{med:.1f}"
+    fmt = (lambda v: f"{v:.2f}") if med < 10 else (lambda v: f"{v:.1f}")
+    return f"{fmt(med)} [{fmt(vals[0])}-{fmt(vals[-1])}]"
+
+
+def _col(rounds: list[dict], rate: str, key: str) -> list[float]:
+    return [r[rate][key] for r in rounds if rate in r and r[rate].get("replies")]
+
+
+def _ratio(num: list[dict], den: list[dict], rate: str, key_num: str, key_den: str) -> list[float]:
+    """Ratios round by round (the rounds ran in alternation, so pairs are neighbours in time)."""
+    out = []
+    for a, b in zip(num, den):
+        if rate in a and rate in b and a[rate].get("replies") and b[rate].get("replies") and b[rate][key_den]:
+            out.append(a[rate][key_num] / b[rate][key_den])
+    return out
 
 
 def report(res: dict) -> str:
@@ -250,7 +296,8 @@ def report(res: dict) -> str:
     lines = []
     cfg = res["config"]
     lines.append(f"cluster topology: host {cfg['host_cpu']} CPU, tcpserver {cfg['tcpserver_cpu']} CPU; "
-                 f"httperf {cfg['rate']} req/s x {cfg['seconds']} s of {cfg['file']}, new connection each")
+                 f"httperf at {', '.join(map(str, cfg['rates']))} req/s x {cfg['seconds']} s of {cfg['file']}, "
+                 f"new connection each; {cfg['repeat']} round(s): median [min-max]")
     if any("percall" in m for m in modes.values()):
         lines.append("\n1. Per-call cost, microseconds of wall time on the host (kernel = regular mode)")
         cols = [m for m in modes if "percall" in modes[m]]
@@ -265,25 +312,27 @@ def report(res: dict) -> str:
                     ratio = f" ({v / base:4.1f}x)" if base and c != "regular" else ""
                     row += f"{v:>11.1f}{ratio:>7}"
                 lines.append(row)
-    lines.append("\n2./3. CPU per request (us, cgroup cpuacct) and ratios")
-    reg = modes.get("regular", {}).get("load", {})
-    hap = modes.get("regular", {}).get("haproxy", {})
-    reg_host = reg.get("host1_us_per_req")
-    hap_ts = hap.get("tcpserver_us_per_req")
-    lines.append(f"{'mode':<18}{'replies':>9}{'errors':>7}{'host us':>9}{'host/regular':>14}"
-                 f"{'tcpsrv us':>11}{'tcpsrv/haproxy':>16}")
-    if hap:
-        lines.append(f"{'haproxy relay':<18}{hap['replies']:>9}{hap['errors']:>7}{hap['host1_us_per_req']:>9.1f}"
-                     f"{'':>14}{hap_ts:>11.1f}{1.0:>16.2f}")
-    for m, r in modes.items():
-        ld = r["load"]
-        h = ld["host1_us_per_req"]
-        ts = ld["tcpserver_us_per_req"]
-        hr = f"{h / reg_host:.2f}" if reg_host else "-"
-        tr = f"{ts / hap_ts:.2f}" if hap_ts and m != "regular" else "-"
-        lines.append(f"{m:<18}{ld['replies']:>9}{ld['errors']:>7}{h:>9.1f}{hr:>14}{ts:>11.1f}{tr:>16}")
-    lines.append("goals: host/regular <= 0.50 (static); tcpsrv/haproxy <= 0.60. In regular mode the "
-                 "tcpserver node only forwards (its softirq is charged to senders).")
+    reg = modes.get("regular", {}).get("rounds", [])
+    hap = res.get("haproxy", {}).get("rounds", [])
+    for rate in map(str, cfg["rates"]):
+        lines.append(f"\n2./3. CPU per request at {rate} req/s offered (us, cgroup cpuacct) and ratios")
+        lines.append(f"{'config':<18}{'replies':>8}{'err':>5}{'host us':>20}{'host/regular':>20}"
+                     f"{'tcpsrv us':>20}{'tcpsrv/haproxy':>20}")
+        rows = ([("haproxy relay", hap)] if hap else []) + [(m, r["rounds"]) for m, r in modes.items()]
+        for name, rounds in rows:
+            if not rounds:
+                continue
+            last = rounds[-1].get(rate, {})
+            h = _stats(_col(rounds, rate, "host1_us_per_req"))
+            ts = _stats(_col(rounds, rate, "tcpserver_us_per_req"))
+            hr = _stats(_ratio(rounds, reg, rate, "host1_us_per_req", "host1_us_per_req")) \
+                if name not in ("regular", "haproxy relay") else "-"
+            tr = _stats(_ratio(rounds, hap, rate, "tcpserver_us_per_req", "tcpserver_us_per_req")) \
+                if name not in ("regular", "haproxy relay") else "-"
+            lines.append(f"{name:<18}{last.get('replies', 0):>8}{last.get('errors', -1):>5}{h:>20}{hr:>20}"
+                         f"{ts:>20}{tr:>20}")
+    lines.append("\ngoals: host/regular <= 0.50 (static); tcpsrv/haproxy <= 0.60. In regular mode the "
+                 "tcpserver node only forwards (its softirq is charged to senders). replies/err: last round.")
     return "\n".join(lines)
 
 
@@ -301,8 +350,11 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--target", required=True)
     c.add_argument("--sizes", default=",".join(map(str, SIZES)))
     c.add_argument("--n", type=int, default=200)
-    ap.add_argument("--rate", type=int, default=5000)
-    ap.add_argument("--seconds", type=float, default=4.0)
+    ap.add_argument("--rates", default="3000,6500",
+                    help="offered loads, comma separated, the same for every configuration")
+    ap.add_argument("--rate", type=int, help="one offered load (overrides --rates)")
+    ap.add_argument("--seconds", type=float, default=3.0)
+    ap.add_argument("--repeat", type=int, default=2, help="rounds over all configurations, for the spread")
     ap.add_argument("--file", default="/dir0/class1_5", help="URI (6 KiB by default, as in DESIGN.md)")
     ap.add_argument("--host-cpu", type=float, default=0.3)
     ap.add_argument("--tcpserver-cpu", type=float, default=0.6)
@@ -322,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     if a.cmd == "_percall-client":
         _percall_client(a)
         return 0
+    a.rates = [a.rate] if a.rate else [int(x) for x in a.rates.split(",") if x.strip()]
     if "regular" not in a.modes:
         a.modes.insert(0, "regular")
     res = run(a)
