@@ -22,6 +22,7 @@ import hmac
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import channels
+from . import placement as _placement
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -93,6 +95,11 @@ class ServerConfig:
     # TCP_DEFER_ACCEPT seconds on the public listener (0 = off; None = on, 1 s, only in
     # setup-with-accept, where a connection is not announced before its first bytes anyway)
     defer_accept: float | None = None
+    # function placement (placement.py): answer cached static requests here, for a share
+    # of new connections read from placement_file (or placement_share when there is none)
+    serve_static: str | None = None
+    placement_file: Path | None = None
+    placement_share: float = 0.0
 
 
 class ClientConn(asyncio.Protocol):
@@ -288,6 +295,125 @@ class ClientConn(asyncio.Protocol):
         self.host_closed = True
         self.done_on_close = want_done
         self.transport.close()
+
+
+class PlacedConn(ClientConn):
+    """A new connection drawn for placement: held until its first request is in.
+
+    Eligible requests (``placement.parse_head``: GET/HEAD, no body, a cached path) are
+    answered here with the host app's own response bytes; keep-alive connections go on
+    being served here while their requests stay eligible. At the first one that is not
+    (or no complete request within ``setup_wait``, or EOF first), the connection is handed
+    to a host as if it had just arrived, carrying the bytes read so far.
+    """
+
+    __slots__ = ("pbuf", "handed", "served", "timer")
+
+    def __init__(self, srv: "TcpServer", port: "PortState") -> None:
+        super().__init__(srv, port)
+        self.pbuf = b""
+        self.handed = False
+        self.served = 0
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        transport.set_write_buffer_limits(high=0, low=0)
+        srv = self.srv
+        if not srv.admit(self):
+            self.handed = True
+            return
+        srv.c_placed_conns += 1
+        self.timer = srv.loop.call_later(srv.cfg.setup_wait, self._no_request)
+
+    def _no_request(self) -> None:
+        self.timer = None
+        if not self.handed and not self.served and not self.transport.is_closing():
+            self.hand_off()
+
+    def data_received(self, data: bytes) -> None:
+        if self.handed:
+            ClientConn.data_received(self, data)
+            return
+        srv = self.srv
+        self.last = srv.tick
+        srv.c_client_in += len(data)
+        if self.host_closed:
+            return
+        buf = self.pbuf + data if self.pbuf else data
+        cache = srv.cache
+        t = self.transport
+        while buf:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                if len(buf) > _placement.MAX_HEAD or b"\n\n" in buf:
+                    break  # not a request we answer: the host decides
+                self.pbuf = buf
+                return
+            req = _placement.parse_head(buf[:end])
+            e = cache.get(req[1]) if req is not None else None  # type: ignore[union-attr]
+            if e is None:
+                break
+            is_head, _, ka = req  # type: ignore[misc]
+            if is_head:
+                out = e.heads[ka]
+                t.write(out)
+                n = len(out)
+            elif e.full is not None:
+                out = e.full[ka]
+                t.write(out)
+                n = len(out)
+            else:
+                t.write(e.heads[ka])
+                t.write(e.body)
+                n = len(e.heads[ka]) + len(e.body)
+            self.served += 1
+            srv.c_placed_requests += 1
+            srv.c_placed_bytes += n
+            srv.c_client_out += n
+            if self.timer is not None:
+                self.timer.cancel()
+                self.timer = None
+            buf = buf[end + 4:]
+            if not ka:
+                self.pbuf = b""
+                self.host_closed = True  # nobody reads further bytes
+                t.close()
+                return
+        self.pbuf = buf
+        if buf:
+            self.hand_off()
+
+    def hand_off(self) -> None:
+        """From here on a host serves this connection, starting with the bytes held."""
+        self.handed = True
+        srv = self.srv
+        srv.c_place_handoffs += 1
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.pbuf:
+            self.rbuf = [self.pbuf]
+            self.rlen = len(self.pbuf)
+            self.pbuf = b""
+        srv.dispatch(self)
+
+    def eof_received(self) -> bool:
+        if self.handed:
+            return ClientConn.eof_received(self)
+        self.eof = True
+        if self.pbuf or not self.served:
+            self.hand_off()  # a host sees the partial request (or none) and the EOF
+        else:
+            self.host_closed = True
+            self.transport.close()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ClientConn.connection_lost(self, exc)
 
 
 class PortState:
@@ -535,6 +661,12 @@ class TcpServer:
         self.c_protocol_errors = 0
         self.c_auth_failures = 0
         self.c_host_losses = 0
+        self.c_placed_requests = 0
+        self.c_placed_bytes = 0
+        self.c_placed_conns = 0
+        self.c_place_handoffs = 0
+        self.cache: dict | None = None
+        self.place: _placement.Control | None = None
         self._frames_out_gone = 0
         self._frames_in_gone = 0
         self._bytes_out_gone = 0
@@ -542,6 +674,13 @@ class TcpServer:
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.serve_static:
+            self.cache = _placement.load_cache(cfg.serve_static)
+            self.place = _placement.Control(self.loop, cfg.placement_file, cfg.placement_share)
+            self.place.start()
+            log.info("function placement: %d cached files from %s, share %.3f%s", len(self.cache),
+                     cfg.serve_static, self.place.share,
+                     f" (control file {cfg.placement_file})" if cfg.placement_file else "")
         await self.open_port(cfg.listen_port)
         self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
         self.loop.call_later(1.0, self._sweep)
@@ -554,8 +693,20 @@ class TcpServer:
         ps = self.ports.get(port)
         if ps is None:
             ps = PortState(port)
+            place = self.place
+            if place is None:
+                def factory() -> ClientConn:
+                    return ClientConn(self, ps)
+            else:
+                rnd = random.random
+
+                def factory() -> ClientConn:
+                    share = place.share  # one draw per new connection; none at share 0
+                    if share > 0.0 and (share >= 1.0 or rnd() < share):
+                        return PlacedConn(self, ps)
+                    return ClientConn(self, ps)
             ps.server = await self.loop.create_server(
-                lambda: ClientConn(self, ps), self.cfg.listen_host, port, reuse_address=True, backlog=4096
+                factory, self.cfg.listen_host, port, reuse_address=True, backlog=4096
             )
             defer = self.cfg.defer_accept
             if defer is None:
@@ -654,16 +805,25 @@ class TcpServer:
 
     # --- clients -------------------------------------------------------------------
     def client_connected(self, c: ClientConn) -> None:
+        if self.admit(c):
+            self.dispatch(c)
+
+    def admit(self, c: ClientConn) -> bool:
+        """Count a new client connection; False (and aborted) beyond --max-conns."""
         if self.c_open >= self.cfg.max_conns:
             self.c_refused += 1
             c.transport.abort()
-            return
+            return False
         self.next_cid += 1
         c.cid = cid = self.next_cid
         self.conns[cid] = c
         self.c_open += 1
         self.c_total += 1
         c.last = self.tick
+        return True
+
+    def dispatch(self, c: ClientConn) -> None:
+        """Give an admitted connection to a host (push accept) or queue it (pull)."""
         ps = c.port
         if self.push_accept:
             if not ps.hosts:
@@ -818,6 +978,11 @@ class TcpServer:
             "protocol_errors": self.c_protocol_errors,
             "auth_failures": self.c_auth_failures,
             "host_losses": self.c_host_losses,
+            "placed_requests": self.c_placed_requests,
+            "placed_bytes": self.c_placed_bytes,
+            "placed_connections": self.c_placed_conns,
+            "placement_handoffs": self.c_place_handoffs,
+            "placement_share": self.place.share if self.place is not None else None,
             "hosts_attached": len(self.hosts),
             "hosts": hosts,
         }
@@ -903,10 +1068,23 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--defer-accept", type=float, default=None,
                     help="TCP_DEFER_ACCEPT seconds on the public port (0 = off; default: 1 in "
                          "setup-with-accept, off otherwise, so silent clients are announced at once)")
+    ap.add_argument("--serve-static", metavar="DOCROOT",
+                    help="function placement: cache DOCROOT's manifest files and answer eligible "
+                         "static requests here for a share of new connections")
+    ap.add_argument("--placement-file", type=Path, metavar="PATH",
+                    help='the share as JSON {"share": x}, re-read when it changes (every 100 ms; SIGHUP: now)')
+    ap.add_argument("--placement-share", type=float, default=0.0,
+                    help="the share until the placement file says otherwise (default 0)")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
     try:
+        if (a.placement_file or a.placement_share) and not a.serve_static:
+            raise ValueError("--placement-file/--placement-share need --serve-static DOCROOT")
+        if not 0.0 <= a.placement_share <= 1.0:
+            raise ValueError("--placement-share must be in [0, 1]")
+        if a.serve_static and not (Path(a.serve_static) / "manifest.json").is_file():
+            raise ValueError(f"--serve-static {a.serve_static}: no manifest.json there")
         mode = get_mode(a.mode)
         if not mode.offloaded:
             raise ValueError("mode 'regular' has no TCP server: the tcpserver node only routes IP")
@@ -914,6 +1092,7 @@ def main(argv: list[str] | None = None) -> int:
             listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
             backlog=a.backlog, idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
+            serve_static=a.serve_static, placement_file=a.placement_file, placement_share=a.placement_share,
         )
     except (ValueError, OSError) as e:
         print(f"offload.server: {e}", file=sys.stderr)
@@ -927,6 +1106,11 @@ def main(argv: list[str] | None = None) -> int:
         except OSError as e:
             print(f"offload.server: cannot listen: {e}", file=sys.stderr)
             raise SystemExit(1)
+        except ValueError as e:  # a bad --serve-static document root
+            print(f"offload.server: {e}", file=sys.stderr)
+            raise SystemExit(2)
+        if srv.place is not None:
+            asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, srv.place.check, True)
         log.info("event loop: %s", loop_name)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
