@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--subnet", default=None, help="address block (default 10.77.0.0/16)")
     up.add_argument("--channel", choices=("tcp", "unix", "shm"), help="SAN channel (default: the topology's)")
     up.add_argument("--balance", default=None, help="adaptive | fixed:SPLIT (work/CPU split controller)")
+    up.add_argument("--knob", default=None, choices=("work", "cpu", "place"),
+                    help="what --balance moves (default: cpu on smp, work otherwise; place: the TCP "
+                    "server answers a share of static requests itself)")
     up.add_argument("--backend", default="netns", choices=("netns", "mininet"),
                     help="how nodes and links are built (default: netns, via pyroute2)")
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
@@ -117,6 +120,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     from .spec import DEFAULT_SUBNET, load_topology, parse_params
     _require_root()
     check_mode(args.mode)
+    if args.knob and not args.balance:
+        raise TestbedError("--knob chooses what --balance moves: give --balance adaptive|fixed:SPLIT too")
     from .spec_mininet import is_mininet_ref, load_mininet_topology
     if is_mininet_ref(args.topology):  # module:Class, a Mininet Topo
         topo = load_mininet_topology(args.topology, args.role, parse_params(args.param))
@@ -126,7 +131,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         topo = load_topology(args.topology, parse_params(args.param))
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
-                            "channel": args.channel, "balance": args.balance}
+                            "channel": args.channel, "balance": args.balance,
+                            "balance_knob": args.knob}
     tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
                  start_services=not args.no_services, service_options=opts, backend=args.backend)
     tb.up()

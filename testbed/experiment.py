@@ -36,7 +36,7 @@ EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
 WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load in `phases`
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
-         "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "phases",
+         "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
          "per_mode_params", "backend"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
               "mix", "dynamic_cost_us", "timeout_s"}
@@ -234,13 +234,19 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         raise SpecError(f"{source}: repetitions must be a whole number >= 1")
     balance = raw.get("balance") or []
     balance = [balance] if isinstance(balance, str) else list(balance)
+    service = dict(raw.get("service") or {})
+    if raw.get("balance_knob") is not None:  # passed to the services like any service option
+        from .balance.policy import KNOBS
+        if raw["balance_knob"] not in KNOBS:
+            raise SpecError(f"{source}: balance_knob must be one of {', '.join(KNOBS)}, not {raw['balance_knob']!r}")
+        service["balance_knob"] = raw["balance_knob"]
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
         load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep, configs=configs,
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
-        service=dict(raw.get("service") or {}), balance=balance, phases=phases,
+        service=service, balance=balance, phases=phases,
         backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
         source=source, raw=raw)
     for wl in workloads:

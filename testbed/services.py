@@ -36,7 +36,7 @@ MODES = ("regular", "split", "async-send", "eager-receive", "eager-accept", "set
 OFFLOADED_MODES = MODES[1:]
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
-            "ready_timeout": 20.0}
+            "ready_timeout": 20.0, "balance_knob": None}
 
 
 def check_mode(mode: str) -> None:
@@ -63,6 +63,9 @@ def python_module(module: str, *args: str) -> list[str]:
 def start_services(tb: "Testbed") -> None:
     check_mode(tb.mode)
     opts = {**DEFAULTS, **tb.service_options}
+    if opts.get("balance"):  # bad settings: a clear error before anything starts
+        from .balance.policy import parse_policy
+        parse_policy(str(opts["balance"]), chosen_knob(tb, opts))
     run_dir = tb.store.dir
     docroot = run_dir / "docroot"
     tb.run(_any_host(tb), python_module("testbed.app.docroot", str(docroot), "--seed", str(opts["seed"]),
@@ -97,6 +100,10 @@ def start_services(tb: "Testbed") -> None:
                 NetnsBackend.set_route(tb.netns(front), f"{vip}/32", gws)
     else:
         served: set[str] = set()
+        place: list[str] = []
+        if opts.get("balance") and chosen_knob(tb, opts) == "place":
+            # the balancer starts later and moves the share through this file
+            place = ["--serve-static", str(docroot), "--placement-file", str(run_dir / "placement.json")]
         for host in hosts:
             front = fronts_of(tb, host)[0]
             san = _san_endpoint(tb, front, host, channel)
@@ -107,7 +114,7 @@ def start_services(tb: "Testbed") -> None:
                 tb.popen(front, python_module(
                     "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
                     "--mode", tb.mode, "--token-file", str(token_file),
-                    "--stats-file", str(run_dir / f"stats-{front}.json")),
+                    "--stats-file", str(run_dir / f"stats-{front}.json"), *place),
                     log_name="tcpserver", supervise=True)
                 if channel == "unix":
                     _wait_for_path(Path(san.split(":", 1)[1]), opts["ready_timeout"])
@@ -122,7 +129,20 @@ def start_services(tb: "Testbed") -> None:
         NetnsBackend.set_route(tb.netns(client), f"{vip}/32", gws)
     wait_ready(tb, opts["ready_timeout"])
     if opts.get("balance"):
-        start_balancer(tb, str(opts["balance"]), app_common, opts["ready_timeout"])
+        start_balancer(tb, str(opts["balance"]), app_common, opts["ready_timeout"],
+                       knob=chosen_knob(tb, opts))
+
+
+def chosen_knob(tb: "Testbed", opts: dict[str, Any]) -> str:
+    """The knob asked for (``balance_knob`` service option, ``up --knob``), else by topology."""
+    from .balance.policy import KNOBS
+    knob = opts.get("balance_knob") or balance_knob(tb)
+    if knob not in KNOBS:
+        raise TestbedError(f"balance knob {knob!r}: one of {', '.join(KNOBS)}")
+    if knob == "work" and balance_knob(tb) == "cpu":
+        raise TestbedError("the work knob needs the TCP server in its own node (cluster, multihost, "
+                           "inic); with smp choose cpu or place")
+    return knob
 
 
 def balance_knob(tb: "Testbed") -> str:
@@ -132,13 +152,15 @@ def balance_knob(tb: "Testbed") -> str:
     return "cpu" if same else "work"
 
 
-def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: float) -> None:
-    """One controller per front node; for the work knob, hosts also serve on kernel TCP."""
+def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: float,
+                   knob: str | None = None) -> None:
+    """One controller per front node; for the work knob, hosts also serve on kernel TCP;
+    for the place knob, the TCP server already runs with --serve-static and a control file."""
     from .balance.policy import parse_policy
     if tb.mode == "regular":
         raise TestbedError("--balance needs an offloaded mode: in regular mode the TCP server "
                            "does no TCP work to balance (e.g. --mode eager-accept)")
-    knob = balance_knob(tb)
+    knob = knob or balance_knob(tb)
     policy = parse_policy(spec, knob)  # a clear error before anything starts
     vip = tb.plan.service_address
     by_front: dict[str, list[str]] = {}
@@ -149,7 +171,9 @@ def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: flo
                 "--state-dir", str(tb.store.dir)]
         for h in hosts:
             argv += ["--app-cgroup", tb.cgroup(h)]
-        if knob == "work":
+        if knob == "place":
+            argv += ["--placement-file", str(tb.store.dir / "placement.json")]
+        elif knob == "work":
             for h in hosts:  # the pass-through path: the same app on the host's kernel TCP
                 tb.popen(h, python_module("testbed.app.server", *app_common,
                                           "--listen", f"0.0.0.0:{SERVICE_PORT}"),

@@ -93,3 +93,34 @@ def test_closed_loop_homes_in_on_the_balance_point_with_few_reversals():
     assert abs(splits[-1] - balance_point) < 0.1, (splits[-1], balance_point)
     assert state.reversals <= 4
     assert max(splits[-20:]) - min(splits[-20:]) < 0.1, "settled, not swinging"
+
+
+def test_place_share_rises_when_the_host_is_the_bottleneck_and_falls_when_the_tcp_server_is():
+    policy = parse_policy("adaptive", "place")
+    assert policy.split == 0.0, "placement starts off: the paper's system until the host saturates"
+    host_bound = replay(policy, "place", [Sample(0.4, 1.0, 0.0, 0.5)] * 8)
+    assert host_bound[0].split == 0.0, "hysteresis: one interval is not enough"
+    assert host_bound[1].split > 0.0 and host_bound[-1].split >= 0.4
+    net_bound = replay(parse_policy("adaptive:start=0.8", "place"), "place", [Sample(1.0, 0.3, 0.6, 0.0)] * 8)
+    assert net_bound[-1].split < 0.45
+    assert parse_policy("adaptive:start=0.3", "place").split == 0.3
+
+
+def test_fixed_place_share_is_exact_and_idle_does_not_move():
+    assert {s.split for s in replay(parse_policy("fixed:0.5", "place"), "place", [Sample(0.1, 1.0, 0, 0.9)] * 10)} == {0.5}
+    assert replay(parse_policy("adaptive", "place"), "place", [Sample(0.2, 0.3)] * 10)[-1].moves == 0
+    with pytest.raises(TestbedError, match="knob"):
+        parse_policy("adaptive", "spin")
+
+
+def test_placement_actuator_writes_atomically_and_reads_back(tmp_path):
+    import json
+
+    from testbed.balance.controller import Placement
+    path = tmp_path / "placement.json"
+    act = Placement(path)
+    act.apply(0.123456)
+    assert json.loads(path.read_text()) == {"share": 0.1235}
+    act.apply(1.0)
+    assert json.loads(path.read_text()) == {"share": 1.0}
+    assert not list(tmp_path.glob("*.tmp"))

@@ -14,6 +14,9 @@ Actuators:
   connection on the path it started on, and the TCP server does no relay work for them.
 - CPU split: the quotas of the network and application cgroups are rewritten so that
   their sum stays the fixed total; every value is read back.
+- placement: the share of new connections whose cacheable static requests the TCP
+  server answers itself, written atomically to its control file (``--placement-file``,
+  which the TCP server polls every 100 ms) and read back.
 """
 
 from __future__ import annotations
@@ -100,6 +103,28 @@ class CpuSplit:
         pass
 
 
+class Placement:
+    """Share of new connections whose static requests the TCP server answers itself."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def apply(self, split: float) -> None:
+        share = round(split, 4)
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        tmp.write_text(json.dumps({"share": share}))
+        os.replace(tmp, self.path)  # the TCP server never reads a half-written file
+        try:
+            back = float(json.loads(self.path.read_text())["share"])
+        except (OSError, ValueError, KeyError) as e:
+            raise TestbedError(f"placement share {share}: {self.path} reads back badly ({e})") from None
+        if back != share:
+            raise TestbedError(f"placement share {share}: {self.path} reads back {back}")
+
+    def remove(self) -> None:
+        pass
+
+
 class SideMeter:
     """CPU use over budget and throttled fraction of some cgroups, between two calls."""
 
@@ -122,7 +147,7 @@ class SideMeter:
         return sum(utils) / len(utils), sum(throttled) / len(throttled)
 
 
-def run(policy: Policy, knob: str, actuator: WorkSplit | CpuSplit, net: SideMeter, app: SideMeter,
+def run(policy: Policy, knob: str, actuator: WorkSplit | CpuSplit | Placement, net: SideMeter, app: SideMeter,
         state_dir: Path, duration: float | None = None) -> None:
     state = State(split=policy.split)
     actuator.apply(state.split)
@@ -162,13 +187,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m testbed.balance.controller", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default="adaptive")
-    ap.add_argument("--knob", choices=("work", "cpu"), required=True)
+    ap.add_argument("--knob", choices=("work", "cpu", "place"), required=True)
     ap.add_argument("--net-cgroup", required=True)
     ap.add_argument("--app-cgroup", action="append", required=True)
     ap.add_argument("--total-cpu", type=float, help="cpu knob: the fixed total shared by both sides")
     ap.add_argument("--vip")
     ap.add_argument("--port", type=int, default=80)
     ap.add_argument("--hosts", help="work knob: comma-separated host addresses for pass-through")
+    ap.add_argument("--placement-file", type=Path, help="place knob: the TCP server's control file")
     ap.add_argument("--state-dir", type=Path, required=True)
     ap.add_argument("--duration", type=float)
     args = ap.parse_args(argv)
@@ -176,8 +202,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         policy = parse_policy(args.policy, args.knob)
         groups = cg.detect()
-        actuator: WorkSplit | CpuSplit
-        if args.knob == "work":
+        actuator: WorkSplit | CpuSplit | Placement
+        if args.knob == "place":
+            if not args.placement_file:
+                raise TestbedError("the place knob needs --placement-file (the TCP server's --placement-file)")
+            actuator = Placement(args.placement_file)
+        elif args.knob == "work":
             if not args.vip or not args.hosts:
                 raise TestbedError("the work knob needs --vip and --hosts")
             actuator = WorkSplit(args.vip, args.port, args.hosts.split(","))

@@ -5,7 +5,10 @@ The *split* is the network side's share, a number in [0, 1]:
 - work split (cluster, multihost): the share of new connections the TCP server
   terminates and tunnels; the rest pass straight through to the hosts' kernel TCP;
 - CPU split (smp): the share of a fixed total CPU budget given to the TCP-server process;
-  the application processes get the rest.
+  the application processes get the rest;
+- function placement (``place``, any offloaded topology): the share of new connections
+  whose cacheable static requests the TCP server answers itself (the network side's
+  share of the static work it could take over); the rest reach the host as before.
 
 Each interval the controller measures each side's *pressure*: CPU used over budget plus
 the fraction of the interval it was throttled (so a side pinned at its quota reads above
@@ -14,8 +17,9 @@ is busy enough and the imbalance exceeds a dead band in the same direction for `
 consecutive intervals (hysteresis), the split moves by ``gain * imbalance``, at most the
 current step. The step starts at ``step``, halves at every reversal of direction (down to
 ``min_step``) and grows back by half after moves in the same direction, so the split
-homes in on the balance point instead of swinging around it. An overloaded network side means: offload *less* work (work split) or give the
-network side *more* CPU (CPU split).
+homes in on the balance point instead of swinging around it. An overloaded network side means: offload *less* work (work split), answer
+fewer requests in the TCP server (placement), or give the network side *more* CPU (CPU
+split); an overloaded application side, the opposite.
 
 ``decide`` has no side effects, so recorded samples replay exactly in tests.
 """
@@ -26,7 +30,7 @@ from dataclasses import dataclass, replace
 
 from ..errors import TestbedError
 
-KNOBS = ("work", "cpu")
+KNOBS = ("work", "cpu", "place")
 
 
 @dataclass(frozen=True)
@@ -99,8 +103,8 @@ def decide(policy: Policy, knob: str, state: State, sample: Sample) -> tuple[Sta
         return result(replace(state, pending=0, held=0), 0.0, "idle: neither side busy")
     if abs(imbalance) < policy.deadband:
         return result(replace(state, pending=0, held=0), 0.0, "balanced within dead band")
-    # network overloaded: offload less work, or give the network side more CPU
-    direction = (-1 if imbalance > 0 else 1) if knob == "work" else (1 if imbalance > 0 else -1)
+    # network overloaded: offload less work / place less there, or give it more CPU
+    direction = (1 if imbalance > 0 else -1) if knob == "cpu" else (-1 if imbalance > 0 else 1)
     held = state.held + 1 if direction == state.pending else 1
     if held < policy.hold:
         return result(replace(state, pending=direction, held=held), 0.0,
@@ -124,7 +128,9 @@ def parse_policy(spec: str, knob: str = "work") -> Policy:
     if knob not in KNOBS:
         raise TestbedError(f"balance knob {knob!r}: one of {', '.join(KNOBS)}")
     kind, _, rest = spec.partition(":")
-    limits = {"min_split": 0.1, "max_split": 0.9} if knob == "cpu" else {}
+    limits: dict[str, float] = {"min_split": 0.1, "max_split": 0.9} if knob == "cpu" else {}
+    if knob == "place":
+        limits["split"] = 0.0  # the paper's system until the host is the bottleneck
     if kind == "fixed":
         try:
             split = float(rest)
