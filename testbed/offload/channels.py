@@ -5,9 +5,11 @@ A channel spec is one of
 - ``tcp:ADDR:PORT``  TCP over the SAN link (cluster, inic, multihost topologies);
 - ``unix:PATH``      a filesystem Unix socket (smp: both processes in one node; filesystem
                      sockets are shared across network namespaces, abstract ones are not);
-- ``shm:NAME``       beyond the paper, planned: shared-memory rings in ``/dev/shm/tcps-NAME-*``
-                     with a Unix socket ``/dev/shm/tcps-NAME.sock`` for the handshake and
-                     wake-ups. Parsed, but not implemented yet: serve/connect say so.
+- ``shm:NAME``       beyond the paper (its memory-mapped channel): two single-producer,
+                     single-consumer byte rings in a shared-memory file
+                     ``/dev/shm/tcps-NAME-<pid>-<n>`` per channel, with a Unix socket
+                     ``/dev/shm/tcps-NAME.sock`` for the handshake, wake-ups and liveness
+                     (see ``testbed/offload/shmring.py`` and docs/protocol.md).
 
 Both ends speak asyncio's Protocol interface over any of them, so the TCP server and the
 host library do not know which one they use.
@@ -84,7 +86,8 @@ async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> a
         srv = await loop.create_unix_server(factory, spec.path, backlog=128)
         os.chmod(spec.path, 0o600)  # only root (the testbed) may attach
         return srv
-    raise _shm_missing(spec)
+    from . import shmring
+    return await shmring.serve(spec.path, spec.name, factory)
 
 
 async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:
@@ -95,23 +98,19 @@ async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) ->
         return tr, pr
     if spec.kind == "unix":
         return await loop.create_unix_connection(factory, spec.path)
-    raise _shm_missing(spec)
-
-
-def _shm_missing(spec: ChannelSpec) -> OSError:
-    return OSError(f"channel {spec}: the shared-memory ring is not implemented yet; "
-                   "use unix:PATH (smp) or tcp:ADDR:PORT")
+    from . import shmring
+    return await shmring.connect(spec.path, factory)
 
 
 def tune_accepted(transport: asyncio.BaseTransport) -> None:
     _tune(transport)
 
 
-def _unlink_stale(path: str) -> None:
+def _unlink_stale(path: str, kind: int = socket.SOCK_STREAM) -> None:
     """Remove a leftover socket file, but never a socket someone is still serving on."""
     if not os.path.exists(path):
         return
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe = socket.socket(socket.AF_UNIX, kind)
     try:
         probe.connect(path)
     except OSError:
