@@ -1,0 +1,351 @@
+"""The shm:NAME SAN channel: shared-memory rings with a Unix-socket doorbell.
+
+Loopback (the TCP server and host library in one process, as in test_offload_loopback),
+the transport alone under backpressure with a tiny ring, garbage and dead peers, and the
+smp topology as ``up --channel shm`` starts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import uvloop
+
+from testbed.app.docroot import generate
+from testbed.offload import channels, protocol, shmring
+
+from .offload_helpers import TOKEN, http_get, offload_stack
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _name(tag: str) -> str:
+    return f"tcps-test-{os.getpid()}-{tag}"
+
+
+def _ring_files(name: str) -> list[str]:
+    return sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"{name}-"))
+
+
+@pytest.fixture(scope="module")
+def docroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("tcps-docroot")
+    generate(root, seed=11, dirs=1)
+    return root
+
+
+def test_parse_and_names() -> None:
+    cs = channels.parse("shm:abc")
+    assert cs.path == "/dev/shm/tcps-abc.sock" and cs.name == "tcps-abc" and str(cs) == "shm:tcps-abc"
+    with pytest.raises(ValueError):
+        channels.parse("shm:../x")
+
+
+@pytest.mark.parametrize("mode", ["split", "eager-accept", "setup-with-accept"])
+def test_loopback_every_file_byte_exact(mode: str, docroot: Path) -> None:
+    files = json.loads((docroot / "manifest.json").read_text())["files"]
+    name = _name(mode)
+
+    async def main() -> None:
+        async with offload_stack(mode, docroot, hosts=2, san=f"shm:{name}") as (srv, tunnels, port):
+            assert _ring_files(name) == []  # unlinked as soon as both ends hold them
+            sem = asyncio.Semaphore(100)
+
+            async def one(f: dict) -> None:
+                async with sem:
+                    status, _, body = await http_get(port, f["path"], timeout=30)
+                assert status == 200 and body == (docroot / f["path"][1:]).read_bytes(), f["path"]
+
+            biggest = max(files, key=lambda f: f["size"])
+            await asyncio.gather(*(one(f) for f in files * 4 + [biggest] * 30))
+            st = srv.stats()
+            assert st["connections_total"] == len(files) * 4 + 30
+            assert st["protocol_errors"] == 0 and st["hosts_attached"] == 2
+            assert all(t.transport.get_extra_info("shm_ring", "").startswith(name) for t in tunnels)
+        await asyncio.sleep(0.05)
+        assert not os.path.exists(f"/dev/shm/{name}.sock") and _ring_files(name) == []
+
+    uvloop.run(main())
+
+
+class _Sink(asyncio.Protocol):
+    def __init__(self, echo: bool = False) -> None:
+        self.echo = echo
+        self.buf = bytearray()
+        self.lost: asyncio.Future = asyncio.get_running_loop().create_future()
+        self.pauses = 0
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        if self.echo:
+            transport.set_write_buffer_limits(high=1024)
+
+    def data_received(self, data: bytes) -> None:
+        if self.echo:
+            self.transport.write(data)  # type: ignore[union-attr]
+        else:
+            self.buf += data
+
+    def pause_writing(self) -> None:
+        self.pauses += 1
+
+    def resume_writing(self) -> None:
+        pass
+
+    def connection_lost(self, exc) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+
+def test_tiny_ring_wraps_and_applies_backpressure() -> None:
+    """A 4 KiB ring, 8 MiB each way at once: wrap-around, full ring, pause/resume, echo."""
+    name = _name("tiny")
+
+    async def main() -> None:
+        servers: list[_Sink] = []
+
+        def factory() -> _Sink:
+            servers.append(_Sink(echo=True))
+            return servers[-1]
+
+        srv = await shmring.serve(f"/dev/shm/{name}.sock", name, factory, ring_bytes=4096)
+        tr, cl = await shmring.connect(f"/dev/shm/{name}.sock", _Sink)
+        data = os.urandom(8 << 20)
+        tr.pause_reading()  # the echo backs up in the server's ring, then its write buffer
+        for i in range(0, len(data), 100_003):  # odd sizes, so writes straddle the wrap point
+            tr.write(data[i:i + 100_003])
+        await asyncio.sleep(0.2)
+        assert not cl.buf and servers[0].pauses == 1
+        tr.resume_reading()
+        deadline = time.monotonic() + 20
+        while len(cl.buf) < len(data) and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        assert bytes(cl.buf) == data
+        assert cl.pauses >= 1 and servers[0].pauses >= 1  # both ends hit the high-water mark
+        tr.close()
+        assert await asyncio.wait_for(servers[0].lost, 5) is None
+        srv.close()
+
+    uvloop.run(main())
+
+
+def test_close_delivers_what_was_written_first() -> None:
+    name = _name("close")
+
+    async def main() -> None:
+        got: list[_Sink] = []
+        srv = await shmring.serve(f"/dev/shm/{name}.sock", name, lambda: got.append(_Sink()) or got[-1],
+                                  ring_bytes=8192)
+        tr, _ = await shmring.connect(f"/dev/shm/{name}.sock", _Sink)
+        data = os.urandom(300_000)  # mostly in the write backlog when close() is called
+        tr.write(data)
+        tr.close()
+        assert tr.is_closing()
+        await asyncio.wait_for(got[0].lost, 5)
+        assert bytes(got[0].buf) == data
+        srv.close()
+
+    uvloop.run(main())
+
+
+def test_garbage_drops_only_that_channel(docroot: Path) -> None:
+    name = _name("garbage")
+
+    def raw_attach() -> tuple[socket.socket, object, int]:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        s.connect(f"/dev/shm/{name}.sock")
+        msg, fds, _, _ = socket.recv_fds(s, 4096, 1)
+        mm, cap, _ = shmring._map_ring(fds[0], msg, name)
+        os.close(fds[0])
+        return s, mm, cap
+
+    def write_ring(mm, cap: int, payload: bytes, head: int | None = None) -> None:
+        base = shmring.HEADER + cap  # ring 1: host -> server
+        mm[base:base + len(payload)] = payload
+        w = memoryview(mm)[:shmring.HEADER].cast("Q")
+        w[shmring.CONTROL[1] // 8 + shmring.HEAD] = len(payload) if head is None else head
+        w.release()
+
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot, san=f"shm:{name}") as (srv, tunnels, port):
+            loop = asyncio.get_running_loop()
+            cases = [
+                os.urandom(300),  # not frames
+                struct.pack("<IBBHII", 1 << 30, 1, protocol.SEND, 0, 1, 0),  # over-long frame
+                protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
+                    protocol.Hello("not-the-token", "intruder", "eager-accept"))),
+                None,  # corrupt counters: head far beyond the ring
+            ]
+            for payload in cases:
+                s, mm, cap = await loop.run_in_executor(None, raw_attach)
+                if payload is None:
+                    write_ring(mm, cap, b"", head=cap * 5)
+                else:
+                    write_ring(mm, cap, payload)
+                s.send(b"\x01")  # doorbell
+                s.settimeout(5)
+                try:
+                    while await loop.run_in_executor(None, s.recv, 64):
+                        pass  # the server closes its end: EOF
+                except ConnectionResetError:
+                    pass
+                s.close()
+                mm.close()
+            st = srv.stats()
+            assert st["protocol_errors"] >= 2 and st["auth_failures"] == 1, st
+            assert st["hosts_attached"] == 1
+            for _ in range(20):
+                status, _, _ = await http_get(port, "/dir0/class1_0")
+                assert status == 200
+            assert _ring_files(name) == []
+
+    uvloop.run(main())
+
+
+_HOST = """
+import asyncio, sys
+from testbed.offload import hostsock
+async def main():
+    t = await hostsock.open_tunnel(sys.argv[1], sys.argv[2], "eager-accept", "victim")
+    await t.create_server(asyncio.Protocol, int(sys.argv[3]))
+    print("attached", flush=True)
+    await asyncio.sleep(3600)
+asyncio.run(main())
+"""
+
+
+def test_killed_peer_drops_the_channel_and_leaves_no_ring(docroot: Path) -> None:
+    name = _name("kill")
+
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot, san=f"shm:{name}") as (srv, tunnels, port):
+            proc = subprocess.Popen([sys.executable, "-c", _HOST, f"shm:{name}", TOKEN, str(port)],
+                                    cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            try:
+                line = await asyncio.get_running_loop().run_in_executor(None, proc.stdout.readline)
+                assert line.strip() == "attached"
+                assert srv.stats()["hosts_attached"] == 2
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait(5)
+                for _ in range(100):
+                    if srv.stats()["hosts_attached"] == 1:
+                        break
+                    await asyncio.sleep(0.02)
+                assert srv.stats()["hosts_attached"] == 1
+                assert _ring_files(name) == []
+                for _ in range(20):  # the surviving host keeps serving
+                    status, _, _ = await http_get(port, "/dir0/class1_0")
+                    assert status == 200
+            finally:
+                if proc.poll() is None:
+                    os.kill(proc.pid, signal.SIGKILL)
+                    proc.wait(5)
+
+    uvloop.run(main())
+
+
+def test_server_gone_reaches_the_host() -> None:
+    name = _name("srvgone")
+
+    async def main() -> None:
+        got: list[_Sink] = []
+        srv = await shmring.serve(f"/dev/shm/{name}.sock", name, lambda: got.append(_Sink()) or got[-1])
+        tr, cl = await shmring.connect(f"/dev/shm/{name}.sock", _Sink)
+        await asyncio.sleep(0.01)
+        got[0].transport.write(b"last words")
+        got[0].transport.abort()
+        assert await asyncio.wait_for(cl.lost, 5) is None
+        assert bytes(cl.buf) == b"last words"
+        srv.close()
+        with pytest.raises(OSError):
+            await shmring.connect(f"/dev/shm/{name}.sock", _Sink)
+
+    uvloop.run(main())
+
+
+# --- the smp topology, as `up smp --channel shm` starts it ---------------------------------
+
+try:
+    from testbed.kernel import in_netns
+    from testbed.lifecycle import Testbed
+    from testbed.spec import load_topology
+except ImportError:  # pragma: no cover
+    Testbed = None  # type: ignore[assignment,misc]
+
+SERVICE = ("10.77.255.1", 80)
+
+
+async def _get(path: str) -> bytes:
+    r, w = await asyncio.open_connection(*SERVICE)
+    try:
+        w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(r.read(), 20)
+    finally:
+        w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), (path, head[:60])
+    return body
+
+
+async def _fetch_all(rounds: int = 2) -> int:
+    manifest = json.loads(await _get("/manifest.json"))
+    sem = asyncio.Semaphore(60)
+
+    async def one(f: dict) -> None:
+        async with sem:
+            body = await _get(f["path"])
+        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
+
+    await asyncio.gather(*(one(f) for f in manifest["files"] * rounds))
+    return len(manifest["files"])
+
+
+def _wait(pred, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if pred():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.needs_root
+@pytest.mark.parametrize("mode", ["split", "eager-accept"])
+def test_smp_shm_channel_every_file_byte_exact(mode: str, tb_name: str) -> None:
+    if Testbed is None:
+        pytest.skip("testbed core not importable")
+    with Testbed(load_topology("smp"), tb_name, mode=mode, start_services=True,
+                 service_options={"docroot_dirs": 1, "dynamic_cost_us": 100, "channel": "shm"}) as tb:
+        assert tb.extra["channel"] == "shm"
+        name = f"tcps-{tb_name}-tcpserver"
+        assert os.path.exists(f"/dev/shm/{name}.sock")
+        with in_netns(tb.netns("client")):
+            n = uvloop.run(_fetch_all())
+        assert n == 36
+        stats = lambda: json.loads((tb.store.dir / "stats-tcpserver.json").read_text())  # noqa: E731
+        assert _wait(lambda: stats()["connections_total"] >= 2 * n)
+        st = stats()
+        assert st["protocol_errors"] == 0 and st["hosts_attached"] == 1 and st["mode"] == mode
+        assert _ring_files(name) == []
+        if mode == "eager-accept":  # the host app killed: dropped; restarted: re-attaches
+            victim = next(p for p in tb.processes if p.node == "host1" and p.name == "app")
+            os.kill(victim.pid, signal.SIGKILL)
+            assert _wait(lambda: stats()["hosts_attached"] == 0)
+            assert _ring_files(name) == []
+            tb.popen("host1", victim.argv, log_name="app-restarted")
+            assert _wait(lambda: stats()["hosts_attached"] == 1, 10)
+            with in_netns(tb.netns("client")):
+                assert uvloop.run(_fetch_all(1)) == 36
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tcps-{tb_name}-")]
