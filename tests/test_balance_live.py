@@ -90,3 +90,42 @@ def test_bad_balance_settings_are_refused_cleanly(tb_name):
     bad = run_cli("up", "--name", tb_name, "--balance", "adaptive", check=False)
     assert bad.returncode == 2 and "needs an offloaded mode" in bad.stderr
     assert leftovers(tb_name) == []
+
+
+def test_place_knob_fixed_serves_static_in_the_tcp_server_and_adaptive_raises_the_share(tb_name, tmp_path):
+    import hashlib
+
+    from testbed.services import http_get
+
+    def stats(node: str) -> dict:
+        return json.loads((tb.store.dir / f"stats-{node}.json").read_text())
+
+    topo = load_topology("cluster", {"tcpserver_cpu": "0.4", "host_cpu": "0.4"})
+    with Testbed(topo, tb_name, mode="eager-accept", start_services=True,
+                 service_options={"balance": "fixed:1.0", "balance_knob": "place"}) as tb:
+        assert json.loads((tb.store.dir / "placement.json").read_text()) == {"share": 1.0}
+        time.sleep(0.7)  # the TCP server polls its control file; stats files every 0.5 s
+        host0, tcps0 = stats("host1")["requests"], stats("tcpserver")["placed_requests"]
+        files = json.loads((tb.store.dir / "docroot" / "manifest.json").read_text())["files"]
+        for f in files:
+            status, body = http_get(tb, "client", f["path"])
+            assert status == 200 and hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
+        time.sleep(0.7)
+        assert stats("host1")["requests"] == host0, "the host app saw none of them"
+        assert stats("tcpserver")["placed_requests"] - tcps0 == len(files)
+        state = json.loads(run_cli("status", tb_name, "--json").stdout)["balance"]
+        assert state["knob"] == "place" and state["split"] == 1.0
+    assert leftovers(tb_name) == []
+
+    # the host is the bottleneck (small budget, static load): the share rises from 0
+    name2 = tb_name + "b"
+    topo = load_topology("cluster", {"tcpserver_cpu": "0.5", "host_cpu": "0.05"})
+    with Testbed(topo, name2, mode="eager-accept", start_services=True,
+                 service_options={"balance": "adaptive", "balance_knob": "place"}) as tb:
+        drive(tb, "static", 2000, 8, tmp_path)
+        rows = decisions(tb)
+        assert rows[0]["knob"] == "place"
+        assert busy_intervals_until_moved(rows, lambda s: s >= 0.1) <= 5, rows
+        assert max(r["split"] for r in rows) >= 0.2, rows
+        assert stats("tcpserver")["placed_requests"] > 0
+    assert leftovers(name2) == []
