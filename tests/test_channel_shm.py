@@ -109,6 +109,24 @@ class _Sink(asyncio.Protocol):
             self.lost.set_result(exc)
 
 
+def _cleanup(name: str) -> None:
+    """Leftovers of a failed test of ours (exact names only)."""
+    for f in [f"{name}.sock", *_ring_files(name)]:
+        try:
+            os.unlink(f"/dev/shm/{f}")
+        except FileNotFoundError:
+            pass
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers(request: pytest.FixtureRequest):
+    yield
+    for tag in ("tiny", "close", "srvgone", "garbage", "kill"):
+        _cleanup(_name(tag))
+    for mode in ("split", "eager-accept", "setup-with-accept"):
+        _cleanup(_name(mode))
+
+
 def test_tiny_ring_wraps_and_applies_backpressure() -> None:
     """A 4 KiB ring, 8 MiB each way at once: wrap-around, full ring, pause/resume, echo."""
     name = _name("tiny")
