@@ -189,10 +189,12 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
         os.close(fds[0])
         return s, mm, cap
 
-    def write_ring(mm, cap: int, payload: bytes, head: int | None = None) -> None:
+    def write_ring(mm, cap: int, payload: bytes, head: int | None = None, tail0: int | None = None) -> None:
         base = shmring.HEADER + cap  # ring 1: host -> server
         mm[base:base + len(payload)] = payload
         w = memoryview(mm)[:shmring.HEADER].cast("Q")
+        if tail0 is not None:  # ring 0's tail (ours to write): beyond anything the server wrote
+            w[shmring.CONTROL[0] // 8 + shmring.TAIL] = tail0
         w[shmring.CONTROL[1] // 8 + shmring.HEAD] = len(payload) if head is None else head
         w.release()
 
@@ -205,11 +207,15 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
                 protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
                     protocol.Hello("not-the-token", "intruder", "eager-accept"))),
                 None,  # corrupt counters: head far beyond the ring
+                b"tail",  # corrupt counters: the server's send ring "consumed" past its head
             ]
+            bad_hello = cases[2]
             for payload in cases:
                 s, mm, cap = await loop.run_in_executor(None, raw_attach)
                 if payload is None:
                     write_ring(mm, cap, b"", head=cap * 5)
+                elif payload == b"tail":  # the server's ERROR reply then meets the bad tail
+                    write_ring(mm, cap, bad_hello, tail0=cap * 3)
                 else:
                     write_ring(mm, cap, payload)
                 s.send(b"\x01")  # doorbell
@@ -222,7 +228,7 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
                 s.close()
                 mm.close()
             st = srv.stats()
-            assert st["protocol_errors"] >= 2 and st["auth_failures"] == 1, st
+            assert st["protocol_errors"] >= 2 and st["auth_failures"] == 2, st
             assert st["hosts_attached"] == 1
             for _ in range(20):
                 status, _, _ = await http_get(port, "/dir0/class1_0")

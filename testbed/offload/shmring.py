@@ -67,6 +67,10 @@ def _fence() -> None:
     _fence_lock.release()
 
 
+class _Corrupt(ValueError):
+    """Ring counters that no well-behaved peer writes."""
+
+
 def _check_arch() -> None:
     if platform.machine().lower() not in ("x86_64", "amd64"):
         raise OSError(f"the shm channel relies on x86-64 memory ordering; this machine is "
@@ -123,7 +127,10 @@ class ShmTransport(asyncio.Transport):
         """Copy as much of ``data`` as fits into the send ring and publish it."""
         w = self._w
         head = self._tx_head
-        n = min(self._cap - (head - w[self._tx_tail_i]), len(data))
+        used = head - w[self._tx_tail_i]
+        if not 0 <= used <= self._cap:  # the peer wrote a tail we never reached
+            raise _Corrupt(f"send ring: tail {w[self._tx_tail_i]} against head {head}")
+        n = min(self._cap - used, len(data))
         if n <= 0:
             return 0
         pos = head & self._mask
@@ -149,7 +156,7 @@ class ShmTransport(asyncio.Transport):
         w = self._w
         w[self._tx_space_i] = 1
         _fence()
-        if self._cap - (self._tx_head - w[self._tx_tail_i]) > 0:
+        if self._cap - (self._tx_head - w[self._tx_tail_i]) != 0:
             self._schedule()  # the reader freed space between our attempt and the flag
 
     def _drain(self) -> None:
@@ -307,7 +314,11 @@ class ShmTransport(asyncio.Transport):
             self._backlog.append(memoryview(bytes(mv)))
             self._blen += len(mv)
         else:
-            n = self._put(mv)
+            try:
+                n = self._put(mv)
+            except _Corrupt as e:
+                self._fatal(e)
+                return
             if n:
                 self._published()
             if n == len(mv):
