@@ -139,7 +139,6 @@ def test_partial_requests_timeouts_and_eof(docroot: Path) -> None:
             assert out.endswith((docroot / "dir0/class0_2").read_bytes())
             st = srv.stats()
             assert st["placed_requests"] == 1 and st["placement_handoffs"] == 3
-            assert st["connections_open"] == 0 or True
 
     run(main())
 
