@@ -37,6 +37,14 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return proc
 
 
+def interruptible() -> None:
+    """preexec_fn for a child the test will SIGINT: a shell that runs the suite in the
+    background (as CI may) starts it with SIGINT ignored, and Python then never turns
+    SIGINT into KeyboardInterrupt. Restore the default so Ctrl-C behaves as for a user."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def leftovers(name: str) -> list[str]:
     """Every trace testbed ``name`` could leave: namespaces, cgroups, state, processes."""
     found = []

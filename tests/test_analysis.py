@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, leftovers
+from tests.conftest import ROOT, interruptible, leftovers
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -70,6 +70,7 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, s
     Returns the run, the first point's point.json before the resume, and the resume's output."""
     run_dir = tmp_path_factory.mktemp("runs") / "interrupted"
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(INTERRUPTED), str(run_dir)], cwd=ROOT,
+                            preexec_fn=interruptible,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     first = run_dir / "points" / "000-base-regular-static-r1" / "point.json"
     deadline = time.monotonic() + 90

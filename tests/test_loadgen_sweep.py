@@ -22,7 +22,7 @@ from loadgen.servers import make_docroot, nginx_argv, slow_server_argv, start_ng
 from loadgen.stats import STEP_COLUMNS
 from loadgen.sweep import REQUEST_COLUMNS
 
-from .conftest import ROOT
+from .conftest import ROOT, interruptible
 
 LOADGEN = [sys.executable, "-m", "loadgen"]
 
@@ -171,7 +171,7 @@ def test_interrupted_sweep_keeps_the_steps_already_measured(nginx, tmp_path):
     out = tmp_path / "cut"
     p = subprocess.Popen(sweep_argv(nginx.url, out, "--rates", "200,200,200,200,200", "--step-seconds", "1.5",
                                     "--warmup", "0.5"), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                         text=True)
+                         text=True, preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
