@@ -37,6 +37,26 @@ def run_cli(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess
     return proc
 
 
+# A one-shot TCP echo on port 8080 and a client that retries until it answers: the
+# smallest real traffic that shows a path through the nodes (and whose address was seen).
+ECHO_SERVER = [sys.executable, "-c", """
+import socket
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", 8080)); s.listen(16)
+while True:
+    c, a = s.accept(); data = c.recv(65536); c.sendall(b"echo:" + data + b" from " + a[0].encode()); c.close()
+"""]
+ECHO_CLIENT = [sys.executable, "-c", """
+import socket, sys, time
+for _ in range(100):
+    try:
+        s = socket.create_connection((sys.argv[1], 8080), timeout=2); break
+    except OSError:
+        time.sleep(0.05)
+s.sendall(b"hello"); print(s.recv(65536).decode())
+"""]
+
+
 def interruptible() -> None:
     """preexec_fn for a child the test will SIGINT: a shell that runs the suite in the
     background (as CI may) starts it with SIGINT ignored, and Python then never turns

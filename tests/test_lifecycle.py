@@ -6,36 +6,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from testbed import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
-from testbed.lifecycle import Testbed, teardown
+from testbed.lifecycle import Testbed
 from testbed.spec import available_topologies, load_topology, topology_from_dict
 
-from .conftest import ROOT, leftovers, run_cli
+from .conftest import ECHO_CLIENT as CLIENT, ECHO_SERVER as SERVER, ROOT, leftovers, run_cli
 
 pytestmark = pytest.mark.needs_root
 
-SERVER = [sys.executable, "-c", """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080)); s.listen(16)
-while True:
-    c, a = s.accept(); data = c.recv(65536); c.sendall(b"echo:" + data + b" from " + a[0].encode()); c.close()
-"""]
-CLIENT = [sys.executable, "-c", """
-import socket, sys, time
-for _ in range(100):
-    try:
-        s = socket.create_connection((sys.argv[1], 8080), timeout=2); break
-    except OSError:
-        time.sleep(0.05)
-s.sendall(b"hello"); print(s.recv(65536).decode())
-""" ]
 
 
 def test_cluster_passes_tcp_from_client_through_tcpserver_to_host(tb_name):

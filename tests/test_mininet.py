@@ -25,28 +25,12 @@ from testbed.services import http_get
 from testbed.spec import load_topology, topology_from_dict
 from testbed.spec_mininet import from_mininet, is_mininet_ref, load_mininet_topology, parse_roles
 
-from .conftest import ROOT, leftovers, run_cli
+from .conftest import ECHO_CLIENT, ECHO_SERVER, ROOT, leftovers, run_cli
 
 mininet = pytest.importorskip("mininet.net", reason="Debian's mininet package is not installed")
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.mininet]
 
-ECHO_SERVER = [sys.executable, "-c", """
-import socket
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", 8080)); s.listen(16)
-while True:
-    c, a = s.accept(); data = c.recv(65536); c.sendall(b"echo:" + data + b" from " + a[0].encode()); c.close()
-"""]
-ECHO_CLIENT = [sys.executable, "-c", """
-import socket, sys, time
-for _ in range(100):
-    try:
-        s = socket.create_connection((sys.argv[1], 8080), timeout=2); break
-    except OSError:
-        time.sleep(0.05)
-s.sendall(b"hello"); print(s.recv(65536).decode())
-"""]
 TWO_TIER_ROLES = ["client=h1", "tcpserver=t1", "host=h2,h3"]
 
 
