@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import json
 import socket
 from pathlib import Path
 from typing import AsyncIterator
@@ -62,3 +64,48 @@ def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes]:
     status = int(lines[0].split()[1])
     headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
     return status, headers, body
+
+
+# --- through a testbed's service address, from inside its client node --------------------
+
+SERVICE = ("10.77.255.1", 80)
+
+
+async def service_get(path: str) -> bytes:
+    """GET one file over a new HTTP/1.0 connection; the body, after checking for 200."""
+    r, w = await asyncio.open_connection(*SERVICE)
+    try:
+        w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        data = await asyncio.wait_for(r.read(), 20)
+    finally:
+        w.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), (path, head[:60])
+    return body
+
+
+async def fetch_every_file(concurrency: int = 60, rounds: int = 2, keepalive: bool = True) -> int:
+    """Every file of the served manifest, byte-exact (size and sha256), ``rounds`` times over
+    concurrent new connections, plus (with ``keepalive``) once over six persistent ones."""
+    manifest = json.loads(await service_get("/manifest.json"))
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(f: dict) -> None:
+        async with sem:
+            body = await service_get(f["path"])
+        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
+
+    async def persistent(files: list[dict]) -> None:
+        r, w = await asyncio.open_connection(*SERVICE)
+        for f in files:
+            w.write(f"GET {f['path']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
+            n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+            body = await r.readexactly(n)
+            assert hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
+        w.close()
+
+    files = manifest["files"]
+    await asyncio.gather(*(one(f) for f in files * rounds),
+                         *((persistent(files[i::6]) for i in range(6)) if keepalive else ()))
+    return len(files)

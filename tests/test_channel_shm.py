@@ -8,7 +8,6 @@ smp topology as ``up --channel shm`` starts it.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
@@ -25,7 +24,7 @@ import uvloop
 from testbed.app.docroot import generate
 from testbed.offload import channels, protocol, shmring
 
-from .offload_helpers import TOKEN, http_get, offload_stack
+from .offload_helpers import TOKEN, fetch_every_file, http_get, offload_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -308,32 +307,6 @@ try:
 except ImportError:  # pragma: no cover
     Testbed = None  # type: ignore[assignment,misc]
 
-SERVICE = ("10.77.255.1", 80)
-
-
-async def _get(path: str) -> bytes:
-    r, w = await asyncio.open_connection(*SERVICE)
-    try:
-        w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        data = await asyncio.wait_for(r.read(), 20)
-    finally:
-        w.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), (path, head[:60])
-    return body
-
-
-async def _fetch_all(rounds: int = 2) -> int:
-    manifest = json.loads(await _get("/manifest.json"))
-    sem = asyncio.Semaphore(60)
-
-    async def one(f: dict) -> None:
-        async with sem:
-            body = await _get(f["path"])
-        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
-
-    await asyncio.gather(*(one(f) for f in manifest["files"] * rounds))
-    return len(manifest["files"])
 
 
 def _wait(pred, timeout: float = 5.0) -> bool:
@@ -356,7 +329,7 @@ def test_smp_shm_channel_every_file_byte_exact(mode: str, tb_name: str) -> None:
         name = f"tcps-{tb_name}-tcpserver"
         assert os.path.exists(f"/dev/shm/{name}.sock")
         with in_netns(tb.netns("client")):
-            n = uvloop.run(_fetch_all())
+            n = uvloop.run(fetch_every_file(keepalive=False))
         assert n == 36
         stats = lambda: json.loads((tb.store.dir / "stats-tcpserver.json").read_text())  # noqa: E731
         assert _wait(lambda: stats()["connections_total"] >= 2 * n)
@@ -371,5 +344,5 @@ def test_smp_shm_channel_every_file_byte_exact(mode: str, tb_name: str) -> None:
             tb.popen("host1", victim.argv, log_name="app-restarted")
             assert _wait(lambda: stats()["hosts_attached"] == 1, 10)
             with in_netns(tb.netns("client")):
-                assert uvloop.run(_fetch_all(1)) == 36
+                assert uvloop.run(fetch_every_file(rounds=1, keepalive=False)) == 36
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tcps-{tb_name}-")]

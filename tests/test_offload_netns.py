@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import json
 import os
 import signal
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pytest
 import uvloop
@@ -25,46 +23,10 @@ except ImportError as e:  # the core lands separately; say so instead of failing
 from testbed.offload import protocol
 from testbed.offload.modes import MODES
 
+from .offload_helpers import SERVICE, fetch_every_file, service_get
+
 pytestmark = pytest.mark.needs_root
-SERVICE = ("10.77.255.1", 80)
 SVC_OPTS = {"docroot_dirs": 1, "dynamic_cost_us": 100}
-
-
-async def _get(path: str, keep: tuple | None = None) -> bytes:
-    r, w = await asyncio.open_connection(*SERVICE)
-    try:
-        w.write(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
-        data = await asyncio.wait_for(r.read(), 20)
-    finally:
-        w.close()
-    head, _, body = data.partition(b"\r\n\r\n")
-    assert head.startswith(b"HTTP/1.1 200"), (path, head[:60])
-    return body
-
-
-async def _fetch_all(concurrency: int = 60, rounds: int = 2) -> int:
-    manifest = json.loads(await _get("/manifest.json"))
-    sem = asyncio.Semaphore(concurrency)
-
-    async def one(f: dict) -> None:
-        async with sem:
-            body = await _get(f["path"])
-        assert len(body) == f["size"] and hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
-
-    async def keepalive(files: list[dict]) -> None:
-        r, w = await asyncio.open_connection(*SERVICE)
-        for f in files:
-            w.write(f"GET {f['path']} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-            head = await asyncio.wait_for(r.readuntil(b"\r\n\r\n"), 20)
-            n = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
-            body = await r.readexactly(n)
-            assert hashlib.sha256(body).hexdigest() == f["sha256"], f["path"]
-        w.close()
-
-    files = manifest["files"]
-    await asyncio.gather(*(one(f) for f in files * rounds),
-                         *(keepalive(files[i::6]) for i in range(6)))
-    return len(files)
 
 
 def in_client(tb: Testbed, coro_fn, *args):
@@ -89,7 +51,7 @@ def _wait(pred, timeout: float = 5.0) -> bool:
 def test_every_file_byte_exact_through_every_mode(mode: str, tb_name: str) -> None:
     with Testbed(load_topology("cluster"), tb_name, mode=mode, start_services=True,
                  service_options=SVC_OPTS) as tb:
-        n = in_client(tb, _fetch_all)
+        n = in_client(tb, fetch_every_file)
         assert n == 36
         if MODES[mode].offloaded:
             assert _wait(lambda: _stats(tb)["connections_total"] >= 2 * n)
@@ -100,7 +62,7 @@ def test_every_file_byte_exact_through_every_mode(mode: str, tb_name: str) -> No
 def test_smp_unix_channel(tb_name: str) -> None:
     with Testbed(load_topology("smp"), tb_name, mode="setup-with-accept", start_services=True,
                  service_options=SVC_OPTS) as tb:
-        assert in_client(tb, _fetch_all, 40, 1) == 36
+        assert in_client(tb, fetch_every_file, 40, 1) == 36
 
 
 def test_multihost_host_killed_and_restarted(tb_name: str) -> None:
@@ -132,7 +94,7 @@ def test_multihost_host_killed_and_restarted(tb_name: str) -> None:
                 w.close()
             # the others keep serving
             for _ in range(30):
-                await _get("/dir0/class1_0")
+                await service_get("/dir0/class1_0")
             return closed, 0
 
         closed, _ = in_client(tb, scenario)
@@ -142,7 +104,7 @@ def test_multihost_host_killed_and_restarted(tb_name: str) -> None:
         victim = next(p for p in tb.processes if p.node == "host2" and p.name == "app")
         tb.popen("host2", victim.argv, log_name="app-restarted")
         assert _wait(lambda: _stats(tb)["hosts_attached"] == 3, 10)
-        assert in_client(tb, _fetch_all, 30, 1) == 36
+        assert in_client(tb, fetch_every_file, 30, 1) == 36
 
 
 def test_garbage_and_wrong_token_on_the_san(tb_name: str) -> None:
@@ -168,4 +130,4 @@ def test_garbage_and_wrong_token_on_the_san(tb_name: str) -> None:
         with in_netns(tb.netns("client")):
             with pytest.raises(OSError):
                 socket.create_connection((tb.address("tcpserver", "public"), 7000), timeout=1)
-        assert in_client(tb, _fetch_all, 30, 1) == 36
+        assert in_client(tb, fetch_every_file, 30, 1) == 36
