@@ -39,6 +39,7 @@ from typing import Any
 MODES = ["regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
 PERCALL_PORT = 9000
 HAPROXY_PORT = 8080
+NGINX_PORT = 8081
 SIZES = [64, 1024, 4096, 16384, 65536]
 
 
@@ -159,8 +160,9 @@ def _httperf(tb, uri: str, rate: int, n: int, server: str, port: int) -> dict:
     m = re.search(r"replies (\d+)", out)
     e = re.search(r"Errors: total (\d+)", out)
     d = re.search(r"test-duration ([\d.]+) s", out)
+    c = re.search(r"Connection time \[ms\]: min [\d.]+ avg ([\d.]+)", out)
     return {"replies": int(m.group(1)) if m else 0, "errors": int(e.group(1)) if e else -1,
-            "duration_s": float(d.group(1)) if d else 0.0}
+            "duration_s": float(d.group(1)) if d else 0.0, "conn_ms": float(c.group(1)) if c else None}
 
 
 def _client_tw_cap(tb) -> None:
@@ -219,23 +221,76 @@ backend be
 """
 
 
+NGINX_CFG = """daemon off;
+master_process off;
+worker_processes 1;
+pid {run}/tcps-nginx.pid;
+error_log {run}/tcps-nginx-error.log;
+events {{ worker_connections 8192; }}
+http {{
+    access_log off;
+    sendfile on;
+    keepalive_timeout 30;
+    client_body_temp_path {run}/tcps-nginx-tmp;
+    server {{
+        listen {front}:{port} backlog=4096;
+        root {docroot};
+    }}
+}}
+"""
+
+
+def _background(tb, argv: list[str], name: str):
+    """A reference server on the tcpserver node, scheduled as our daemon is."""
+    if os.environ.get("TCPS_SCHED", "batch") == "batch":
+        argv = ["chrt", "--batch", "0", *argv]  # the same scheduling as the TCP server
+    p = tb.popen("tcpserver", argv, log_name=name)
+    time.sleep(0.5)
+    if p.poll() is not None:
+        raise RuntimeError(f"{name} exited ({p.returncode}); see {tb.store.logs}")
+    return p
+
+
+def _nginx_floor(tb, args) -> dict[str, dict]:
+    """nginx serving the file itself on the tcpserver node: the kernel's per-connection
+    work plus a lean C server's, a floor for anything that terminates client TCP there."""
+    run = tb.store.dir
+    cfg = run / "tcps-nginx.conf"
+    front = tb.address("tcpserver", "public")
+    cfg.write_text(NGINX_CFG.format(run=run, front=front, port=NGINX_PORT, docroot=run / "docroot"))
+    p = _background(tb, ["/usr/sbin/nginx", "-c", str(cfg)], "nginx")
+    try:
+        return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds, front, NGINX_PORT)
+                for rate in args.rates}
+    finally:
+        p.terminate()
+        p.wait(5)
+
+
 def _haproxy(tb, args) -> dict[str, dict]:
     cfg = tb.store.dir / "tcps-haproxy.cfg"
     front = tb.address("tcpserver", "public")
     cfg.write_text(HAPROXY_CFG.format(front=front, port=HAPROXY_PORT, host=tb.address("host1", "san")))
-    argv = ["/usr/sbin/haproxy", "-db", "-f", str(cfg)]
-    if os.environ.get("TCPS_SCHED", "batch") == "batch":
-        argv = ["chrt", "--batch", "0", *argv]  # the same scheduling as the TCP server
-    p = tb.popen("tcpserver", argv, log_name="haproxy")
+    p = _background(tb, ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], "haproxy")
     try:
-        time.sleep(0.5)
-        if p.poll() is not None:
-            raise RuntimeError(f"haproxy exited ({p.returncode}); see {tb.store.logs}")
         return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds, front, HAPROXY_PORT)
                 for rate in args.rates}
     finally:
         p.terminate()
         p.wait(5)
+
+
+def variant_args(variant: list[str]) -> list[str]:
+    """``MODE/asyncio/poll=1000`` -> the TCP server's options for that variant."""
+    out: list[str] = []
+    for v in variant:
+        if v in ("asyncio", "epoll"):
+            out += ["--client-io", v]
+        elif v.startswith("poll="):
+            out += ["--poll-us", v[5:]]
+        else:
+            raise SystemExit(f"unknown variant {v!r}: asyncio, epoll or poll=MICROSECONDS")
+    return out
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -248,21 +303,26 @@ def run(args: argparse.Namespace) -> dict:
     results: dict[str, Any] = {"config": vars(args).copy(), "modes": {m: {"rounds": []} for m in args.modes}}
     if not args.no_haproxy:
         results["haproxy"] = {"rounds": []}
+        results["nginx"] = {"rounds": []}
     for rnd in range(args.repeat):
         for mode in args.modes:
             topo = load_topology("cluster", params)
             print(f"[round {rnd + 1}/{args.repeat}, {mode}] building the cluster testbed ...",
                   file=sys.stderr, flush=True)
-            with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=mode, start_services=True,
-                         service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
+            base_mode, *variant = mode.split("/")
+            opts: dict[str, Any] = {"docroot_dirs": 1, "dynamic_cost_us": 0,
+                                    "tcpserver_args": variant_args(variant)}
+            with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=base_mode, start_services=True,
+                         service_options=opts) as tb:
                 _client_tw_cap(tb)
                 r = results["modes"][mode]
                 r["rounds"].append({str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
                                                         tb.plan.service_address, 80) for rate in args.rates})
                 if mode == "regular" and not args.no_haproxy:
                     results["haproxy"]["rounds"].append(_haproxy(tb, args))
+                    results["nginx"]["rounds"].append(_nginx_floor(tb, args))
                 if not args.no_percall and rnd == 0:
-                    r["percall"] = _percall(tb, mode, args.sizes, args.n)
+                    r["percall"] = _percall(tb, base_mode, args.sizes, args.n)
     return results
 
 
@@ -316,9 +376,11 @@ def report(res: dict) -> str:
     hap = res.get("haproxy", {}).get("rounds", [])
     for rate in map(str, cfg["rates"]):
         lines.append(f"\n2./3. CPU per request at {rate} req/s offered (us, cgroup cpuacct) and ratios")
-        lines.append(f"{'config':<18}{'replies':>8}{'err':>5}{'host us':>20}{'host/regular':>20}"
+        lines.append(f"{'config':<18}{'replies':>8}{'err':>5}{'conn ms':>18}{'host us':>20}{'host/regular':>20}"
                      f"{'tcpsrv us':>20}{'tcpsrv/haproxy':>20}")
-        rows = ([("haproxy relay", hap)] if hap else []) + [(m, r["rounds"]) for m, r in modes.items()]
+        ngx = res.get("nginx", {}).get("rounds", [])
+        rows = ([("haproxy relay", hap)] if hap else []) + ([("nginx (floor)", ngx)] if ngx else []) \
+            + [(m, r["rounds"]) for m, r in modes.items()]
         for name, rounds in rows:
             if not rounds:
                 continue
@@ -329,10 +391,17 @@ def report(res: dict) -> str:
                 if name not in ("regular", "haproxy relay") else "-"
             tr = _stats(_ratio(rounds, hap, rate, "tcpserver_us_per_req", "tcpserver_us_per_req")) \
                 if name not in ("regular", "haproxy relay") else "-"
-            lines.append(f"{name:<18}{last.get('replies', 0):>8}{last.get('errors', -1):>5}{h:>20}{hr:>20}"
+            if name == "nginx (floor)":
+                h = hr = "-"  # the host is idle: nginx answers on the tcpserver node
+            cm = _stats(_col(rounds, rate, "conn_ms"))
+            if len(name) > 18:
+                lines.append(name)
+                name = ""
+            lines.append(f"{name:<18}{last.get('replies', 0):>8}{last.get('errors', -1):>5}{cm:>18}{h:>20}{hr:>20}"
                          f"{ts:>20}{tr:>20}")
     lines.append("\ngoals: host/regular <= 0.50 (static); tcpsrv/haproxy <= 0.60. In regular mode the "
-                 "tcpserver node only forwards (its softirq is charged to senders). replies/err: last round.")
+                 "tcpserver node only forwards (its softirq is charged to senders). replies/err: last round; "
+                 "conn ms: httperf's mean connection time (connect to close).")
     return "\n".join(lines)
 
 
@@ -358,10 +427,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--file", default="/dir0/class1_5", help="URI (6 KiB by default, as in DESIGN.md)")
     ap.add_argument("--host-cpu", type=float, default=0.3)
     ap.add_argument("--tcpserver-cpu", type=float, default=0.6)
-    ap.add_argument("--modes", nargs="+", default=MODES)
+    ap.add_argument("--modes", nargs="+", default=MODES,
+                    help="modes to run; variants for A/B: MODE/asyncio (the event loop's "
+                         "transports for clients), MODE/poll=US (poll every US microseconds)")
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
     ap.add_argument("--n", type=int, default=200, help="per-call iterations per size")
-    ap.add_argument("--no-haproxy", action="store_true")
+    ap.add_argument("--no-haproxy", action="store_true", help="skip the HAProxy and nginx reference rows")
     ap.add_argument("--no-percall", action="store_true")
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     a = ap.parse_args(argv)

@@ -114,7 +114,8 @@ def start_services(tb: "Testbed") -> None:
                 tb.popen(front, python_module(
                     "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
                     "--mode", tb.mode, "--token-file", str(token_file),
-                    "--stats-file", str(run_dir / f"stats-{front}.json"), *place),
+                    "--stats-file", str(run_dir / f"stats-{front}.json"), *place,
+                    *opts.get("tcpserver_args", ())),
                     log_name="tcpserver", supervise=True)
                 if channel == "unix":
                     _wait_for_path(Path(san.split(":", 1)[1]), opts["ready_timeout"])

@@ -202,7 +202,7 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
             loop = asyncio.get_running_loop()
             cases = [
                 os.urandom(300),  # not frames
-                struct.pack("<IBBHII", 1 << 30, 1, protocol.SEND, 0, 1, 0),  # over-long frame
+                struct.pack("<IBBHII", 1 << 30, protocol.PROTOCOL_VERSION, protocol.SEND, 0, 1, 0),  # over-long frame
                 protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
                     protocol.Hello("not-the-token", "intruder", "eager-accept"))),
                 None,  # corrupt counters: head far beyond the ring

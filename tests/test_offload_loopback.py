@@ -170,7 +170,7 @@ def test_garbage_on_san_drops_only_that_channel(docroot: Path) -> None:
             for junk in (b"\x00" * 64, b"GET / HTTP/1.0\r\n\r\n",
                          protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
                              protocol.Hello(TOKEN, "x", "eager-accept"))) + b"\xff" * 40,
-                         struct.pack("<IBBHII", 1 << 30, 1, protocol.SEND, 0, 1, 0)):
+                         struct.pack("<IBBHII", 1 << 30, protocol.PROTOCOL_VERSION, protocol.SEND, 0, 1, 0)):
                 r, w = await asyncio.open_connection(san.host, san.port)
                 w.write(junk)
                 await w.drain()

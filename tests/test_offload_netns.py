@@ -115,7 +115,7 @@ def test_garbage_and_wrong_token_on_the_san(tb_name: str) -> None:
             for junk in (os.urandom(300), b"\x00" * 16,
                          protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
                              protocol.Hello("not-the-token", "intruder", "async-send"))),
-                         struct.pack("<IBBHII", 1 << 30, 1, protocol.SEND, 0, 1, 0)):
+                         struct.pack("<IBBHII", 1 << 30, protocol.PROTOCOL_VERSION, protocol.SEND, 0, 1, 0)):
                 s = socket.create_connection(san, timeout=5)
                 s.sendall(junk)
                 try:

@@ -34,7 +34,7 @@ def test_round_trip_split_anywhere() -> None:
 def test_max_payload_enforced_both_ways() -> None:
     with pytest.raises(p.ProtocolError):
         p.pack(p.SEND, 1, 0, b"x" * (p.MAX_PAYLOAD + 1))
-    bad = struct.pack("<IBBHII", p.MAX_PAYLOAD + 1, 1, p.SEND, 0, 1, 0)
+    bad = struct.pack("<IBBHII", p.MAX_PAYLOAD + 1, p.PROTOCOL_VERSION, p.SEND, 0, 1, 0)
     with pytest.raises(p.ProtocolError, match="MAX_PAYLOAD"):
         p.FrameDecoder().feed(bad)
     ok = p.pack(p.SEND, 1, 0, b"y" * p.MAX_PAYLOAD)
@@ -42,10 +42,11 @@ def test_max_payload_enforced_both_ways() -> None:
 
 
 @pytest.mark.parametrize("hdr", [
-    struct.pack("<IBBHII", 0, 2, p.SEND, 0, 1, 0),  # wrong version
-    struct.pack("<IBBHII", 0, 1, 0, 0, 1, 0),  # type 0
-    struct.pack("<IBBHII", 0, 1, 99, 0, 1, 0),  # unknown type
-    struct.pack("<IBBHII", 0, 1, p.SEND, 4, 1, 0),  # undefined flags
+    struct.pack("<IBBHII", 0, p.PROTOCOL_VERSION + 1, p.SEND, 0, 1, 0),  # wrong version
+    struct.pack("<IBBHII", 0, 1, p.SEND, 0, 1, 0),  # version 1 (before SEND_CLOSE)
+    struct.pack("<IBBHII", 0, p.PROTOCOL_VERSION, 0, 0, 1, 0),  # type 0
+    struct.pack("<IBBHII", 0, p.PROTOCOL_VERSION, 99, 0, 1, 0),  # unknown type
+    struct.pack("<IBBHII", 0, p.PROTOCOL_VERSION, p.SEND, 4, 1, 0),  # undefined flags
 ])
 def test_bad_headers_raise(hdr: bytes) -> None:
     with pytest.raises(p.ProtocolError):

@@ -47,6 +47,7 @@ from .protocol import (
     HELLO,
     LISTEN,
     LISTEN_OK,
+    MAX_TYPE,
     PING,
     PONG,
     PROTOCOL_VERSION,
@@ -55,6 +56,7 @@ from .protocol import (
     RESET,
     SEND,
     SEND_CHUNK,
+    SEND_CLOSE,
     SEND_DONE,
     SEND_WINDOW,
     SHUTDOWN,
@@ -72,6 +74,7 @@ log = logging.getLogger("testbed.offload.hostsock")
 _pack = HDR.pack
 _V = PROTOCOL_VERSION
 _HALF_RECV = RECV_WINDOW // 2
+_GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
 
 
 class TunnelError(ConnectionError):
@@ -139,7 +142,7 @@ class TunnelTransport(asyncio.Transport):
         ch = self._ch
         if not ch.sync_send and not self._queue and n <= self._credit and n <= SEND_CHUNK:
             self._credit -= n
-            ch.emit(SEND, self.cid, 0, data if type(data) is bytes else bytes(data))
+            ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
             return
         self._queue.append(bytes(data))
         self._qlen += n
@@ -234,7 +237,7 @@ class TunnelTransport(asyncio.Transport):
                     data = data[:n]
                 self._credit -= n
                 self._qlen -= n
-                ch.emit(SEND, self.cid, 0, data)
+                ch.emit_send(self.cid, data)
             if q:
                 return
         if self._wpaused and self._qlen <= self._low:
@@ -252,7 +255,7 @@ class TunnelTransport(asyncio.Transport):
                     self._closed = True
                     ch.emit(CLOSE, self.cid, 1)  # CLOSE_DONE ends it
             else:
-                ch.emit(CLOSE, self.cid, 0)
+                ch.emit_close(self.cid)
                 self._lost(None)
 
     def _send_done(self, n: int) -> None:
@@ -309,8 +312,12 @@ class TunnelTransport(asyncio.Transport):
             return
         self._closed = True
         self._closing = True
-        self._ch.conns.pop(self.cid, None)
-        self._ch.loop.call_soon(self._protocol.connection_lost, exc)
+        ch = self._ch
+        ch.conns.pop(self.cid, None)
+        # connection_lost comes later, as in asyncio; one callback for all of a batch
+        if not ch.lost:
+            ch.loop.call_soon(ch.report_lost)
+        ch.lost.append((self, exc))
 
 
 class TunnelListener:
@@ -496,9 +503,14 @@ class Tunnel(asyncio.Protocol):
         self.requests: dict[int, asyncio.Future] = {}
         self.next_req = 0
         self.drain_waiters: dict[int, list[asyncio.Future]] = {}
+        self.lost: list[tuple[TunnelTransport, Exception | None]] = []  # connection_lost due
+        # where in ``out`` the last SEND's header is, and for which connection: a CLOSE
+        # right behind it turns it into one SEND_CLOSE frame
+        self.last_send_at = -1
+        self.last_send_cid = 0
         # SAN messages by frame type, both directions: what the modes change
-        self.sent = [0] * 23
-        self.received = [0] * 23
+        self.sent = [0] * (MAX_TYPE + 1)
+        self.received = [0] * (MAX_TYPE + 1)
 
     # --- channel -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -530,6 +542,16 @@ class Tunnel(asyncio.Protocol):
         if not self.closed.done():
             self.closed.set_result(exc)
 
+    def report_lost(self) -> None:
+        lost, self.lost = self.lost, []
+        for tr, exc in lost:
+            proto = tr._protocol
+            tr._protocol = _GONE  # no transport <-> protocol cycle left for the collector
+            try:
+                proto.connection_lost(exc)
+            except Exception:  # the application's bug, as in asyncio
+                log.exception("connection_lost of %r failed", proto)
+
     def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
         out = self.out
         out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
@@ -540,8 +562,26 @@ class Tunnel(asyncio.Protocol):
             self.flush_pending = True
             self.loop.call_soon(self.flush)
 
+    def emit_send(self, cid: int, data: bytes) -> None:
+        self.last_send_at = len(self.out)
+        self.last_send_cid = cid
+        self.emit(SEND, cid, 0, data)
+
+    def emit_close(self, cid: int) -> None:
+        """CLOSE without CLOSE_DONE; merged into the SEND before it when that is the last frame."""
+        out = self.out
+        at = self.last_send_at
+        if self.last_send_cid == cid and at + 2 == len(out) and at >= 0:
+            out[at] = _pack(len(out[at + 1]), _V, SEND_CLOSE, 0, cid, 0)
+            self.sent[SEND] -= 1
+            self.sent[SEND_CLOSE] += 1
+            self.last_send_cid = 0
+            return
+        self.emit(CLOSE, cid, 0)
+
     def flush(self) -> None:
         self.flush_pending = False
+        self.last_send_cid = 0
         out = self.out
         if out and self.transport is not None and not self.transport.is_closing():
             self.transport.write(b"".join(out))

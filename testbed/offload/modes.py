@@ -26,10 +26,10 @@ MODES: dict[str, Mode] = {
     for m in (
         Mode("regular", False, False, False, False, False, 0),
         Mode("split", True, True, False, False, False, 8),
-        Mode("async-send", True, False, False, False, False, 6),
-        Mode("eager-receive", True, False, True, False, False, 5),
-        Mode("eager-accept", True, False, True, True, False, 4),
-        Mode("setup-with-accept", True, False, True, True, True, 3),
+        Mode("async-send", True, False, False, False, False, 5),
+        Mode("eager-receive", True, False, True, False, False, 4),
+        Mode("eager-accept", True, False, True, True, False, 3),
+        Mode("setup-with-accept", True, False, True, True, True, 2),
     )
 }
 OFFLOADED_MODES = [n for n, m in MODES.items() if m.offloaded]

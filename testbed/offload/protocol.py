@@ -6,7 +6,7 @@ Every frame is a fixed 16-byte header followed by ``length`` payload bytes::
     0      4    length   payload bytes that follow (<= MAX_PAYLOAD)
     4      1    version  PROTOCOL_VERSION; anything else is a ProtocolError
     5      1    type     one of the frame types below
-    6      2    flags    per-type bits (none defined in version 1; must be 0)
+    6      2    flags    per-type bits (none defined yet; must be 0)
     8      4    conn     connection id chosen by the TCP server (0 = the channel itself)
     12     4    arg      per-type integer (byte counts, credits, ports, errno)
 
@@ -22,7 +22,7 @@ import socket
 import struct
 from dataclasses import dataclass
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2  # 2: SEND_CLOSE
 HDR = struct.Struct("<IBBHII")
 HDR_SIZE = HDR.size  # 16
 MAX_PAYLOAD = 256 * 1024 - HDR_SIZE  # a frame never exceeds 256 KiB on the wire
@@ -58,12 +58,13 @@ CONNECT = 19  # host -> server: conn = request id, arg port, payload address (te
 CONNECTED = 20  # server -> host: conn = new connection id, arg = request id
 PING = 21  # either way: liveness; answered by PONG with the same arg
 PONG = 22
+SEND_CLOSE = 23  # host -> server: SEND, then CLOSE (no CLOSE_DONE): an async close's last write
 
 TYPE_NAMES = {i + 1: n for i, n in enumerate(
     "HELLO WELCOME ERROR LISTEN LISTEN_OK ACCEPT_REQ ACCEPTED CONN_NEW RECV_REQ DATA SEND SEND_DONE"
-    " CREDIT SHUTDOWN CLOSE CLOSE_DONE EOF RESET CONNECT CONNECTED PING PONG".split()
+    " CREDIT SHUTDOWN CLOSE CLOSE_DONE EOF RESET CONNECT CONNECTED PING PONG SEND_CLOSE".split()
 )}
-MAX_TYPE = 22
+MAX_TYPE = 23
 
 
 class ProtocolError(Exception):

@@ -33,6 +33,8 @@ from pathlib import Path
 
 from . import channels
 from . import placement as _placement
+from . import rawio
+from .polling import PollingPacer
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -58,6 +60,7 @@ from .protocol import (
     RECV_WINDOW,
     RESET,
     SEND,
+    SEND_CLOSE,
     SEND_DONE,
     SEND_WINDOW,
     SHUTDOWN,
@@ -100,6 +103,11 @@ class ServerConfig:
     serve_static: str | None = None
     placement_file: Path | None = None
     placement_share: float = 0.0
+    # client sockets: "epoll" = rawio's fast path (our own epoll set, no per-connection
+    # transport machinery); "asyncio" = the event loop's transports (the A/B reference)
+    client_io: str = "epoll"
+    # the paper's "No Interrupts": poll every poll_us microseconds (0 = wake per event)
+    poll_us: int = 0
 
 
 class ClientConn(asyncio.Protocol):
@@ -421,7 +429,7 @@ class PortState:
 
     def __init__(self, port: int) -> None:
         self.port = port
-        self.server: asyncio.AbstractServer | None = None
+        self.server: asyncio.AbstractServer | rawio.RawListener | None = None
         self.hosts: list[HostChannel] = []
         self.pending: deque[ClientConn] = deque()  # pull accept: waiting for an ACCEPT_REQ
         self.waiters: dict[HostChannel, int] = {}  # pull accept: outstanding ACCEPT_REQs per host
@@ -538,6 +546,11 @@ class HostChannel(asyncio.Protocol):
                     c = conns.get(cid)
                     if c is not None:
                         c.host_send(payload)
+                elif ftype == SEND_CLOSE:
+                    c = conns.pop(cid, None)
+                    if c is not None:
+                        c.host_send(payload)
+                        c.host_close(False)
                 elif ftype == RECV_REQ:
                     c = conns.get(cid)
                     if c is not None:
@@ -667,6 +680,8 @@ class TcpServer:
         self.c_place_handoffs = 0
         self.cache: dict | None = None
         self.place: _placement.Control | None = None
+        self.poller = rawio.Poller(self.loop) if cfg.client_io == "epoll" else None
+        self.pacer: PollingPacer | None = None
         self._frames_out_gone = 0
         self._frames_in_gone = 0
         self._bytes_out_gone = 0
@@ -674,6 +689,8 @@ class TcpServer:
 
     async def start(self) -> None:
         cfg = self.cfg
+        if cfg.poll_us and self.poller is None:
+            raise ValueError("polling (poll_us) needs client_io 'epoll'")
         if cfg.serve_static:
             self.cache = _placement.load_cache(cfg.serve_static)
             self.place = _placement.Control(self.loop, cfg.placement_file, cfg.placement_share)
@@ -684,6 +701,8 @@ class TcpServer:
         await self.open_port(cfg.listen_port)
         self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
         self.loop.call_later(1.0, self._sweep)
+        if cfg.poll_us:
+            self.pacer = PollingPacer(self.loop, cfg.poll_us / 1e6, self.flush_hosts).start()
         if cfg.stats_file:
             self.loop.call_soon(self._write_stats)
         log.info("TCP server: clients on %s:%d, hosts on %s, mode %s",
@@ -705,9 +724,12 @@ class TcpServer:
                     if share > 0.0 and (share >= 1.0 or rnd() < share):
                         return PlacedConn(self, ps)
                     return ClientConn(self, ps)
-            ps.server = await self.loop.create_server(
-                factory, self.cfg.listen_host, port, reuse_address=True, backlog=4096
-            )
+            if self.poller is not None:
+                ps.server = rawio.RawListener(self.poller, self.cfg.listen_host, port, factory, backlog=4096)
+            else:
+                ps.server = await self.loop.create_server(
+                    factory, self.cfg.listen_host, port, reuse_address=True, backlog=4096
+                )
             defer = self.cfg.defer_accept
             if defer is None:
                 defer = 1.0 if self.setup_with_accept else 0.0
@@ -731,8 +753,15 @@ class TcpServer:
                 h.transport.abort()
         for c in list(self.conns.values()):
             c.transport.abort()
+        if self.poller is not None:
+            self.poller.close()
 
     # --- hosts ---------------------------------------------------------------------
+    def flush_hosts(self) -> None:
+        for h in self.hosts:
+            if h.out:
+                h.flush()
+
     def host_attached(self, h: HostChannel) -> None:
         self.hosts.append(h)
         log.info("host %s attached from %s", h.host_id, h.peer)
@@ -983,6 +1012,9 @@ class TcpServer:
             "placed_connections": self.c_placed_conns,
             "placement_handoffs": self.c_place_handoffs,
             "placement_share": self.place.share if self.place is not None else None,
+            "poll_us": self.cfg.poll_us,
+            "polls": self.pacer.polls if self.pacer is not None else 0,
+            "poll_overruns": self.pacer.overruns if self.pacer is not None else 0,
             "hosts_attached": len(self.hosts),
             "hosts": hosts,
         }
@@ -1068,6 +1100,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--defer-accept", type=float, default=None,
                     help="TCP_DEFER_ACCEPT seconds on the public port (0 = off; default: 1 in "
                          "setup-with-accept, off otherwise, so silent clients are announced at once)")
+    ap.add_argument("--client-io", choices=("epoll", "asyncio"), default="epoll",
+                    help="client sockets on our own epoll fast path (default) or on the event "
+                         "loop's transports (for A/B comparisons)")
+    ap.add_argument("--poll-us", type=int, default=0,
+                    help="poll every N microseconds instead of waking up per event (the paper's "
+                         "'No Interrupts'; adds up to two periods of latency; 0 = off)")
     ap.add_argument("--serve-static", metavar="DOCROOT",
                     help="function placement: cache DOCROOT's manifest files and answer eligible "
                          "static requests here for a share of new connections")
@@ -1081,6 +1119,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if (a.placement_file or a.placement_share) and not a.serve_static:
             raise ValueError("--placement-file/--placement-share need --serve-static DOCROOT")
+        if not 0 <= a.poll_us <= 1_000_000:
+            raise ValueError("--poll-us must be in [0, 1000000]")
+        if a.poll_us and a.client_io != "epoll":
+            # uvloop's listener accepts about one connection per loop iteration, so with a
+            # polling period the accept queue grows without bound
+            raise ValueError("--poll-us needs --client-io epoll")
         if not 0.0 <= a.placement_share <= 1.0:
             raise ValueError("--placement-share must be in [0, 1]")
         if a.serve_static and not (Path(a.serve_static) / "manifest.json").is_file():
@@ -1093,6 +1137,7 @@ def main(argv: list[str] | None = None) -> int:
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
             backlog=a.backlog, idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
             serve_static=a.serve_static, placement_file=a.placement_file, placement_share=a.placement_share,
+            client_io=a.client_io, poll_us=a.poll_us,
         )
     except (ValueError, OSError) as e:
         print(f"offload.server: {e}", file=sys.stderr)
