@@ -30,12 +30,12 @@ def run(coro):
     return uvloop.run(coro)
 
 
-@pytest.mark.parametrize("mode", OFFLOADED_MODES)
-def test_every_file_byte_exact_concurrently(mode: str, docroot: Path) -> None:
+def fetch_all_byte_exact(mode: str, docroot: Path, **cfg_kw) -> tuple[dict, dict]:
+    """Every file three times over concurrent new connections: (host counters, server stats)."""
     files = json.loads((docroot / "manifest.json").read_text())["files"]
 
-    async def main() -> None:
-        async with offload_stack(mode, docroot) as (srv, tunnels, port):
+    async def main() -> tuple[dict, dict]:
+        async with offload_stack(mode, docroot, **cfg_kw) as (srv, tunnels, port):
             sem = asyncio.Semaphore(64)
 
             async def one(f: dict) -> None:
@@ -48,9 +48,14 @@ def test_every_file_byte_exact_concurrently(mode: str, docroot: Path) -> None:
             st = srv.stats()
             assert st["connections_total"] == len(files) * 3
             assert st["protocol_errors"] == 0
-            return counts
+            return counts, st
 
-    counts = run(main())
+    return run(main())
+
+
+@pytest.mark.parametrize("mode", OFFLOADED_MODES)
+def test_every_file_byte_exact_concurrently(mode: str, docroot: Path) -> None:
+    counts, _ = fetch_all_byte_exact(mode, docroot)
     sent = counts["frames_sent"]
     if MODES[mode].push_accept:
         assert "ACCEPT_REQ" not in sent or sent["ACCEPT_REQ"] == 0
@@ -60,6 +65,46 @@ def test_every_file_byte_exact_concurrently(mode: str, docroot: Path) -> None:
         assert "RECV_REQ" not in sent
     else:
         assert sent["RECV_REQ"] >= 1
+
+
+@pytest.mark.parametrize("mode,cfg", [
+    ("setup-with-accept", {"poll_us": 2000}),
+    ("eager-receive", {"poll_us": 500}),
+    ("split", {"client_io": "asyncio"}),
+    ("eager-accept", {"client_io": "asyncio"}),
+])
+def test_polling_and_event_loop_client_io_byte_exact(mode: str, cfg: dict, docroot: Path) -> None:
+    """The TCP server's variants serve the same bytes: polling ("No Interrupts") on the
+    epoll fast path, and client sockets on the event loop's transports (the A/B reference)."""
+    _, st = fetch_all_byte_exact(mode, docroot, **cfg)
+    assert st["poll_us"] == cfg.get("poll_us", 0)
+    assert (st["polls"] > 0) == bool(cfg.get("poll_us"))
+
+
+def test_polling_runs_in_periods(docroot: Path) -> None:
+    """With a 20 ms period the loop wakes about 50 times a second, busy or not, and a
+    request waits for the next poll."""
+
+    async def main() -> tuple[int, float]:
+        async with offload_stack("setup-with-accept", docroot, poll_us=20_000) as (srv, tunnels, port):
+            loop = asyncio.get_running_loop()
+            p0, t0 = srv.stats()["polls"], loop.time()
+            status, _, _ = await http_get(port, "/dir0/class1_0")
+            assert status == 200
+            await asyncio.sleep(0.5)
+            return srv.stats()["polls"] - p0, loop.time() - t0
+
+    polls, elapsed = run(main())
+    assert 0.6 * elapsed / 0.02 <= polls <= 1.2 * elapsed / 0.02, (polls, elapsed)
+
+
+def test_polling_needs_the_epoll_fast_path(docroot: Path) -> None:
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot, poll_us=1000, client_io="asyncio"):
+            pass
+
+    with pytest.raises(ValueError, match="epoll"):
+        run(main())
 
 
 @pytest.mark.parametrize("mode", OFFLOADED_MODES)

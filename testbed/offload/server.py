@@ -755,6 +755,8 @@ class TcpServer:
             c.transport.abort()
         if self.poller is not None:
             self.poller.close()
+        if self.pacer is not None:
+            self.pacer.stop()
 
     # --- hosts ---------------------------------------------------------------------
     def flush_hosts(self) -> None:
