@@ -321,7 +321,7 @@ def run(args: argparse.Namespace) -> dict:
                 if mode == "regular" and not args.no_haproxy:
                     results["haproxy"]["rounds"].append(_haproxy(tb, args))
                     results["nginx"]["rounds"].append(_nginx_floor(tb, args))
-                if not args.no_percall and rnd == 0:
+                if not args.no_percall and rnd == 0 and not variant:  # per-call: the modes themselves
                     r["percall"] = _percall(tb, base_mode, args.sizes, args.n)
     return results
 

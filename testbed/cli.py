@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
     up.add_argument("--seed", type=int, default=1, help="document root seed")
     up.add_argument("--dynamic-cost-us", type=int, default=1000, help="CPU cost of /dynamic (us)")
+    up.add_argument("--poll-us", type=int, default=0, metavar="US",
+                    help="TCP server polls every US microseconds instead of waking per event "
+                         "(the paper's 'No Interrupts'; default 0 = off)")
     up.add_argument("--json", action="store_true", help="print the status as JSON when up")
     up.set_defaults(func=cmd_up)
 
@@ -130,9 +133,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                            "and YAML files name their roles themselves")
     else:
         topo = load_topology(args.topology, parse_params(args.param))
+    if not 0 <= args.poll_us <= 1_000_000:
+        raise TestbedError("--poll-us must be in [0, 1000000] microseconds")
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance,
-                            "balance_knob": args.knob}
+                            "balance_knob": args.knob, "poll_us": args.poll_us}
     tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
                  start_services=not args.no_services, service_options=opts, backend=args.backend)
     tb.up()

@@ -234,7 +234,17 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         raise SpecError(f"{source}: repetitions must be a whole number >= 1")
     balance = raw.get("balance") or []
     balance = [balance] if isinstance(balance, str) else list(balance)
+    if not isinstance(raw.get("service") or {}, dict):
+        raise SpecError(f"{source}: service is a mapping of service options (e.g. {{dynamic_cost_us: 100}})")
     service = dict(raw.get("service") or {})
+    from .services import SERVICE_KEYS
+    unknown = sorted(set(service) - SERVICE_KEYS)
+    if unknown:
+        raise SpecError(f"{source}: unknown service option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(SERVICE_KEYS))}")
+    poll = service.get("poll_us", 0)
+    if not isinstance(poll, int) or not 0 <= poll <= 1_000_000:
+        raise SpecError(f"{source}: service poll_us must be a whole number of microseconds in [0, 1000000]")
     if raw.get("balance_knob") is not None:  # passed to the services like any service option
         from .balance.policy import KNOBS
         if raw["balance_knob"] not in KNOBS:

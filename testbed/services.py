@@ -36,7 +36,9 @@ MODES = ("regular", "split", "async-send", "eager-receive", "eager-accept", "set
 OFFLOADED_MODES = MODES[1:]
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
-            "ready_timeout": 20.0, "balance_knob": None}
+            "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0}
+# what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
+SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
 
 
 def check_mode(mode: str) -> None:
@@ -115,6 +117,7 @@ def start_services(tb: "Testbed") -> None:
                     "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
                     "--mode", tb.mode, "--token-file", str(token_file),
                     "--stats-file", str(run_dir / f"stats-{front}.json"), *place,
+                    *(["--poll-us", str(int(opts["poll_us"]))] if opts["poll_us"] else []),
                     *opts.get("tcpserver_args", ())),
                     log_name="tcpserver", supervise=True)
                 if channel == "unix":

@@ -59,6 +59,16 @@ def test_every_file_byte_exact_through_every_mode(mode: str, tb_name: str) -> No
             assert st["protocol_errors"] == 0 and st["hosts_attached"] == 1 and st["mode"] == mode
 
 
+def test_polling_tcp_server_from_the_service_options(tb_name: str) -> None:
+    """``poll_us`` (up --poll-us, experiments' service:) reaches the daemon, which polls."""
+    with Testbed(load_topology("cluster"), tb_name, mode="setup-with-accept", start_services=True,
+                 service_options={**SVC_OPTS, "poll_us": 1000}) as tb:
+        assert in_client(tb, fetch_every_file, 40, 1) == 36
+        assert _wait(lambda: _stats(tb)["polls"] > 100)
+        st = _stats(tb)
+        assert st["poll_us"] == 1000 and st["protocol_errors"] == 0
+
+
 def test_smp_unix_channel(tb_name: str) -> None:
     with Testbed(load_topology("smp"), tb_name, mode="setup-with-accept", start_services=True,
                  service_options=SVC_OPTS) as tb:

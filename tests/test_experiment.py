@@ -1,0 +1,35 @@
+"""Experiment files: every shipped one loads; malformed ones get a one-line message."""
+
+from __future__ import annotations
+
+import pytest
+
+from testbed.errors import SpecError
+from testbed.experiment import available_experiments, experiment_from_dict, load_experiment
+
+
+@pytest.mark.parametrize("name", available_experiments())
+@pytest.mark.parametrize("quick", [False, True])
+def test_every_shipped_experiment_loads(name: str, quick: bool) -> None:
+    exp = load_experiment(name, quick=quick)
+    assert exp.modes and exp.workloads and exp.points()
+
+
+@pytest.mark.parametrize("raw, message", [
+    ([1, 2], "an experiment is a mapping"),
+    ({"colour": "red"}, "unknown key.*colour"),
+    ({"load": {"speed": 3}}, "load: unknown key.*speed"),
+    ({"modes": ["turbo"]}, "unknown mode 'turbo'"),
+    ({"workloads": ["bursty"]}, "unknown workload 'bursty'"),
+    ({"workloads": ["shifting"]}, "needs phases"),
+    ({"budgets": "half"}, "budgets must be one of"),
+    ({"service": ["poll_us"]}, "service is a mapping"),
+    ({"service": {"turbo": 1}}, "unknown service option.*turbo.*known:.*poll_us"),
+    ({"service": {"poll_us": -5}}, "poll_us must be a whole number"),
+    ({"service": {"poll_us": "fast"}}, "poll_us must be a whole number"),
+    ({"load": {"step_seconds": 0}}, "step_seconds must be"),
+])
+def test_malformed_experiments_get_a_clear_message(raw, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        experiment_from_dict(raw, source="bad.yaml")
+
