@@ -62,7 +62,12 @@ class Poller:
         for fd, ev in self.ep.poll(0, _EVENTS_PER_WAKE):
             h = handlers.get(fd)
             if h is not None:
-                h._event(ev)
+                try:
+                    h._event(ev)
+                except Exception:  # one connection's bug ends that connection, not the server
+                    log.exception("error handling events %#x on fd %d; closing it", ev, fd)
+                    if isinstance(h, RawTransport):
+                        h.abort()
 
     def register(self, fd: int, mask: int, handler: Any) -> None:
         self.handlers[fd] = handler
@@ -186,13 +191,16 @@ class RawTransport(asyncio.Transport):
         self._low = 16 * 1024
         self._wpaused = False
         self._hup = False  # error/hang-up seen while not reading
-        protocol.connection_made(self)
-        if self._closed:
+        try:
+            protocol.connection_made(self)
+            # the request is usually in already (TCP_DEFER_ACCEPT, or a quick client): read
+            # it before paying for a registration that would only report it
+            if self._reading and not self._closed:
+                self._read()
+        except Exception:  # as in Poller._poll: this connection ends, the server goes on
+            log.exception("error setting up the connection from %s; closing it", peer)
+            self.abort()
             return
-        # the request is usually in already (TCP_DEFER_ACCEPT, or a quick client): read it
-        # before paying for a registration that would only report it
-        if self._reading:
-            self._read()
         if not self._closed and not self._registered:
             self._want()
 

@@ -8,6 +8,10 @@ batched into one write per event-loop iteration.
 Run: ``python -m testbed.offload.server --listen ADDR:PORT --san tcp:ADDR:PORT --mode MODE
 --token-file F --stats-file PATH``.
 
+Client sockets live on the daemon's own epoll set (``rawio``; ``--client-io asyncio`` puts
+them on the event loop's transports instead); ``--poll-us`` makes the daemon poll in fixed
+periods rather than wake per event (``polling``, the paper's "No Interrupts").
+
 Bounds (so thousands of idle or slow clients cannot grow memory without limit):
 ``--max-conns`` client connections, ``--backlog`` connections waiting for a host's accept,
 per-connection windows (``protocol.SEND_WINDOW``/``RECV_WINDOW``), ``--idle-timeout``.
