@@ -48,6 +48,17 @@ _ACCEPT_RETRY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 GONE = asyncio.Protocol()
 
 
+def write_buffer_limits(high: int | None, low: int | None) -> tuple[int, int]:
+    """asyncio's rule for a transport's write-buffer limits: (high, low), checked."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
 class Poller:
     """One epoll set for all client sockets, watched by the running asyncio loop."""
 
@@ -356,14 +367,8 @@ class RawTransport(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
-        if not self._wpaused and self._wlen > high:
+        self._high, self._low = write_buffer_limits(high, low)
+        if not self._wpaused and self._wlen > self._high:
             self._wpaused = True
             self._protocol.pause_writing()
 

@@ -44,6 +44,8 @@ import struct
 import threading
 from typing import Any, Callable
 
+from .rawio import write_buffer_limits
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
@@ -346,13 +348,7 @@ class ShmTransport(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        if high is None:
-            high = 64 * 1024 if low is None else 4 * low
-        if low is None:
-            low = high // 4
-        if not high >= low >= 0:
-            raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-        self._high, self._low = high, low
+        self._high, self._low = write_buffer_limits(high, low)
 
     def is_closing(self) -> bool:
         return self._closing
