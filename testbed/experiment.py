@@ -41,6 +41,7 @@ _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", 
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
               "mix", "dynamic_cost_us", "timeout_s"}
 MAX_RATE = 200_000
+SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
 
 
 @dataclass(frozen=True)
@@ -108,12 +109,18 @@ class Experiment:
 
     def topology_params(self, point: Point) -> dict[str, Any]:
         """Parameters for the point's testbed, with the budget comparison applied."""
-        params = {**self.params, **point.config, **self.per_mode_params.get(point.mode, {})}
+        topo_cfg = {k: v for k, v in point.config.items() if not k.startswith(SERVICE_PREFIX)}
+        params = {**self.params, **topo_cfg, **self.per_mode_params.get(point.mode, {})}
         if self.budgets == "same-total" and point.mode == "regular":
             host, tcp = params.get("host_cpu"), params.get("tcpserver_cpu")
             if host is not None and tcp is not None:
                 params["host_cpu"] = round(float(host) + float(tcp), 4)
         return params
+
+    def service_options(self, point: Point) -> dict[str, Any]:
+        """The experiment's ``service:`` options, with the point's ``service.KEY`` sweep values."""
+        swept = {k[len(SERVICE_PREFIX):]: v for k, v in point.config.items() if k.startswith(SERVICE_PREFIX)}
+        return {"seed": self.seed, **self.service, **swept}
 
 
 def rates_from(spec: Any) -> list[float]:
@@ -237,14 +244,10 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     if not isinstance(raw.get("service") or {}, dict):
         raise SpecError(f"{source}: service is a mapping of service options (e.g. {{dynamic_cost_us: 100}})")
     service = dict(raw.get("service") or {})
-    from .services import SERVICE_KEYS
-    unknown = sorted(set(service) - SERVICE_KEYS)
-    if unknown:
-        raise SpecError(f"{source}: unknown service option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(SERVICE_KEYS))}")
-    poll = service.get("poll_us", 0)
-    if not isinstance(poll, int) or not 0 <= poll <= 1_000_000:
-        raise SpecError(f"{source}: service poll_us must be a whole number of microseconds in [0, 1000000]")
+    _check_service(service, source, "service")
+    for cfg in [dict(zip(sweep, vs)) for vs in itertools.product(*sweep.values())] + configs:
+        swept = {k[len(SERVICE_PREFIX):]: v for k, v in cfg.items() if k.startswith(SERVICE_PREFIX)}
+        _check_service(swept, source, "sweep/configs service.")
     if raw.get("balance_knob") is not None:  # passed to the services like any service option
         from .balance.policy import KNOBS
         if raw["balance_knob"] not in KNOBS:
@@ -264,6 +267,18 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
             exp.rates_for(wl)
     _check_topologies(exp, source)
     return exp
+
+
+def _check_service(service: dict[str, Any], source: str, where: str) -> None:
+    from .services import SERVICE_KEYS
+    unknown = sorted(set(service) - SERVICE_KEYS)
+    if unknown:
+        raise SpecError(f"{source}: {where}: unknown service option(s) {', '.join(unknown)}; "
+                        f"known: {', '.join(sorted(SERVICE_KEYS))}")
+    poll = service.get("poll_us", 0)
+    if not isinstance(poll, int) or isinstance(poll, bool) or not 0 <= poll <= 1_000_000:
+        raise SpecError(f"{source}: {where}: poll_us must be a whole number of microseconds in "
+                        f"[0, 1000000], not {poll!r}")
 
 
 def _check_topologies(exp: Experiment, source: str) -> None:

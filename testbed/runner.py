@@ -181,9 +181,10 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
     _write_json(out / "point.json", info)
     topo = load_topology(exp.topology, {k: ("none" if v is None else str(v)) for k, v in params.items()})
     info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
-    service = {"seed": exp.seed, **exp.service}
+    service = exp.service_options(p)
     if p.balance:
         service["balance"] = p.balance
+    info["service"] = service
     name = f"r{os.getpid() % 100000}"
     sampler: Sampler | None = None
     from .kernel import pid_start_time

@@ -33,3 +33,24 @@ def test_malformed_experiments_get_a_clear_message(raw, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         experiment_from_dict(raw, source="bad.yaml")
 
+
+
+def test_service_options_can_be_swept() -> None:
+    exp = experiment_from_dict({"modes": ["regular", "setup-with-accept"], "sweep_modes": ["setup-with-accept"],
+                                "sweep": {"service.poll_us": [0, 2000]}, "params": {"host_cpu": 0.3},
+                                "service": {"dynamic_cost_us": 100}})
+    pts = [p for p in exp.points() if p.mode == "setup-with-accept"]
+    assert [exp.service_options(p)["poll_us"] for p in pts] == [0, 2000]
+    assert all(exp.service_options(p)["dynamic_cost_us"] == 100 for p in pts)
+    assert all("service.poll_us" not in exp.topology_params(p) for p in exp.points())
+    regular = [p for p in exp.points() if p.mode == "regular"]
+    assert len(regular) == 1 and "poll_us" not in exp.service_options(regular[0])
+
+
+@pytest.mark.parametrize("raw, message", [
+    ({"sweep": {"service.poll_us": [0, -1]}}, r"sweep/configs service.*poll_us must be.*-1"),
+    ({"configs": [{"service.colour": "red"}]}, "unknown service option.*colour"),
+])
+def test_swept_service_options_are_checked(raw, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        experiment_from_dict(raw, source="bad.yaml")
