@@ -116,3 +116,40 @@ def test_listener_in_use_is_a_clear_error() -> None:
         poller.close()
 
     uvloop.run(main())
+
+
+def test_reset_with_bytes_still_buffered_ends_the_transport() -> None:
+    """A client that resets while a reply waits in the transport: the transport ends at
+    once (no epoll spin on the hang-up it can no longer read)."""
+
+    async def main() -> None:
+        log: list = []
+        poller, ls, port = await _serve(log)
+        polls = 0
+        real_poll = poller._poll
+
+        def counting_poll() -> None:
+            nonlocal polls
+            polls += 1
+            real_poll()
+
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(poller.ep.fileno())
+        loop.add_reader(poller.ep.fileno(), counting_poll)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", port))
+        s.send(b"big %d" % (8 * 1024 * 1024))
+        await asyncio.sleep(0.2)
+        assert "pause" in log and "lost" not in log
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()  # RST
+        await asyncio.sleep(0.3)
+        assert log[-1] == "lost"
+        before = polls
+        await asyncio.sleep(0.3)
+        assert polls - before < 5, polls - before  # nothing left to report
+        ls.close()
+        poller.close()
+
+    uvloop.run(main())

@@ -236,17 +236,16 @@ class RawTransport(asyncio.Transport):
         self._set_mask(mask)
 
     def _event(self, ev: int) -> None:
-        if ev & _EPOLLOUT and self._wlen:
-            self._flush()
-        if self._closed:
-            return
-        if ev & _EPOLLIN or (ev & _EPOLLBAD and not self._wlen):
+        if ev & (_EPOLLOUT | _EPOLLBAD) and self._wlen:
+            self._flush()  # after an error or reset the send fails and the transport ends
+            if self._closed:
+                return
+        if ev & (_EPOLLIN | _EPOLLBAD):
             if self._reading and not self._closing:
                 self._read()
-            else:
-                self._hup = bool(ev & _EPOLLBAD)
-                if self._hup:
-                    self._want()
+            elif ev & _EPOLLBAD:
+                self._hup = True
+                self._want()
 
     # --- reading -------------------------------------------------------------------------
     def _read(self) -> None:
