@@ -1,10 +1,13 @@
 """Client sockets without per-connection event-loop machinery: the TCP server's fast path.
 
-Profiles of the daemon (docs/performance.md) showed that, above the kernel's own work, a
-short connection's cost was mostly the event loop's per-transport setup: a transport
-object, TCP_NODELAY and address look-ups, an epoll registration, and a wake-up before
-the first read. Here client connections are plain non-blocking sockets in one epoll set
-of our own, itself watched by the asyncio loop, so:
+Client connections are plain non-blocking sockets in one epoll set of our own, itself
+watched by the asyncio loop, so the daemon decides when and how much it accepts and
+reads. That is what polling (``polling.py``) needs: the event loop's own listener accepts
+about one connection per loop iteration. Written to cut the per-transport setup of the
+event loop (a transport object, TCP_NODELAY and address look-ups, an epoll registration,
+a wake-up before the first read), it measured no cheaper than uvloop's C transports
+(docs/performance.md, "Round two"); ``--client-io asyncio`` keeps those for comparison.
+What it does:
 
 - the listener is accepted in a loop; an accepted socket is read at once (with
   TCP_DEFER_ACCEPT its request is already there), before any epoll registration;
