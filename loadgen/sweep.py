@@ -248,7 +248,8 @@ class Sweep:
                 "keepalive": self.cfg.keepalive, "timeout": self.cfg.timeout,
                 "max_inflight": self.cfg.max_inflight, "locust_events": self.cfg.locust_events,
                 "share": w.share, "shares": len(self.workers), "seed": self.cfg.seed}, client_id=w.client_id)
-        self._wait(self._ready, 15.0, "set up")
+        # a hang detector, not a performance bound: a busy shared machine can take seconds
+        self._wait(self._ready, 60.0, "set up")
         for w in self.workers:
             r = self._ready[w.client_id]
             if not r.get("ok"):

@@ -25,9 +25,11 @@ BALANCED = {
     "name": "tinybal", "topology": "cluster", "params": {"host_cpu": 0.1, "tcpserver_cpu": 0.1},
     "modes": ["regular", "eager-accept"], "balance": ["fixed:0.5", "adaptive:start=1.0"],
     "workloads": ["static", "shifting"],
-    "load": {"rates": {"static": [1500, 3000]}, "step_seconds": 2, "warmup_seconds": 0.5, "processes": 1,
+    # two generator processes and modest rates: a phase flagged generator-bound on a busy
+    # machine would (rightly) leave the report without numbers to check
+    "load": {"rates": {"static": [1500, 3000]}, "step_seconds": 2, "warmup_seconds": 0.5, "processes": 2,
              "dynamic_cost_us": 200},
-    "phases": [{"mix": 1.0, "rate": 2000, "seconds": 3}, {"mix": 0.5, "rate": 2000, "seconds": 3}],
+    "phases": [{"mix": 1.0, "rate": 1500, "seconds": 3}, {"mix": 0.5, "rate": 1500, "seconds": 3}],
     "service": {"dynamic_cost_us": 200}, "repetitions": 1, "seed": 1,
 }
 ADAPTIVE, FIXED = "adaptive:start=1.0", "fixed:0.5"
