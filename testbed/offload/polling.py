@@ -9,10 +9,14 @@ moderate load. Polling, it sleeps out the rest of each period and then handles e
 that arrived meanwhile in one pass: one wake-up per period, however many events.
 
 ``PollingPacer(loop, period_s, before_sleep).start()`` keeps a callback at the head of
-every loop iteration: it runs ``before_sleep`` (flush batched output: frames emitted by the last
-pass go out now, not a period later), sleeps until the period is over, and re-arms
-itself, which also makes the loop's own epoll wait non-blocking (a ready callback is
-pending). CPU spent while idle is one wake-up per period.
+every loop iteration: it runs ``before_sleep`` (flush batched output: frames emitted by
+the last pass go out now, not a period later), sleeps until the period is over, and
+re-arms itself, which also makes the loop's own epoll wait non-blocking (a ready
+callback is pending). CPU spent while idle is one wake-up per period.
+
+Measured (docs/paper-polling-report.md, docs/performance.md): at 2-5 ms it saves 20-45%
+of the TCP server's CPU per request below saturation, at 1 ms little; it does not move
+the saturation point.
 """
 
 from __future__ import annotations
