@@ -239,28 +239,45 @@ class Sweep:
                          f"{self.cfg.master_bind}:{self.cfg.master_port} within {self.cfg.worker_wait_s:g} s")
 
     def _setup_workers(self) -> None:
+        """Send each worker its set-up, again every second until it answers.
+
+        A Locust worker announces itself to the master before its own message handlers are
+        registered, so a set-up sent at once can arrive first and be dropped ("Unknown
+        message type"); set-up is idempotent on the worker, so resending is safe.
+        """
         runner = self._env.runner
         t = self.target
-        for w in self.workers:
-            runner.send_message("loadgen_setup", {
-                "target": asdict(t), "workload": self.cfg.workload, "mix": self.cfg.mix,
-                "dynamic_cost_us": self.cfg.dynamic_cost_us, "manifest": self.manifest,
-                "keepalive": self.cfg.keepalive, "timeout": self.cfg.timeout,
-                "max_inflight": self.cfg.max_inflight, "locust_events": self.cfg.locust_events,
-                "share": w.share, "shares": len(self.workers), "seed": self.cfg.seed}, client_id=w.client_id)
-        # a hang detector, not a performance bound: a busy shared machine can take seconds
-        self._wait(self._ready, 60.0, "set up")
+        limit = 60.0  # a hang detector, not a performance bound
+        end = time.monotonic() + limit
+        while True:
+            missing = [w for w in self.workers if w.client_id not in self._ready]
+            if not missing:
+                break
+            if time.monotonic() > end:
+                raise SweepError(f"worker(s) {sorted(w.share for w in missing)} did not set up within {limit:g} s")
+            for w in missing:
+                runner.send_message("loadgen_setup", {
+                    "target": asdict(t), "workload": self.cfg.workload, "mix": self.cfg.mix,
+                    "dynamic_cost_us": self.cfg.dynamic_cost_us, "manifest": self.manifest,
+                    "keepalive": self.cfg.keepalive, "timeout": self.cfg.timeout,
+                    "max_inflight": self.cfg.max_inflight, "locust_events": self.cfg.locust_events,
+                    "share": w.share, "shares": len(self.workers), "seed": self.cfg.seed}, client_id=w.client_id)
+            self._wait(self._ready, 1.0, "set up", give_up=False)
         for w in self.workers:
             r = self._ready[w.client_id]
             if not r.get("ok"):
                 raise SweepError(f"worker {w.share} could not set up: {r.get('error')}")
             w.info = r
 
-    def _wait(self, box: dict[str, Any], limit: float, what: str) -> None:
+    def _wait(self, box: dict[str, Any], limit: float, what: str, give_up: bool = True) -> None:
+        """Until every worker has answered in ``box``; after ``limit`` s a SweepError, or
+        (``give_up=False``) just return. A dead local worker is an error either way."""
         end = time.monotonic() + limit
         ids = {w.client_id for w in self.workers}
         while not ids <= box.keys():
             if time.monotonic() > end:
+                if not give_up:
+                    return
                 missing = sorted(w.share for w in self.workers if w.client_id not in box)
                 raise SweepError(f"worker(s) {missing} did not {what} within {limit:g} s")
             for p in self._procs:

@@ -146,6 +146,43 @@ def test_master_with_two_worker_processes_shares_the_rate(nginx, tmp_path):
                 w.wait(timeout=10)
 
 
+LATE_WORKER = """
+import sys, gevent
+from locust import events
+from locust.env import Environment
+from loadgen.worker import SweepWorker
+env = Environment(user_classes=[], events=events)
+runner = env.create_worker_runner("127.0.0.1", int(sys.argv[1]))
+gevent.sleep(2.0)  # the master sees this worker ready; its first set-up arrives before we listen
+SweepWorker(env).register(runner)
+runner.greenlet.join()
+"""
+
+
+def test_a_worker_that_listens_late_still_gets_its_set_up(nginx, tmp_path):
+    """Locust workers announce themselves before their handlers are registered: the master
+    resends the set-up until the worker answers (this race once failed CI runs)."""
+    port = free_port()
+    log = tmp_path / "late.log"
+    with open(log, "wb") as logf:
+        worker = subprocess.Popen([sys.executable, "-c", LATE_WORKER, str(port)], cwd=ROOT, stdout=logf,
+                                  stderr=subprocess.STDOUT)
+    try:
+        out = tmp_path / "late"
+        p = subprocess.run(sweep_argv(nginx.url, out, "--rates", "200", "--step-seconds", "1", "--warmup", "0.5",
+                                      "--processes", "0", "--expect-workers", "1", "--master-port", str(port)),
+                           cwd=ROOT, capture_output=True, text=True, timeout=90)
+        assert p.returncode == 0, p.stderr
+        assert worker.wait(timeout=20) == 0
+        assert "Unknown message type received: loadgen_setup" in log.read_text()  # the race happened
+        (row,) = read_steps(out)
+        assert int(row["replies"]) > 0
+    finally:
+        if worker.poll() is None:
+            worker.terminate()
+            worker.wait(timeout=10)
+
+
 @pytest.mark.parametrize("args, message", [
     (["--workload", "bogus"], "unknown workload"),
     (["--rates", "0"], "above zero"),
