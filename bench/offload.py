@@ -262,24 +262,24 @@ def _nginx_floor(tb, args) -> dict[str, dict]:
     work plus a lean C server's, a floor for anything that terminates client TCP there."""
     run = tb.store.dir
     cfg = run / "tcps-nginx.conf"
-    front = tb.address("tcpserver", "public")
-    cfg.write_text(NGINX_CFG.format(run=run, front=front, port=NGINX_PORT, docroot=run / "docroot"))
-    p = _background(tb, ["/usr/sbin/nginx", "-c", str(cfg)], "nginx")
-    try:
-        return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds, front, NGINX_PORT)
-                for rate in args.rates}
-    finally:
-        p.terminate()
-        p.wait(5)
+    cfg.write_text(NGINX_CFG.format(run=run, front=tb.address("tcpserver", "public"), port=NGINX_PORT,
+                                    docroot=run / "docroot"))
+    return _reference(tb, args, ["/usr/sbin/nginx", "-c", str(cfg)], "nginx", NGINX_PORT)
 
 
 def _haproxy(tb, args) -> dict[str, dict]:
     cfg = tb.store.dir / "tcps-haproxy.cfg"
-    front = tb.address("tcpserver", "public")
-    cfg.write_text(HAPROXY_CFG.format(front=front, port=HAPROXY_PORT, host=tb.address("host1", "san")))
-    p = _background(tb, ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], "haproxy")
+    cfg.write_text(HAPROXY_CFG.format(front=tb.address("tcpserver", "public"), port=HAPROXY_PORT,
+                                      host=tb.address("host1", "san")))
+    return _reference(tb, args, ["/usr/sbin/haproxy", "-db", "-f", str(cfg)], "haproxy", HAPROXY_PORT)
+
+
+def _reference(tb, args, argv: list[str], name: str, port: int) -> dict[str, dict]:
+    """Every rate against a reference server on the tcpserver node's public address."""
+    p = _background(tb, argv, name)
     try:
-        return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds, front, HAPROXY_PORT)
+        return {str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
+                                    tb.address("tcpserver", "public"), port)
                 for rate in args.rates}
     finally:
         p.terminate()
