@@ -133,8 +133,11 @@ def cmd_up(args: argparse.Namespace) -> int:
                            "and YAML files name their roles themselves")
     else:
         topo = load_topology(args.topology, parse_params(args.param))
-    if not 0 <= args.poll_us <= 1_000_000:
-        raise TestbedError("--poll-us must be in [0, 1000000] microseconds")
+    from .offload.polling import check_period_us
+    try:
+        check_period_us(args.poll_us)
+    except ValueError as e:
+        raise TestbedError(f"--poll-us: {e}") from None
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance,
                             "balance_knob": args.knob, "poll_us": args.poll_us}

@@ -245,9 +245,10 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         raise SpecError(f"{source}: service is a mapping of service options (e.g. {{dynamic_cost_us: 100}})")
     service = dict(raw.get("service") or {})
     _check_service(service, source, "service")
-    for cfg in [dict(zip(sweep, vs)) for vs in itertools.product(*sweep.values())] + configs:
-        swept = {k[len(SERVICE_PREFIX):]: v for k, v in cfg.items() if k.startswith(SERVICE_PREFIX)}
-        _check_service(swept, source, "sweep/configs service.")
+    swept = [(k, v) for k, vs in sweep.items() for v in vs] + [kv for c in configs for kv in c.items()]
+    for k, v in swept:
+        if k.startswith(SERVICE_PREFIX):
+            _check_service({k[len(SERVICE_PREFIX):]: v}, source, "sweep/configs service.")
     if raw.get("balance_knob") is not None:  # passed to the services like any service option
         from .balance.policy import KNOBS
         if raw["balance_knob"] not in KNOBS:
@@ -275,10 +276,11 @@ def _check_service(service: dict[str, Any], source: str, where: str) -> None:
     if unknown:
         raise SpecError(f"{source}: {where}: unknown service option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(sorted(SERVICE_KEYS))}")
-    poll = service.get("poll_us", 0)
-    if not isinstance(poll, int) or isinstance(poll, bool) or not 0 <= poll <= 1_000_000:
-        raise SpecError(f"{source}: {where}: poll_us must be a whole number of microseconds in "
-                        f"[0, 1000000], not {poll!r}")
+    from .offload.polling import check_period_us
+    try:
+        check_period_us(service.get("poll_us", 0))
+    except ValueError as e:
+        raise SpecError(f"{source}: {where}: {e}") from None
 
 
 def _check_topologies(exp: Experiment, source: str) -> None:

@@ -26,6 +26,16 @@ import time
 from collections.abc import Callable
 
 
+MAX_PERIOD_US = 1_000_000
+
+
+def check_period_us(us: object) -> int:
+    """A polling period as given by a user (0 = off): the whole microseconds, or ValueError."""
+    if not isinstance(us, int) or isinstance(us, bool) or not 0 <= us <= MAX_PERIOD_US:
+        raise ValueError(f"poll_us must be a whole number of microseconds in [0, {MAX_PERIOD_US}], not {us!r}")
+    return us
+
+
 class PollingPacer:
     """Runs the loop in fixed periods; see the module docstring."""
 

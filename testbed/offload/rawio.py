@@ -42,8 +42,6 @@ _DONTWAIT = socket.MSG_DONTWAIT
 _READ_SIZE = 65536
 _ACCEPTS_PER_WAKE = 128
 _EVENTS_PER_WAKE = 512
-# errors that end one connection, not the server
-_CONN_ERRORS = (ConnectionError, TimeoutError, OSError)
 # accept() errors that mean "resources are short, try again later" (as asyncio treats them)
 _ACCEPT_RETRY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 # a closed transport's protocol: drops the transport <-> protocol reference cycle, so
@@ -256,7 +254,7 @@ class RawTransport(asyncio.Transport):
             data = self.sock.recv(_READ_SIZE, _DONTWAIT)
         except (BlockingIOError, InterruptedError):
             return
-        except _CONN_ERRORS as e:
+        except OSError as e:  # reset, broken pipe...: this connection ends
             self._fatal(e)
             return
         if data:
@@ -297,7 +295,7 @@ class RawTransport(asyncio.Transport):
                 n = self.sock.send(data, _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 n = 0
-            except _CONN_ERRORS as e:
+            except OSError as e:  # reset, broken pipe...: this connection ends
                 self._fatal(e)
                 return
             if n == len(data):
@@ -305,8 +303,7 @@ class RawTransport(asyncio.Transport):
             data = data[n:]
         self._wbuf.append(bytes(data))
         self._wlen += len(data)
-        if self._mask & _EPOLLOUT == 0 or not self._registered:
-            self._want()
+        self._want()  # adds EPOLLOUT (a syscall only when the mask changes)
         if not self._wpaused and self._wlen > self._high:
             self._wpaused = True
             self._protocol.pause_writing()
@@ -321,7 +318,7 @@ class RawTransport(asyncio.Transport):
                 n = self.sock.send(buf[0], _DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 break
-            except _CONN_ERRORS as e:
+            except OSError as e:  # reset, broken pipe...: this connection ends
                 self._fatal(e)
                 return
             self._wlen -= n

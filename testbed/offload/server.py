@@ -38,7 +38,7 @@ from pathlib import Path
 from . import channels
 from . import placement as _placement
 from . import rawio
-from .polling import PollingPacer
+from .polling import PollingPacer, check_period_us
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -694,7 +694,9 @@ class TcpServer:
     async def start(self) -> None:
         cfg = self.cfg
         if cfg.poll_us and self.poller is None:
-            raise ValueError("polling (poll_us) needs client_io 'epoll'")
+            # uvloop's listener accepts about one connection per loop iteration, so with a
+            # polling period its accept queue would grow without bound
+            raise ValueError("polling (--poll-us) needs --client-io epoll")
         if cfg.serve_static:
             self.cache = _placement.load_cache(cfg.serve_static)
             self.place = _placement.Control(self.loop, cfg.placement_file, cfg.placement_share)
@@ -1125,12 +1127,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if (a.placement_file or a.placement_share) and not a.serve_static:
             raise ValueError("--placement-file/--placement-share need --serve-static DOCROOT")
-        if not 0 <= a.poll_us <= 1_000_000:
-            raise ValueError("--poll-us must be in [0, 1000000]")
-        if a.poll_us and a.client_io != "epoll":
-            # uvloop's listener accepts about one connection per loop iteration, so with a
-            # polling period the accept queue grows without bound
-            raise ValueError("--poll-us needs --client-io epoll")
+        check_period_us(a.poll_us)
         if not 0.0 <= a.placement_share <= 1.0:
             raise ValueError("--placement-share must be in [0, 1]")
         if a.serve_static and not (Path(a.serve_static) / "manifest.json").is_file():
