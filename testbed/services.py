@@ -36,7 +36,10 @@ MODES = ("regular", "split", "async-send", "eager-receive", "eager-accept", "set
 OFFLOADED_MODES = MODES[1:]
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
-            "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0}
+            "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
+            # the TCP server's overload control (None: the daemon's defaults; offload/server.py)
+            "backlog": None, "listen_backlog": None, "queue_deadline": None}
+OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline")
 # what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
 SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
 
@@ -65,6 +68,7 @@ def python_module(module: str, *args: str) -> list[str]:
 def start_services(tb: "Testbed") -> None:
     check_mode(tb.mode)
     opts = {**DEFAULTS, **tb.service_options}
+    overload = overload_args(opts)  # bad bounds: a clear error before anything starts
     if opts.get("balance"):  # bad settings: a clear error before anything starts
         from .balance.policy import parse_policy
         parse_policy(str(opts["balance"]), chosen_knob(tb, opts))
@@ -118,6 +122,7 @@ def start_services(tb: "Testbed") -> None:
                     "--mode", tb.mode, "--token-file", str(token_file),
                     "--stats-file", str(run_dir / f"stats-{front}.json"), *place,
                     *(["--poll-us", str(int(opts["poll_us"]))] if opts["poll_us"] else []),
+                    *overload,
                     *opts.get("tcpserver_args", ())),
                     log_name="tcpserver", supervise=True)
                 if channel == "unix":
@@ -135,6 +140,19 @@ def start_services(tb: "Testbed") -> None:
     if opts.get("balance"):
         start_balancer(tb, str(opts["balance"]), app_common, opts["ready_timeout"],
                        knob=chosen_knob(tb, opts))
+
+
+def overload_args(opts: dict[str, Any]) -> list[str]:
+    """The TCP server's overload-control options given as service options (``backlog``,
+    ``listen_backlog``, ``queue_deadline``), checked, as daemon arguments."""
+    from .offload.server import ServerConfig, check_overload
+    given = {k: opts.get(k) for k in OVERLOAD_KEYS if opts.get(k) is not None}
+    full = {k: given.get(k, getattr(ServerConfig, k)) for k in OVERLOAD_KEYS}
+    try:
+        check_overload(full["backlog"], full["listen_backlog"], full["queue_deadline"])
+    except ValueError as e:
+        raise TestbedError(f"service options: {e}") from None
+    return [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
 
 
 def chosen_knob(tb: "Testbed", opts: dict[str, Any]) -> str:

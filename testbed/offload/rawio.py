@@ -16,6 +16,11 @@ What it does:
   watched for writability;
 - closing the socket is the only clean-up (the kernel drops it from the epoll set).
 
+The owner can ``pause()`` the listener (overload control: connections then wait in the
+kernel's listen backlog, and SYNs beyond it are dropped, which clients see as retries),
+and a protocol may define ``connection_ready()``, called once the first read is done (so
+a connection its client already reset or closed can be told apart before it costs more).
+
 ``RawTransport`` implements the part of ``asyncio.Transport`` the daemon's protocols use
 (write, write_eof, close, abort, pause/resume_reading, write-buffer limits with
 pause/resume_writing), with asyncio's semantics: callbacks are never re-entered from the
@@ -132,6 +137,7 @@ class RawListener:
         self.family = family
         self.fd = sock.fileno()
         self.retry: asyncio.TimerHandle | None = None
+        self.paused = False  # by the owner (pause/resume), apart from the retry timer
         poller.register(self.fd, _EPOLLIN, self)
 
     def _event(self, ev: int) -> None:
@@ -141,6 +147,8 @@ class RawListener:
         factory = self.factory
         poller = self.poller
         for _ in range(_ACCEPTS_PER_WAKE):
+            if self.paused:  # a protocol's connection_made may pause us mid-loop
+                return
             try:
                 fd, addr = accept()
             except (BlockingIOError, InterruptedError):
@@ -158,13 +166,28 @@ class RawListener:
             sock = new(family, socket.SOCK_STREAM, 0, fd)
             RawTransport(poller, sock, fd, addr, factory())
 
+    def pause(self) -> None:
+        """Stop accepting until ``resume()``: new connections wait in the kernel's backlog."""
+        if self.paused or self.fd < 0:
+            return
+        self.paused = True
+        if self.retry is None:
+            self.poller.modify(self.fd, 0)
+
+    def resume(self) -> None:
+        if not self.paused or self.fd < 0:
+            return
+        self.paused = False
+        if self.retry is None:
+            self.poller.modify(self.fd, _EPOLLIN)
+
     def _pause(self, seconds: float) -> None:
         self.poller.modify(self.fd, 0)
         self.retry = self.poller.loop.call_later(seconds, self._resume)
 
     def _resume(self) -> None:
         self.retry = None
-        if self.fd >= 0:
+        if self.fd >= 0 and not self.paused:
             self.poller.modify(self.fd, _EPOLLIN)
 
     def close(self) -> None:
@@ -209,6 +232,10 @@ class RawTransport(asyncio.Transport):
             # it before paying for a registration that would only report it
             if self._reading and not self._closed:
                 self._read()
+            if not self._closed:
+                ready = getattr(protocol, "connection_ready", None)
+                if ready is not None:
+                    ready()
         except Exception:  # as in Poller._poll: this connection ends, the server goes on
             log.exception("error setting up the connection from %s; closing it", peer)
             self.abort()

@@ -15,6 +15,27 @@ periods rather than wake per event (``polling``, the paper's "No Interrupts").
 Bounds (so thousands of idle or slow clients cannot grow memory without limit):
 ``--max-conns`` client connections, ``--backlog`` connections waiting for a host's accept,
 per-connection windows (``protocol.SEND_WINDOW``/``RECV_WINDOW``), ``--idle-timeout``.
+
+Overload control, as a kernel's listen queue behaves. Measured before it (issue 14: two
+0.1-CPU nodes, static load, a new connection per request, 2.5x capacity), the modes in
+which hosts pull connections (split, async-send, eager-receive) kept a sixth to two
+fifths of their goodput: the daemon accepted every connection the kernel had, read it,
+queued it for a host (up to 4,096, then accepted-and-reset the rest), so it spent its CPU
+on connections it would serve seconds later, after their clients had given up. Now:
+
+- at most ``--backlog`` connections are accepted and not yet given to a host (per port);
+  at the bound the daemon stops accepting (the listener leaves the epoll set) and the
+  rest wait in the kernel's listen backlog (``--listen-backlog``), whose overflow drops
+  SYNs, which clients see as retries; accepting resumes when the queue is half empty;
+- a connection whose client reset it, or closed it before sending anything, is not given
+  to a host (``stale``), also one reset while it waited in the kernel's backlog (the first
+  read comes before the hand-off);
+- a connection queued longer than ``--queue-deadline`` seconds is reset (``shed``): a
+  host would serve it late, if at all.
+
+Counters in the stats file: ``queued`` (now), ``queued_total``, ``shed``, ``stale``,
+``listener_pauses``. ``--client-io asyncio`` cannot pause its listener: beyond the bound
+connections are reset there (``connections_refused``).
 """
 
 from __future__ import annotations
@@ -29,6 +50,7 @@ import os
 import random
 import signal
 import socket
+import struct
 import sys
 import time
 from collections import deque
@@ -83,6 +105,7 @@ _V = PROTOCOL_VERSION
 _HALF_SEND = SEND_WINDOW // 2
 _SAN_HIGH_WATER = 8 * 1024 * 1024
 _NO_PEER = encode_peer(None)  # above this, stop reading clients of that host
+_LINGER_RESET = struct.pack("ii", 1, 0)  # SO_LINGER on, 0 s: close() sends a reset
 
 
 @dataclass
@@ -94,7 +117,11 @@ class ServerConfig:
     token: str
     stats_file: Path | None = None
     max_conns: int = 20000
-    backlog: int = 4096
+    # overload control (module docstring): connections accepted but not yet given to a
+    # host, per port; beyond it the listener pauses and the kernel's backlog holds the rest
+    backlog: int = 64
+    listen_backlog: int = 1024  # the kernel's listen backlog (SYNs beyond it are dropped)
+    queue_deadline: float = 1.0  # a connection queued longer is reset (0 = never)
     idle_timeout: float = 60.0
     hello_timeout: float = 5.0
     setup_wait: float = 0.05  # setup-with-accept: announce without data after this
@@ -120,7 +147,7 @@ class ClientConn(asyncio.Protocol):
     __slots__ = (
         "srv", "port", "host", "cid", "transport", "rbuf", "rlen", "rwin", "want", "eof",
         "eof_sent", "unacked", "wpaused", "host_closed", "done_on_close", "last", "rpaused",
-        "wait_since", "announced",
+        "wait_since", "announced", "queued_at",
     )
 
     def __init__(self, srv: "TcpServer", port: "PortState") -> None:
@@ -143,6 +170,7 @@ class ClientConn(asyncio.Protocol):
         self.rpaused = False
         self.wait_since = 0.0
         self.announced = False
+        self.queued_at = 0.0
 
     # --- client side ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -150,7 +178,15 @@ class ClientConn(asyncio.Protocol):
         # high=0: pause_writing fires whenever bytes stay buffered, so resume_writing
         # tells exactly when the client's kernel socket took everything (credit back).
         transport.set_write_buffer_limits(high=0, low=0)
-        self.srv.client_connected(self)
+        srv = self.srv
+        if srv.poller is None:
+            srv.client_connected(self)
+        else:  # rawio reads first and calls connection_ready: stale ones never reach a host
+            srv.admit(self)
+
+    def connection_ready(self) -> None:
+        if self.cid:
+            self.srv.dispatch(self)
 
     def data_received(self, data: bytes) -> None:
         self.last = self.srv.tick
@@ -338,6 +374,9 @@ class PlacedConn(ClientConn):
         srv.c_placed_conns += 1
         self.timer = srv.loop.call_later(srv.cfg.setup_wait, self._no_request)
 
+    def connection_ready(self) -> None:
+        pass  # held: dispatched at the hand-off, if any
+
     def _no_request(self) -> None:
         self.timer = None
         if not self.handed and not self.served and not self.transport.is_closing():
@@ -438,6 +477,7 @@ class PortState:
         self.pending: deque[ClientConn] = deque()  # pull accept: waiting for an ACCEPT_REQ
         self.waiters: dict[HostChannel, int] = {}  # pull accept: outstanding ACCEPT_REQs per host
         self.rr = 0
+        self.paused = False  # not accepting: pending is at the bound
 
 
 class HostChannel(asyncio.Protocol):
@@ -682,6 +722,10 @@ class TcpServer:
         self.c_placed_bytes = 0
         self.c_placed_conns = 0
         self.c_place_handoffs = 0
+        self.c_queued_total = 0
+        self.c_shed = 0
+        self.c_stale = 0
+        self.c_listener_pauses = 0
         self.cache: dict | None = None
         self.place: _placement.Control | None = None
         self.poller = rawio.Poller(self.loop) if cfg.client_io == "epoll" else None
@@ -707,6 +751,8 @@ class TcpServer:
         await self.open_port(cfg.listen_port)
         self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
         self.loop.call_later(1.0, self._sweep)
+        if cfg.queue_deadline > 0:
+            self.loop.call_later(self._queue_period(), self._sweep_queue)
         if cfg.poll_us:
             self.pacer = PollingPacer(self.loop, cfg.poll_us / 1e6, self.flush_hosts).start()
         if cfg.stats_file:
@@ -731,11 +777,12 @@ class TcpServer:
                         return PlacedConn(self, ps)
                     return ClientConn(self, ps)
             if self.poller is not None:
-                ps.server = rawio.RawListener(self.poller, self.cfg.listen_host, port, factory, backlog=4096)
+                ps.server = rawio.RawListener(self.poller, self.cfg.listen_host, port, factory,
+                                             backlog=self.cfg.listen_backlog)
             else:
                 ps.server = await self.loop.create_server(
-                    factory, self.cfg.listen_host, port, reuse_address=True, backlog=4096
-                )
+                    factory, self.cfg.listen_host, port, reuse_address=True,
+                    backlog=self.cfg.listen_backlog)
             defer = self.cfg.defer_accept
             if defer is None:
                 defer = 1.0 if self.setup_with_accept else 0.0
@@ -808,10 +855,10 @@ class TcpServer:
             h.emit(LISTEN_OK, req, port)
             # connections that arrived while no host listened
             if self.push_accept:
-                while ps.pending and ps.hosts:
-                    c = ps.pending.popleft()
-                    if c.transport.is_closing():
-                        continue
+                while ps.hosts:
+                    c = self.next_pending(ps)
+                    if c is None:
+                        break
                     self.assign(c, self.pick_host(ps))
 
         self.loop.create_task(go())
@@ -860,31 +907,101 @@ class TcpServer:
         return True
 
     def dispatch(self, c: ClientConn) -> None:
-        """Give an admitted connection to a host (push accept) or queue it (pull)."""
+        """Give an admitted connection to a host (push accept, or a host's ACCEPT_REQ is
+        waiting) or queue it."""
+        if c.eof and not c.rlen:  # closed before it asked for anything: nothing to serve
+            self.c_stale += 1
+            c.transport.abort()
+            return
         ps = c.port
         if self.push_accept:
-            if not ps.hosts:
-                if not self.hosts:  # nobody to serve it: fail fast rather than hang
-                    self.c_refused += 1
-                    c.transport.abort()
-                    return
-                if len(ps.pending) >= self.cfg.backlog:
-                    self.c_refused += 1
-                    c.transport.abort()
-                    return
-                ps.pending.append(c)
+            if ps.hosts:
+                self.assign(c, self.pick_host(ps))
                 return
-            self.assign(c, self.pick_host(ps))
-        else:
-            if ps.waiters:
-                h = self.pick_waiter(ps)
-                self.assign(c, h)
-                return
-            if not self.hosts or len(ps.pending) >= self.cfg.backlog:
-                self.c_refused += 1
-                c.transport.abort()
-                return
-            ps.pending.append(c)
+        elif ps.waiters:
+            self.assign(c, self.pick_waiter(ps))
+            return
+        if not self.hosts:  # nobody to serve it: fail fast rather than hang
+            self.c_refused += 1
+            c.transport.abort()
+            return
+        self.enqueue(c, ps)
+
+    # --- overload control (module docstring) ---------------------------------------
+    def enqueue(self, c: ClientConn, ps: PortState) -> None:
+        pending = ps.pending
+        pausable = isinstance(ps.server, rawio.RawListener)
+        if len(pending) >= self.cfg.backlog and not pausable:
+            self.c_refused += 1  # the event loop's listener cannot wait: refuse, as before
+            self.reset(c)
+            return
+        c.queued_at = self.loop.time()
+        pending.append(c)
+        self.c_queued_total += 1
+        if len(pending) >= self.cfg.backlog and pausable and not ps.paused:
+            # (a held placed connection handed off meanwhile may still join: a few over)
+            ps.paused = True
+            self.c_listener_pauses += 1
+            ps.server.pause()  # type: ignore[union-attr]
+
+    def next_pending(self, ps: PortState) -> ClientConn | None:
+        """The oldest queued connection still worth a host's time, or None."""
+        pending = ps.pending
+        c = None
+        deadline = self.cfg.queue_deadline
+        limit = self.loop.time() - deadline if deadline > 0 else 0.0
+        while pending:
+            q = pending.popleft()
+            if q.transport.is_closing() or (q.eof and not q.rlen):
+                self.c_stale += 1  # its client reset or closed while it waited
+                if not q.transport.is_closing():
+                    q.transport.abort()
+                continue
+            if q.queued_at < limit:
+                self.c_shed += 1
+                self.reset(q)
+                continue
+            c = q
+            break
+        if ps.paused and len(pending) <= self.cfg.backlog // 2:
+            self._resume_port(ps)
+        return c
+
+    def _resume_port(self, ps: PortState) -> None:
+        ps.paused = False
+        if isinstance(ps.server, rawio.RawListener):
+            ps.server.resume()
+
+    def reset(self, c: ClientConn) -> None:
+        """Close with a reset (SO_LINGER 0), not a FIN: the client learns at once that this
+        attempt failed, and no TIME_WAIT is left here."""
+        sock = c.transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            except OSError:
+                pass
+        c.transport.abort()
+
+    def _queue_period(self) -> float:
+        return min(1.0, max(0.02, self.cfg.queue_deadline / 4))
+
+    def _sweep_queue(self) -> None:
+        """Shed what outlived the deadline even when no host asks (a stalled host): the
+        queue then frees up and the listener resumes, as a kernel's would."""
+        limit = self.loop.time() - self.cfg.queue_deadline
+        for ps in self.ports.values():
+            pending = ps.pending
+            while pending and (pending[0].queued_at < limit or pending[0].transport.is_closing()):
+                q = pending.popleft()
+                if q.transport.is_closing():
+                    self.c_stale += 1
+                else:
+                    self.c_shed += 1
+                    self.reset(q)
+            if ps.paused and len(pending) <= self.cfg.backlog // 2:
+                self._resume_port(ps)
+        self.loop.call_later(self._queue_period(), self._sweep_queue)
 
     def assign(self, c: ClientConn, h: HostChannel) -> None:
         c.host = h
@@ -912,6 +1029,7 @@ class TcpServer:
                 c.rwin -= len(first)
                 h.emit(CONN_NEW, c.cid, c.port.port, peer + first)
                 self.c_eager_data += 1
+                c._maybe_resume()  # a first read that filled the window paused reading
             else:
                 h.emit(CONN_NEW, c.cid, c.port.port, peer)
             if c.rlen or c.eof:
@@ -941,11 +1059,10 @@ class TcpServer:
         if ps is None or h not in ps.hosts:
             h.emit(ERROR, 0, errno.EINVAL, f"ACCEPT_REQ for port {port} without LISTEN".encode())
             return
-        while ps.pending:
-            c = ps.pending.popleft()
-            if not c.transport.is_closing():
-                self.assign(c, h)
-                return
+        c = self.next_pending(ps) if ps.pending else None
+        if c is not None:
+            self.assign(c, h)
+            return
         ps.waiters[h] = ps.waiters.get(h, 0) + 1
 
     def pick_waiter(self, ps: PortState) -> HostChannel:
@@ -973,6 +1090,9 @@ class TcpServer:
         for ps in self.ports.values():
             while ps.pending and ps.pending[0].transport.is_closing():
                 ps.pending.popleft()
+                self.c_stale += 1
+            if ps.paused and len(ps.pending) <= self.cfg.backlog // 2:
+                self._resume_port(ps)
         self.loop.call_later(1.0, self._sweep)
 
     def stats(self) -> dict:
@@ -1004,6 +1124,14 @@ class TcpServer:
             "client_bytes_in": self.c_client_in,
             "client_bytes_out": self.c_client_out,
             "accept_queue": sum(len(p.pending) for p in self.ports.values()),
+            "queued": sum(len(p.pending) for p in self.ports.values()),
+            "queued_total": self.c_queued_total,
+            "shed": self.c_shed,
+            "stale": self.c_stale,
+            "listener_pauses": self.c_listener_pauses,
+            "listener_paused": any(p.paused for p in self.ports.values()),
+            "backlog": self.cfg.backlog,
+            "queue_deadline": self.cfg.queue_deadline,
             "accept_waiters": sum(sum(p.waiters.values()) for p in self.ports.values()),
             "setup_waiting": len(self.waiting),
             "client_buffered_bytes": sum(c.rlen for c in self.conns.values()),
@@ -1047,6 +1175,17 @@ def _addr_port(s: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise argparse.ArgumentTypeError(f"{s!r}: expected ADDR:PORT")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def check_overload(backlog: object, listen_backlog: object, queue_deadline: object) -> None:
+    """The overload-control bounds as given by a user, or ValueError (one rule for the
+    daemon's options and the service options of ``up`` and experiment files)."""
+    for name, v in (("backlog", backlog), ("listen_backlog", listen_backlog)):
+        if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
+            raise ValueError(f"{name} must be a whole number in [1, 65535], not {v!r}")
+    if (not isinstance(queue_deadline, (int, float)) or isinstance(queue_deadline, bool)
+            or not 0 <= queue_deadline <= 3600):
+        raise ValueError(f"queue_deadline must be seconds in [0, 3600] (0 = no limit), not {queue_deadline!r}")
 
 
 def read_token(path: str) -> str:
@@ -1103,7 +1242,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--token-file", required=True)
     ap.add_argument("--stats-file", type=Path)
     ap.add_argument("--max-conns", type=int, default=20000)
-    ap.add_argument("--backlog", type=int, default=4096)
+    ap.add_argument("--backlog", type=int, default=ServerConfig.backlog,
+                    help="connections accepted but not yet given to a host, per port; at this "
+                         "bound the daemon stops accepting (the rest wait in the kernel's backlog)")
+    ap.add_argument("--listen-backlog", type=int, default=ServerConfig.listen_backlog,
+                    help="the kernel's listen backlog on the public port (SYNs beyond it are dropped)")
+    ap.add_argument("--queue-deadline", type=float, default=ServerConfig.queue_deadline,
+                    help="seconds a connection may wait for a host before it is reset (0 = no limit)")
     ap.add_argument("--idle-timeout", type=float, default=60.0)
     ap.add_argument("--defer-accept", type=float, default=None,
                     help="TCP_DEFER_ACCEPT seconds on the public port (0 = off; default: 1 in "
@@ -1128,6 +1273,7 @@ def main(argv: list[str] | None = None) -> int:
         if (a.placement_file or a.placement_share) and not a.serve_static:
             raise ValueError("--placement-file/--placement-share need --serve-static DOCROOT")
         check_period_us(a.poll_us)
+        check_overload(a.backlog, a.listen_backlog, a.queue_deadline)
         if not 0.0 <= a.placement_share <= 1.0:
             raise ValueError("--placement-share must be in [0, 1]")
         if a.serve_static and not (Path(a.serve_static) / "manifest.json").is_file():
@@ -1138,7 +1284,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg = ServerConfig(
             listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
-            backlog=a.backlog, idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
+            backlog=a.backlog, listen_backlog=a.listen_backlog, queue_deadline=a.queue_deadline,
+            idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
             serve_static=a.serve_static, placement_file=a.placement_file, placement_share=a.placement_share,
             client_io=a.client_io, poll_us=a.poll_us,
         )
