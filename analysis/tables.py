@@ -22,6 +22,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from . import utilization
+
 STARVED_USE = 0.9  # a node under 90% of its budget ...
 STARVED_IDLE = 0.02  # ... while its CPUs were under 2% idle was starved, not limited
 
@@ -117,7 +119,7 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
     enriched = pd.concat([steps.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     gb = enriched["generator_bound"].astype(bool) if "generator_bound" in enriched else False
     enriched["faithful"] = ~(gb | enriched["oversubscribed"].astype(bool))
-    return enriched
+    return utilization.add_columns(enriched, samples, point)  # per-node time, links, bottleneck
 
 
 def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
