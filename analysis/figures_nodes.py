@@ -128,6 +128,13 @@ def _bottleneck_strip(ax: plt.Axes, df: pd.DataFrame, y: float = 1.1) -> None:
                     fontweight="bold")
 
 
+def _mode_order(mode: str) -> tuple[int, str]:
+    """Regular TCP first, then the paper's variants in its order, then anything else."""
+    order = [REGULAR, "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
+    base = mode.split(":")[0]
+    return (order.index(base) if base in order else len(order), mode)
+
+
 def _panel_sets(prep: Prepared) -> list[tuple[str, list[str]]]:
     """(title, curves) per workload/configuration/phase; a configuration without its own
     Regular TCP gets the base one beside its modes."""
@@ -135,7 +142,8 @@ def _panel_sets(prep: Prepared) -> list[tuple[str, list[str]]]:
     sets = []
     regular_of = {g: c for g, c, m in zip(st["group"], st["curve"], st["mode_label"]) if m == REGULAR}
     for group, df in st.groupby("group", sort=False):
-        curves = list(dict.fromkeys(df["curve"]))
+        modes = dict(zip(df["curve"], df["mode_label"]))
+        curves = sorted(dict.fromkeys(df["curve"]), key=lambda c: _mode_order(modes[c]))
         base = df["base_group"].iloc[0]
         if group not in regular_of and base in regular_of:
             curves = [regular_of[base]] + curves
@@ -185,7 +193,9 @@ def node_utilization(prep: Prepared, out: Path, roles: dict[str, str]) -> list[s
             ax.set_xlim(left=0)
             label = cdf["mode_label"].iloc[0]
             cfg = cdf["config_label"].iloc[0]
-            ax.set_title(label + (f" ({cfg})" if cfg and cfg not in title else ""), fontsize=9)
+            base = cdf["group"].iloc[0] != title and not cfg
+            ax.set_title(label + (f" ({cfg})" if cfg and cfg not in title else "")
+                         + (" (base configuration)" if base else ""), fontsize=9)
             ax.set_xlabel("offered load (requests/s)", fontsize=8)
             ax.set_ylabel("share of budget", fontsize=8)
             ax.tick_params(labelsize=7)
@@ -211,7 +221,8 @@ def smp_cpu(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     application processors (host) against offered load; one row per curve."""
     nodes = [n for n in node_names(prep.steps) if _role(n, roles) in ("tcpserver", "host")]
     nodes = sorted(nodes, key=lambda n: (_role(n, roles) != "tcpserver", n))
-    curves = list(dict.fromkeys(prep.steps["curve"]))
+    modes = dict(zip(prep.steps["curve"], prep.steps["mode_label"]))
+    curves = sorted(dict.fromkeys(prep.steps["curve"]), key=lambda c: _mode_order(modes[c]))
     fig, axes = _grid(len(curves) * len(nodes), ncols=max(len(nodes), 1), h=2.9)
     for r, curve in enumerate(curves):
         cdf = prep.steps[prep.steps["curve"] == curve]
@@ -256,7 +267,7 @@ def inic_util(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     hosts = [n for n in nodes if _role(n, roles) == "host"]
     links = link_names(st)
     configs = sorted({c for c, m in zip(st["config_label"], st["mode_label"]) if m != REGULAR}) or [""]
-    modes = list(dict.fromkeys(m for m in st["mode_label"] if m != REGULAR))
+    modes = sorted(dict.fromkeys(m for m in st["mode_label"] if m != REGULAR), key=_mode_order)
     regular = st[st["mode_label"] == REGULAR]
     reg = per_offered(regular, [f"busy_{h}" for h in hosts]) if not regular.empty else pd.DataFrame()
     fig, axes = _grid(len(modes) * len(configs), ncols=len(configs), h=2.7)
