@@ -17,6 +17,13 @@ Three ways in, all over the same frames:
 The mode decides what crosses the SAN (see docs/modes.md): in ``split`` each send waits for
 SEND_DONE and close for CLOSE_DONE; in pull modes each recv is a RECV_REQ round trip; in
 push modes the TCP server sends data ahead and the host returns window credit.
+
+Under overload (issue 14) the host does no work for a client that has given up: a
+connection whose RESET is in the same batch of frames as its announcement or its data is
+never shown to the application (counted as ``stale_skipped``); a socket-API listener
+holds at most ``max_backlog`` unaccepted connections (beyond, they are closed, counted as
+``backlog_refused``) and ``accept()`` skips the ones reset while they waited. The TCP
+server bounds the rest (offload/server.py).
 """
 
 from __future__ import annotations
@@ -75,6 +82,7 @@ _pack = HDR.pack
 _V = PROTOCOL_VERSION
 _HALF_RECV = RECV_WINDOW // 2
 _GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
+MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
 
 
 class TunnelError(ConnectionError):
@@ -333,6 +341,7 @@ class TunnelListener:
         self.backlog: collections.deque[TunnelSocket] = collections.deque()
         self.waiters: collections.deque[asyncio.Future] = collections.deque()
         self.closed = False
+        self.max_backlog = MAX_BACKLOG  # socket API: unaccepted connections held at most
 
     def _refill(self) -> None:
         if self.ch.push_accept or self.closed or not self.ch.attached:
@@ -363,12 +372,19 @@ class TunnelListener:
                 if not w.done():
                     w.set_result(sock)
                     return
+            if len(self.backlog) >= self.max_backlog:  # nobody accepts: do not pile them up
+                ch.backlog_refused += 1
+                tr.abort()
+                return
             self.backlog.append(sock)
 
     async def accept(self) -> "TunnelSocket":
         """One connection; in pull-accept modes this is the ACCEPT_REQ round trip."""
-        if self.backlog:
-            return self.backlog.popleft()
+        while self.backlog:
+            sock = self.backlog.popleft()
+            if not sock.tr._closed:
+                return sock
+            self.ch.stale_skipped += 1  # reset while it waited: its client is gone
         fut = self.ch.loop.create_future()
         self.waiters.append(fut)
         if not self.ch.push_accept and self.outstanding < len(self.waiters):
@@ -511,6 +527,8 @@ class Tunnel(asyncio.Protocol):
         # SAN messages by frame type, both directions: what the modes change
         self.sent = [0] * (MAX_TYPE + 1)
         self.received = [0] * (MAX_TYPE + 1)
+        self.stale_skipped = 0  # connections (or their data) dropped: reset in the same batch
+        self.backlog_refused = 0
 
     # --- channel -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -596,13 +614,21 @@ class Tunnel(asyncio.Protocol):
             return
         conns = self.conns
         received = self.received
+        # connections reset further on in this batch: their clients are gone, so neither
+        # their announcement nor their bytes reach the application (one set per batch)
+        resets = {f[1] for f in frames if f[0] == RESET} if len(frames) > 1 else None
         for ftype, cid, arg, payload in frames:
             received[ftype] += 1
             if ftype == DATA:
                 tr = conns.get(cid)
                 if tr is not None:
+                    if resets and cid in resets:
+                        continue
                     tr._on_data(payload)
             elif ftype == CONN_NEW or ftype == ACCEPTED:
+                if resets and cid in resets:
+                    self._skip_new(arg, ftype)
+                    continue
                 self._new_conn(cid, arg, payload, ftype)
             elif ftype == CREDIT:
                 tr = conns.get(cid)
@@ -663,6 +689,20 @@ class Tunnel(asyncio.Protocol):
                 if not w.done():
                     w.set_result(None)
 
+    def _skip_new(self, port: int, ftype: int) -> None:
+        """A connection announced and reset in one batch: only the accept bookkeeping."""
+        self.stale_skipped += 1
+        ls = self.listeners.get(port)
+        if ls is None or ftype != ACCEPTED:
+            return
+        if ls.outstanding:
+            ls.outstanding -= 1
+        if ls.factory is not None:
+            ls._refill()
+        elif ls.outstanding < len(ls.waiters):  # accept() still waits: ask again
+            ls.outstanding += 1
+            self.emit(ACCEPT_REQ, 0, port)
+
     def _new_conn(self, cid: int, port: int, payload: bytes, ftype: int) -> None:
         off = 3 + payload[0] if payload else 0
         if off < 3 or len(payload) < off:
@@ -718,6 +758,8 @@ class Tunnel(asyncio.Protocol):
             "frames_sent": {TYPE_NAMES[i]: n for i, n in enumerate(self.sent) if n},
             "frames_received": {TYPE_NAMES[i]: n for i, n in enumerate(self.received) if n},
             "connections_open": len(self.conns),
+            "stale_skipped": self.stale_skipped,
+            "backlog_refused": self.backlog_refused,
         }
 
     def close(self) -> None:

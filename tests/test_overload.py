@@ -1,0 +1,151 @@
+"""Overload (issue 14): goodput holds past saturation in every mode, on a small budget.
+
+Two 0.1-CPU nodes (capacity about 1,000-1,300 static requests/s here), a new connection
+per request, offered open loop by a small generator in the client node whose clients give
+up (reset) after 2 s. Per mode, in a fresh testbed each: a step at 500/s (under capacity),
+then one at 3,000/s (about 2.5x). With the TCP server's overload control (its defaults)
+goodput at 3,000/s must stay near the 500/s step's; in the modes where hosts pull
+connections (split, async-send, eager-receive), the same step without the control (a
+4,096-deep queue of its own, no deadline: the daemon before issue 14) collapses, and the
+test checks that it does, against the controlled run right before it. The push modes and
+Regular TCP did not collapse before either (the issue's table); for them only the holding
+is checked. Thresholds are ratios with wide margins (measured: controlled 0.9-1.1x the
+calm step, uncontrolled 0.1-0.4x the controlled), not absolute rates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import resource
+import socket
+import struct
+
+import pytest
+import uvloop
+
+try:
+    from testbed.kernel import in_netns
+    from testbed.lifecycle import Testbed
+    from testbed.spec import load_topology
+except ImportError as e:  # the core lands separately; say so instead of failing obscurely
+    pytest.skip(f"testbed core not importable ({e})", allow_module_level=True)
+
+from .offload_helpers import SERVICE
+
+pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
+
+BUDGET = {"host_cpu": "0.1", "tcpserver_cpu": "0.1"}
+CALM, OVER = 500, 3000  # offered requests/s: under capacity, about 2.5x it
+TIMEOUT = 2.0  # a client gives up (and resets) after this
+NO_CONTROL = {"backlog": 4096, "listen_backlog": 4096, "queue_deadline": 0}
+PULL = ("split", "async-send", "eager-receive")
+REQ = b"GET /dir0/class1_3 HTTP/1.0\r\nHost: x\r\n\r\n"
+_RST = struct.pack("ii", 1, 0)
+
+
+async def offer(rate: int, seconds: float, skip: float) -> float:
+    """Open loop: ``rate`` new connections per second for ``seconds``, each reading one
+    reply until the server closes; goodput = 200 replies completed per second after
+    ``skip`` seconds (the queues' transient)."""
+    loop = asyncio.get_running_loop()
+    done: list[float] = []
+    start = loop.time()
+
+    class Req(asyncio.Protocol):
+        def __init__(self) -> None:
+            self.tr = None
+            self.ok = False
+            self.first = True
+            self.expired = False
+
+        def connection_made(self, tr) -> None:  # type: ignore[override]
+            self.tr = tr
+            tr.write(REQ)
+
+        def data_received(self, data: bytes) -> None:
+            if self.first:
+                self.first = False
+                self.ok = data.startswith(b"HTTP/1.1 200")
+
+        def connection_lost(self, exc) -> None:
+            if self.ok and exc is None and not self.expired:
+                done.append(loop.time())
+
+    def expire(task: asyncio.Task, p: Req) -> None:
+        p.expired = True
+        if p.tr is not None:
+            if not p.tr.is_closing():
+                sock = p.tr.get_extra_info("socket")
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _RST)
+                except (OSError, AttributeError):
+                    pass
+                p.tr.abort()
+        else:
+            task.cancel()  # still connecting (SYN dropped, retrying)
+
+    async def one(p: Req) -> None:
+        try:
+            await loop.create_connection(lambda: p, *SERVICE)
+        except (OSError, asyncio.CancelledError):
+            pass
+
+    n = int(rate * seconds)
+    sent = 0
+    tasks = set()
+    while sent < n:
+        due = min(n, int((loop.time() - start) * rate) + 1)
+        while sent < due:
+            p = Req()
+            t = loop.create_task(one(p))
+            tasks.add(t)
+            t.add_done_callback(tasks.discard)
+            loop.call_later(TIMEOUT, expire, t, p)
+            sent += 1
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(TIMEOUT + 0.3)  # every request finished or given up
+    lo, hi = start + skip, start + seconds
+    return sum(1 for t in done if lo <= t <= hi) / (hi - lo)
+
+
+def measure(tb: Testbed, steps: list[tuple[int, float, float]]) -> list[float]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, 65536)), hard))
+    out = []
+    with in_netns(tb.netns("client")):
+        for rate, seconds, skip in steps:
+            out.append(uvloop.run(offer(rate, seconds, skip)))
+    return out
+
+
+def stats(tb: Testbed) -> dict:
+    return json.loads((tb.store.dir / "stats-tcpserver.json").read_text())
+
+
+def testbed(mode: str, name: str, opts: dict | None = None) -> Testbed:
+    return Testbed(load_topology("cluster", BUDGET), name, mode=mode, start_services=True,
+                   service_options={"docroot_dirs": 1, "dynamic_cost_us": 0, **(opts or {})})
+
+
+@pytest.mark.parametrize("mode", ["regular", "split", "async-send", "eager-receive", "eager-accept",
+                                  "setup-with-accept"])
+def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
+    with testbed(mode, tb_name) as tb:
+        calm, over = measure(tb, [(CALM, 2.0, 0.5), (OVER, 4.0, 1.5)])
+        st = stats(tb) if mode != "regular" else {}
+    # 500/s is served in full; at 3,000/s the controlled daemon keeps its capacity (>= 2x
+    # the calm step here; 1,000-1,300 against 500); a collapse keeps 0.16-0.41x of it
+    assert calm > 0.8 * CALM, (mode, calm)
+    assert over > 1.2 * calm, f"{mode}: goodput {over:.0f}/s at {OVER}/s offered against {calm:.0f}/s at {CALM}/s"
+    print(f"{mode}: {calm:.0f}/s at {CALM}/s, {over:.0f}/s at {OVER}/s", end="")
+    if mode in PULL:
+        assert st["listener_pauses"] > 0 and st["queued_total"] > 0, st
+        with testbed(mode, tb_name, NO_CONTROL) as tb:
+            (without,) = measure(tb, [(OVER, 4.0, 1.5)])
+            st0 = stats(tb)
+        print(f"; without the control {without:.0f}/s")
+        assert st0["backlog"] == 4096 and st0["queue_deadline"] == 0, st0  # the options got there
+        # the collapse the control prevents: measured 0.1-0.4x of the controlled goodput
+        assert without < 0.6 * over, (f"{mode}: without overload control {without:.0f}/s at {OVER}/s, "
+                                      f"with it {over:.0f}/s: no collapse to prevent?")
