@@ -26,23 +26,21 @@ one repetition there is no interval: the verdict follows the point estimate and 
 
 from __future__ import annotations
 
-import html
 import math
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
 from .frames import REGULAR, Prepared, cpu_at_saturation
-from .utilization import first_bottleneck
+from .utilization import first_bottleneck, roles_of
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
 NO_DIFFERENCE = "no difference"
 ON_TOP = "reproduced only when the TCP server's CPU comes on top"
 IDLE_SHARE = 0.10  # "the host has idle time": at least 10% of its budget unused at saturation
-OFFLOADED = ("split", "async-send", "eager-receive", "eager-accept", "setup-with-accept")
 # two-sided 95% Student's t quantiles, 1..10 degrees of freedom (then the normal's)
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
@@ -332,15 +330,18 @@ def inic_claims(run: _Run) -> list[Claim]:
 ARCHITECTURES = {"cluster": cluster_claims, "multihost": cluster_claims, "smp": smp_claims, "inic": inic_claims}
 
 
+def _of_run(prep: Prepared, name: str) -> Prepared:
+    """One run's curves out of a comparison's frames."""
+    keep = lambda df: df[df["run"] == name] if "run" in df else df  # noqa: E731
+    return replace(prep, steps=keep(prep.steps), curves=keep(prep.curves), peaks=keep(prep.peaks),
+                   saturation=keep(prep.saturation))
+
+
 def claims_table(runs: list[Any], prep: Prepared) -> pd.DataFrame:
     """Every claim of the runs' architectures the data can speak to, as a table."""
-    from .figures_nodes import roles_of
     rows: list[dict[str, str]] = []
     for r in runs:
-        sub = prep
-        if len(runs) > 1:
-            from .balance import _subset
-            sub = _subset(prep, r.name)
+        sub = _of_run(prep, r.name) if len(runs) > 1 else prep
         fn = ARCHITECTURES.get(str(r.manifest.get("topology")))
         if fn is None or sub.saturation.empty:
             continue
@@ -353,8 +354,8 @@ def claims_table(runs: list[Any], prep: Prepared) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def section(runs: list[Any], prep: Prepared) -> list[str]:
-    from .report import html_table
+def section(runs: list[Any], prep: Prepared, html_table: Callable[..., str]) -> list[str]:
+    """The report's section; ``html_table`` is the report's table renderer."""
     table = claims_table(runs, prep)
     parts = ["<h2 id='claims'>The paper against this testbed</h2>",
              "<div class='note'>Each claim the paper makes for this architecture that the run can speak to, "
@@ -368,4 +369,4 @@ def section(runs: list[Any], prep: Prepared) -> list[str]:
         parts.append("<p><i>No claim of the paper applies to this run's architecture and curves.</i></p>")
         return parts
     parts.append(html_table(table, table_id="claims", flag_col="-"))
-    return [p if isinstance(p, str) else html.escape(str(p)) for p in parts]
+    return parts

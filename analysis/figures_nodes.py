@@ -26,7 +26,7 @@ from __future__ import annotations
 import html
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import matplotlib
 
@@ -37,8 +37,9 @@ import pandas as pd  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
-from .frames import REGULAR, Prepared, roles_from  # noqa: E402
-from .utilization import SATURATED_UTIL, first_bottleneck, link_names, node_names  # noqa: E402
+from .frames import REGULAR, Prepared  # noqa: E402
+from .utilization import (SATURATED_UTIL, first_bottleneck, link_names, mode_order, node_names,  # noqa: E402
+                          roles_of)
 
 log = logging.getLogger(__name__)
 
@@ -49,16 +50,6 @@ ROLE_COLORS = {"host": "tab:blue", "tcpserver": "tab:orange", "nic": "tab:green"
                "generator": "tab:red", "client": "grey"}
 LETTER = {"host": "H", "tcpserver": "T", "nic": "N", "link": "L", "generator": "G"}
 SPLIT = (("user", "tab:blue"), ("system", "tab:orange"), ("softirq", "tab:red"))
-
-
-def roles_of(runs: list[Any]) -> dict[str, str]:
-    """node -> role over the runs (samples, then each point's nodes)."""
-    roles: dict[str, str] = {}
-    for r in runs:
-        roles.update(roles_from(r.tables))
-        for p in r.points:
-            roles.update({n: v.get("role", "") for n, v in (p.get("nodes") or {}).items()})
-    return roles
 
 
 def _role(node: str, roles: dict[str, str]) -> str:
@@ -128,13 +119,6 @@ def _bottleneck_strip(ax: plt.Axes, df: pd.DataFrame, y: float = 1.1) -> None:
                     fontweight="bold")
 
 
-def _mode_order(mode: str) -> tuple[int, str]:
-    """Regular TCP first, then the paper's variants in its order, then anything else."""
-    order = [REGULAR, "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
-    base = mode.split(":")[0]
-    return (order.index(base) if base in order else len(order), mode)
-
-
 def _panel_sets(prep: Prepared) -> list[tuple[str, list[str]]]:
     """(title, curves) per workload/configuration/phase; a configuration without its own
     Regular TCP gets the base one beside its modes."""
@@ -143,7 +127,7 @@ def _panel_sets(prep: Prepared) -> list[tuple[str, list[str]]]:
     regular_of = {g: c for g, c, m in zip(st["group"], st["curve"], st["mode_label"]) if m == REGULAR}
     for group, df in st.groupby("group", sort=False):
         modes = dict(zip(df["curve"], df["mode_label"]))
-        curves = sorted(dict.fromkeys(df["curve"]), key=lambda c: _mode_order(modes[c]))
+        curves = sorted(dict.fromkeys(df["curve"]), key=lambda c: mode_order(modes[c]))
         base = df["base_group"].iloc[0]
         if group not in regular_of and base in regular_of:
             curves = [regular_of[base]] + curves
@@ -222,7 +206,7 @@ def smp_cpu(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     nodes = [n for n in node_names(prep.steps) if _role(n, roles) in ("tcpserver", "host")]
     nodes = sorted(nodes, key=lambda n: (_role(n, roles) != "tcpserver", n))
     modes = dict(zip(prep.steps["curve"], prep.steps["mode_label"]))
-    curves = sorted(dict.fromkeys(prep.steps["curve"]), key=lambda c: _mode_order(modes[c]))
+    curves = sorted(dict.fromkeys(prep.steps["curve"]), key=lambda c: mode_order(modes[c]))
     fig, axes = _grid(len(curves) * len(nodes), ncols=max(len(nodes), 1), h=2.9)
     for r, curve in enumerate(curves):
         cdf = prep.steps[prep.steps["curve"] == curve]
@@ -267,7 +251,7 @@ def inic_util(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     hosts = [n for n in nodes if _role(n, roles) == "host"]
     links = link_names(st)
     configs = sorted({c for c, m in zip(st["config_label"], st["mode_label"]) if m != REGULAR}) or [""]
-    modes = sorted(dict.fromkeys(m for m in st["mode_label"] if m != REGULAR), key=_mode_order)
+    modes = sorted(dict.fromkeys(m for m in st["mode_label"] if m != REGULAR), key=mode_order)
     regular = st[st["mode_label"] == REGULAR]
     reg = per_offered(regular, [f"busy_{h}" for h in hosts]) if not regular.empty else pd.DataFrame()
     fig, axes = _grid(len(modes) * len(configs), ncols=len(configs), h=2.7)
@@ -398,13 +382,14 @@ def _figure(name: str, caption: str) -> str:
 
 
 def softirq_rule(runs: list[Any]) -> str:
-    from .report import irq_time_accounting  # the report's reading of the run's kernel
-    irq = {irq_time_accounting(r.manifest) for r in runs}
-    if irq == {"y"}:
+    """The rule ``utilization`` applied, in words, for the runs' kernels (the manifest's
+    ``irq_time_accounting``: true, false, or unknown, taken as false)."""
+    irq = {r.manifest.get("irq_time_accounting") for r in runs}
+    if irq == {True}:
         return ("This run's kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): softirq "
                 "time is charged to no cgroup, so a node's softirq share below comes <b>on top</b> of its "
                 "cgroup CPU and is not limited by its quota.")
-    head = ("This run's kernel has no IRQ time accounting (CONFIG_IRQ_TIME_ACCOUNTING unset)" if irq == {"n"}
+    head = ("This run's kernel has no IRQ time accounting (CONFIG_IRQ_TIME_ACCOUNTING unset)" if irq == {False}
             else "Whether this run's kernel accounts IRQ time is not known; taken as not")
     return (head + ": softirq work was charged, as system time, to the cgroup of whichever process was "
             "running on that CPU. A node's softirq share is the softirq /proc/stat counted on its cpuset's "
@@ -413,27 +398,28 @@ def softirq_rule(runs: list[Any]) -> str:
             "<i>for</i> it: a veth receive runs on the sender's CPU.")
 
 
-def sections(runs: list[Any], prep: Prepared | None, out: Path) -> list[str]:
-    """The report's HTML for issue 13: node time, bottlenecks and the paper's claims."""
+def sections(runs: list[Any], prep: Prepared | None, out: Path, table: Callable[..., str]) -> list[str]:
+    """The report's HTML for issue 13: node time, bottlenecks and the paper's claims.
+    ``table(df, table_id=...)`` renders a table as the rest of the report does (the report
+    passes its own, so this module does not import the report)."""
     if prep is None:
         return []
     parts: list[str] = []
     try:
-        parts += _node_section(runs, prep, Path(out))
+        parts += _node_section(runs, prep, Path(out), table)
     except Exception:  # it must not cost the user the rest of the report
         log.exception("the node-time section failed")
         parts.append("<h2>Where each node's time goes</h2><p><i>could not be built (see the log)</i></p>")
     try:
         from . import claims
-        parts += claims.section(runs, prep)
+        parts += claims.section(runs, prep, table)
     except Exception:
         log.exception("the claims section failed")
         parts.append("<h2>The paper against this testbed</h2><p><i>could not be built (see the log)</i></p>")
     return parts
 
 
-def _node_section(runs: list[Any], prep: Prepared, out: Path) -> list[str]:
-    from .report import html_table
+def _node_section(runs: list[Any], prep: Prepared, out: Path, html_table: Callable[..., str]) -> list[str]:
     parts = ["<h2 id='nodes'>Where each node's time goes, and what saturates first</h2>"]
     if "bottleneck" not in prep.steps:
         parts.append("<p class='note'>The steps table predates the per-node columns: rebuild it with "

@@ -555,7 +555,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
         log.exception("the balancing section failed")
         lead = ["<h2>Balancing host and TCP server</h2><p><i>could not be built (see the log)</i></p>"]
     from .figures_nodes import sections as node_sections  # issue 13: node time, bottlenecks, claims
-    lead = [*lead, *node_sections(runs, prep, out)]
+    lead = [*lead, *node_sections(runs, prep, out, html_table)]
     page = render_html(runs, prep, figs, title, sections, lead)
     (out / "index.html").write_text(page, encoding="utf-8")
     log.info("report written to %s", out / "index.html")

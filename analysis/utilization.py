@@ -59,7 +59,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .frames import KNEE_FRACTION
+from .frames import KNEE_FRACTION, REGULAR, roles_from
 
 log = logging.getLogger(__name__)
 
@@ -250,6 +250,24 @@ def _bottleneck(st: pd.Series, resources: list[tuple[str, str, float]]) -> dict[
 
 
 # --------------------------------------------------------------------------- per curve
+
+
+def roles_of(runs: list[Any]) -> dict[str, str]:
+    """node -> role over report runs (their samples, then each point's nodes)."""
+    roles: dict[str, str] = {}
+    for r in runs:
+        roles.update(roles_from(r.tables))
+        for p in r.points:
+            roles.update({n: v.get("role", "") for n, v in (p.get("nodes") or {}).items()})
+    return roles
+
+
+def mode_order(mode: str) -> tuple[int, str]:
+    """Sort key: Regular TCP first, then the paper's variants in its order, then the rest."""
+    from testbed.offload.modes import MODES  # the one table of modes
+    order = [REGULAR] + [m for m in MODES if m != REGULAR]
+    base = mode.split(":")[0]
+    return (order.index(base) if base in order else len(order), mode)
 
 
 def node_names(steps: pd.DataFrame) -> list[str]:

@@ -15,7 +15,7 @@ import pytest
 
 from analysis import claims, figures_nodes, utilization
 from analysis.frames import prepare
-from analysis.report import RunInfo
+from analysis.report import RunInfo, html_table
 from analysis.tables import step_metrics
 
 STEP_S = 5.0
@@ -200,7 +200,7 @@ def test_cluster_figures_sections_and_claims(tmp_path):
         for mode in ("regular", "split", "async-send"):
             parts.append(cluster_point(mode, rep=rep, noise=0.01, seed=rep * 10 + len(mode)))
     runs, prep = _run(tmp_path, pd.concat(parts, ignore_index=True), "cluster")
-    html = "\n".join(figures_nodes.sections(runs, prep, tmp_path))
+    html = "\n".join(figures_nodes.sections(runs, prep, tmp_path, html_table))
     assert "node_util_0.png" in html and "id='claims'" in html and 'id="bottleneck"' in html
     w, h = _png_size(tmp_path / "node_util_0.png")
     assert w <= 1600, w
