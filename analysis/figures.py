@@ -280,7 +280,8 @@ def errors(prep: Prepared, out: Path) -> str:
 
 
 def gain(prep: Prepared, out: Path) -> str:
-    """Peak faithful reply rate per curve with its spread over repetitions (min-max)."""
+    """Peak faithful reply rate per curve with its 95% interval over repetitions (min-max
+    when there is one repetition only)."""
     sat = prep.saturation
     fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(sat) + 3), 4.6))
     if sat.empty:
@@ -292,17 +293,21 @@ def gain(prep: Prepared, out: Path) -> str:
         flagged = not s["all_faithful"]
         ax.bar(x[k], s["peak_mean"], 0.6, color=styles[s["curve"]]["color"],
                hatch="//" if flagged else None, edgecolor="white")
-        ax.errorbar(x[k], s["peak_mean"], yerr=[[s["peak_mean"] - s["peak_min"]], [s["peak_max"] - s["peak_mean"]]],
+        lo, hi = s.get("peak_ci_lo", np.nan), s.get("peak_ci_hi", np.nan)
+        lo, hi = (s["peak_min"], s["peak_max"]) if pd.isna(lo) else (lo, hi)
+        ax.errorbar(x[k], s["peak_mean"], yerr=[[s["peak_mean"] - lo], [hi - s["peak_mean"]]],
                     color="black", capsize=4)
         txt = f"{s['peak_mean']:.0f}"
         if not np.isnan(s["ratio_to_regular"]) and s["mode_label"] != "regular":
             txt += f"\n{s['gain_pct']:+.0f}%"
+            if s.get("gain_verdict") == "no difference":
+                txt += " (n.d.)"
         if not s["saturated"]:
             txt += "\n(not saturated)"
-        ax.text(x[k], s["peak_max"], txt, ha="center", va="bottom", fontsize=8)
+        ax.text(x[k], max(s["peak_max"], hi), txt, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(x)
     ax.set_xticklabels([_wrap(c) for c in sat["curve"]], fontsize=7)
-    ax.set_ylim(0, float(np.nanmax(sat["peak_max"])) * 1.2)
+    ax.set_ylim(0, float(np.nanmax(np.fmax(sat["peak_max"], sat.get("peak_ci_hi", sat["peak_max"])))) * 1.2)
     ax.set_ylabel("peak faithful replies/s")
     ax.set_title("peak reply rate and gain over Regular TCP\n(whiskers: min-max over repetitions)")
     ax.grid(axis="y", alpha=0.3)

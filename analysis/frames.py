@@ -7,11 +7,20 @@ rename in ``loadgen`` is a one-line change. Nothing here plots or writes files.
 Definitions the report states next to its numbers:
 
 - a *curve* is one (run, workload, sweep configuration, mode[:balance]) over offered load;
-- a step is *faithful* when it is neither ``generator_bound`` nor ``oversubscribed``;
-- the *saturation point* of a curve (per repetition) is its faithful step with the highest
-  reply rate; its reply rate is the curve's *peak*. A curve whose reply rate never fell
-  below ``KNEE_FRACTION`` of the offered rate did not saturate within the sweep, and its
-  peak is only a lower bound;
+- a step is *faithful* when it is neither ``generator_bound`` (the generator limited the
+  load) nor ``oversubscribed`` (the node did not get its budget) nor ``interfered``
+  (something outside the testbed took the machine). A *saturated* step (past the knee:
+  replies under 95% of offered, errors over 1%, or p99 over the latency target) is the
+  server's answer and counts;
+- the *peak* of a curve (per repetition) is the highest reply rate over its faithful
+  steps, saturated ones included; the step it comes from is the *saturation point*. A
+  curve whose reply rate never fell below ``KNEE_FRACTION`` of the offered rate did not
+  saturate within the sweep, and its peak is only a lower bound;
+- the *capacity at target* (per repetition) is the highest offered rate whose step was
+  faithful and not saturated: errors <= 1% and p99 <= the latency target;
+- over repetitions, peaks and capacities are given as mean and 95% interval, and gains
+  over Regular TCP are paired by round (``intervals``); a gain whose interval contains 0
+  is "no difference";
 - the *knee* is the offered rate from which on the mean reply rate stayed below
   ``KNEE_FRACTION`` of the offered rate up to the highest offered rate; a curve whose
   highest step was still served has no knee and did not saturate.
@@ -27,6 +36,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .intervals import mean_ci, paired_gain_pct, verdict
 
 log = logging.getLogger(__name__)
 
@@ -132,10 +143,15 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     dur = steps["duration_s"] if "duration_s" in steps else (steps["t_end"] - steps["t_start"])
     steps["duration_s"] = dur
     steps["error_rate"] = steps["errors_total"] / dur.where(dur > 0)
-    for flag in ("generator_bound", "oversubscribed"):
+    for flag in ("generator_bound", "oversubscribed", "interfered"):
         steps[flag] = steps[flag].fillna(False).astype(bool) if flag in steps else False
-    steps["faithful"] = ~(steps["generator_bound"] | steps["oversubscribed"])
-    steps["flags"] = [_flag_text(g, o) for g, o in zip(steps["generator_bound"], steps["oversubscribed"])]
+    if "saturated" in steps:
+        steps["saturated"] = steps["saturated"].fillna(False).astype(bool)
+    else:  # steps from before the loadgen classified them: the reply-rate rule alone
+        steps["saturated"] = steps["reply_rate"] < KNEE_FRACTION * steps["offered"]
+    steps["faithful"] = ~(steps["generator_bound"] | steps["oversubscribed"] | steps["interfered"])
+    steps["flags"] = [_flag_text(g, o, i) for g, o, i in
+                      zip(steps["generator_bound"], steps["oversubscribed"], steps["interfered"])]
     steps["run"] = run if run is not None else steps.get("run", "")
     steps["mode_label"] = [m if not isinstance(b, str) or not b else f"{m}:{b}"
                            for m, b in zip(steps["mode"], steps.get("balance", [None] * len(steps)))]
@@ -169,8 +185,9 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
                     missing=missing)
 
 
-def _flag_text(gen_bound: bool, over: bool) -> str:
-    return ",".join(f for f, on in (("generator_bound", gen_bound), ("oversubscribed", over)) if on)
+def _flag_text(gen_bound: bool, over: bool, interfered: bool = False) -> str:
+    return ",".join(f for f, on in (("generator_bound", gen_bound), ("oversubscribed", over),
+                                    ("interfered", interfered)) if on)
 
 
 _KEYS = ["group", "base_group", "run", "workload", "config_label", "mode_label", "curve"]
@@ -190,8 +207,10 @@ def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
     out["repetitions"] = g["reply_rate"].size()
     out["generator_bound"] = g["generator_bound"].any()
     out["oversubscribed"] = g["oversubscribed"].any()
+    out["interfered"] = g["interfered"].any()
+    out["saturated"] = g["saturated"].any()
     out = out.reset_index()
-    out["faithful"] = ~(out["generator_bound"] | out["oversubscribed"])
+    out["faithful"] = ~(out["generator_bound"] | out["oversubscribed"] | out["interfered"])
     return out
 
 
@@ -210,7 +229,8 @@ def knee_of(curve: pd.DataFrame) -> float:
 
 
 def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
-    """The saturation step of every curve and repetition (faithful steps first)."""
+    """The saturation step of every curve and repetition (faithful steps first), with the
+    repetition's capacity at target (``capacity``: NaN when even its lowest step missed)."""
     rows = []
     for _, df in steps.groupby(_KEYS + ["repetition"], dropna=False, sort=False):
         faithful = df[df["faithful"]]
@@ -219,7 +239,10 @@ def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
             continue
         best = pool.loc[pool["reply_rate"].idxmax()].copy()
         best["peak_faithful"] = pool is faithful
-        best["saturated"] = not np.isnan(knee_of(df))
+        best["curve_saturated"] = not np.isnan(knee_of(df))
+        within = faithful[~faithful["saturated"]]
+        best["capacity"] = float(within["offered"].max()) if not within.empty else float("nan")
+        best["lowest_offered"] = float(df["offered"].min())
         rows.append(best)
     return pd.DataFrame(rows).reset_index(drop=True) if rows else pd.DataFrame(columns=list(steps.columns))
 
@@ -234,8 +257,16 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
                               repetitions="size").reset_index()
     sat["peak_std"] = sat["peak_std"].fillna(0.0)
     extra = g.agg(offered_at_peak=("offered", "mean"), all_faithful=("peak_faithful", "all"),
-                  saturated=("saturated", "all")).reset_index()
+                  saturated=("curve_saturated", "all"), lowest_offered=("lowest_offered", "min"),
+                  capacity_reps=("capacity", "count")).reset_index()
     sat = sat.merge(extra, on=_KEYS)
+    per_rep = {key: df for key, df in g}
+    for prefix, col in (("peak", "reply_rate"), ("capacity", "capacity")):
+        ivs = [mean_ci(per_rep[tuple(k)][col]) for k in sat[_KEYS].itertuples(index=False)]
+        if prefix == "capacity":
+            sat["capacity_mean"] = [iv.mean for iv in ivs]
+        sat[f"{prefix}_ci_lo"] = [iv.lo for iv in ivs]
+        sat[f"{prefix}_ci_hi"] = [iv.hi for iv in ivs]
     knees = [(*key, knee_of(df)) for key, df in curves.groupby(_KEYS, dropna=False)]
     sat = sat.merge(pd.DataFrame(knees, columns=_KEYS + ["knee_offered"]), on=_KEYS, how="left")
     flagged = curves.groupby(_KEYS, dropna=False)["faithful"].apply(lambda s: int((~s).sum())).reset_index()
@@ -247,11 +278,31 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     for col, src in (("regular_peak", "peak_mean"), ("regular_min", "peak_min"), ("regular_max", "peak_max"),
                      ("regular_std", "peak_std"), ("regular_saturated", "saturated")):
         sat[col] = sat["baseline"].map(reg[src])
-    sat["ratio_to_regular"] = sat["peak_mean"] / sat["regular_peak"]
-    sat["gain_pct"] = (sat["ratio_to_regular"] - 1.0) * 100.0
-    # spread of the ratio from the repetitions' extremes (min/max against max/min)
-    sat["ratio_lo"] = sat["peak_min"] / sat["regular_max"]
-    sat["ratio_hi"] = sat["peak_max"] / sat["regular_min"]
+    sat["regular_capacity"] = sat["baseline"].map(reg["capacity_mean"])
+    # gains paired by round: each repetition against Regular TCP of the same round
+    by_rep = {key: dict(zip(df["repetition"], zip(df["reply_rate"], df["capacity"]))) for key, df in per_rep.items()}
+    reg_key = {r["group"]: tuple(r[k] for k in _KEYS) for _, r in reg.reset_index().iterrows()}
+    for prefix, i in (("gain", 0), ("capacity_gain", 1)):
+        means, los, his, ns, verdicts = [], [], [], [], []
+        for _, s in sat.iterrows():
+            base = reg_key.get(s["baseline"]) if s["baseline"] is not None else None
+            if base is None or s["mode_label"] == REGULAR:
+                iv = mean_ci([])
+            else:
+                mine = {r: v[i] for r, v in by_rep[tuple(s[k] for k in _KEYS)].items()}
+                iv = paired_gain_pct(mine, {r: v[i] for r, v in by_rep[base].items()})
+            means.append(iv.mean)
+            los.append(iv.lo)
+            his.append(iv.hi)
+            ns.append(iv.n)
+            verdicts.append(verdict(iv))
+        sat[f"{prefix}_pct"], sat[f"{prefix}_ci_lo"], sat[f"{prefix}_ci_hi"] = means, los, his
+        sat[f"{prefix}_pairs"], sat[f"{prefix}_verdict"] = ns, verdicts
+    sat["gain_significant"] = sat["gain_verdict"].isin(["higher", "lower"])
+    sat["ratio_to_regular"] = 1.0 + sat["gain_pct"] / 100.0
+    # the ratio's 95% interval (paired rounds); NaN with one round
+    sat["ratio_lo"] = 1.0 + sat["gain_ci_lo"] / 100.0
+    sat["ratio_hi"] = 1.0 + sat["gain_ci_hi"] / 100.0
     return sat
 
 

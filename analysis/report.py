@@ -96,36 +96,62 @@ class EmptyRun(ValueError):
 
 
 def summary_table(prep: Prepared) -> pd.DataFrame:
-    """The gain table: peak faithful reply rate per curve with its spread over repetitions,
-    ratio and gain against Regular TCP of the same run, workload and configuration."""
+    """The headline table, one row per curve: peak reply rate and capacity at the latency
+    target (mean and 95% interval over repetitions), and their gains over Regular TCP of
+    the same run, workload and configuration, paired by round."""
     sat = prep.saturation
     if sat.empty:
         return pd.DataFrame()
     cpu = cpu_at_saturation(prep).set_index("curve")
     rows = []
     for _, s in sat.iterrows():
-        ratio = s["ratio_to_regular"]
         flags = cpu.loc[s["curve"], "flags"] if s["curve"] in cpu.index else ""
+        is_reg = s["mode_label"] == REGULAR or s["baseline"] is None
         rows.append({
             "group": s["group"] or "-",
             "mode": s["mode_label"],
-            "peak replies/s": _num(s["peak_mean"]) + ("" if s["saturated"] else " (≥, not saturated)"),
-            "± std": _num(s["peak_std"]),
-            "min-max": f"{_num(s['peak_min'])}-{_num(s['peak_max'])}",
+            "peak replies/s": _num(s["peak_mean"]) + _ci(s["peak_ci_lo"], s["peak_ci_hi"])
+            + ("" if s["saturated"] else " (≥, not saturated)"),
+            "capacity req/s": _capacity(s),
             "reps": int(s["repetitions"]),
-            "at offered": _num(s["offered_at_peak"]),
             "knee at": _num(s["knee_offered"]) if not np.isnan(s["knee_offered"]) else "none",
-            "vs regular of": "-" if s["baseline"] is None or s["mode_label"] == REGULAR
-            else (s["baseline"] or "-"),
-            "ratio to regular": "-" if np.isnan(ratio) else
-            f"{ratio:.2f}" + (f" ({s['ratio_lo']:.2f}-{s['ratio_hi']:.2f})" if s["repetitions"] > 1 else ""),
-            "gain": "-" if np.isnan(ratio) or s["mode_label"] == REGULAR else f"{s['gain_pct']:+.1f}%",
+            "vs regular of": "-" if is_reg else (s["baseline"] or "-"),
+            "peak gain": "-" if is_reg else _gain(s, "gain"),
+            "capacity gain": "-" if is_reg else _gain(s, "capacity_gain"),
             "server CPU µs/reply": _num(cpu.loc[s["curve"], "cpu_us_per_reply_servers"])
             if s["curve"] in cpu.index and "cpu_us_per_reply_servers" in cpu else "-",
             "flagged steps": int(s["flagged_steps"]),
             "flags": ("peak from flagged steps; " if not s["all_faithful"] else "") + (flags or ""),
         })
     return pd.DataFrame(rows)
+
+
+def _ci(lo: Any, hi: Any, digits: int = 0) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f" [{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _capacity(s: pd.Series) -> str:
+    if pd.isna(s["capacity_mean"]):
+        return f"< {_num(s['lowest_offered'])} (no step met the target)"
+    text = _num(s["capacity_mean"]) + _ci(s["capacity_ci_lo"], s["capacity_ci_hi"])
+    if s["capacity_reps"] < s["repetitions"]:
+        text += f" ({int(s['capacity_reps'])} of {int(s['repetitions'])} reps met it)"
+    return text
+
+
+def _gain(s: pd.Series, prefix: str) -> str:
+    """'+12.3% [+4.1, +20.5]' or '+2.0% [-3.1, +7.2] no difference'."""
+    mean, v = s[f"{prefix}_pct"], s[f"{prefix}_verdict"]
+    if pd.isna(mean):
+        return "-"
+    text = f"{mean:+.1f}%"
+    if not pd.isna(s[f"{prefix}_ci_lo"]):
+        text += f" [{s[f'{prefix}_ci_lo']:+.1f}, {s[f'{prefix}_ci_hi']:+.1f}]"
+    if v == "no difference":
+        text += " no difference"
+    elif v.startswith("one repetition"):
+        text += " (1 rep)"
+    return text
 
 
 def cpu_table(prep: Prepared, ncpus: int | None) -> pd.DataFrame:
@@ -225,6 +251,11 @@ def offloads_table(runs: list[RunInfo]) -> pd.DataFrame:
     return df
 
 
+def _targets(runs: list[RunInfo]) -> str:
+    vals = sorted({float(r.manifest.get("latency_target_ms", 200.0)) for r in runs})
+    return ", ".join(f"{v:g} ms" for v in vals)
+
+
 def _num(v: Any, digits: int = 0) -> str:
     try:
         f = float(v)
@@ -263,14 +294,22 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                            "no gain or loss can be measured; offer more load.")
                 continue
             pct = s["gain_pct"]
-            verb = "raised" if pct > 0 else "lowered"
-            text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
-                    f"against Regular TCP{against} with the same app and event loop "
-                    f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s, "
-                    f"{int(s['repetitions'])} repetition(s); {budget_note}).")
-            if int(s["repetitions"]) > 1 and (s["ratio_lo"] - 1) * (s["ratio_hi"] - 1) < 0:
-                text += (f" The spread over repetitions (ratio {s['ratio_lo']:.2f}-{s['ratio_hi']:.2f}) "
-                         "includes no change: the sign of the difference is not established.")
+            reps = int(s["gain_pairs"])
+            if s["gain_verdict"] == "no difference":
+                text = (f"{where}{s['mode_label']}: no difference in peak throughput against Regular TCP{against} "
+                        f"(gain {pct:+.1f}%, 95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over "
+                        f"{reps} paired rounds; peaks {s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; "
+                        f"{budget_note}).")
+            else:
+                verb = "raised" if pct > 0 else "lowered"
+                interval = (f", 95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over {reps} paired rounds"
+                            if reps > 1 else ", one repetition: no interval, the sign is not established")
+                text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}%{interval} "
+                        f"against Regular TCP{against} with the same app and event loop "
+                        f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; {budget_note}).")
+            if not pd.isna(s.get("capacity_gain_pct")):
+                text += (f" Capacity at the latency target: {_gain(s, 'capacity_gain')} "
+                         f"({_num(s['capacity_mean'])} vs {_num(s['regular_capacity'])} req/s).")
             caveats = []
             if not s["saturated"]:
                 caveats.append(f"{s['mode_label']} did not saturate (its peak is a lower bound)")
@@ -290,8 +329,8 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         measurable = measurable[measurable["regular_peak"].notna()]
         if len(measurable) > 1:
             best = measurable.loc[measurable["peak_mean"].idxmax()]
-            out.append(f"{where}Best offloaded mode: {best['mode_label']} "
-                       f"({best['gain_pct']:+.1f}% against Regular TCP).")
+            out.append(f"{where}Highest offloaded peak: {best['mode_label']} "
+                       f"({_gain(best, 'gain')} against Regular TCP).")
     bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
     total = sum(len(r.points) for r in runs)
     if bad:
@@ -300,8 +339,8 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                    + "): their curves are missing or have fewer repetitions; see Points.")
     n_flag = int((~prep.steps["faithful"]).sum())
     if n_flag:
-        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound or oversubscribed) "
-                   "and marked in every figure and table; peaks use faithful steps only where any exist.")
+        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed or "
+                   "interfered) and marked in every figure and table; peaks use faithful steps only where any exist.")
     return out
 
 
@@ -434,8 +473,12 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
                                                                 for s in summary_sentences(prep, runs))
                      + "</div>")
         parts.append(html_table(summary_table(prep), table_id="summary"))
-        parts.append(f"<p>Peak = the highest reply rate among a curve's faithful steps (mean over "
-                     f"repetitions, spread min-max and std); the knee = the first offered rate whose reply "
+        parts.append(f"<p>Peak = the highest reply rate among a curve's faithful steps, saturated ones "
+                     f"included (mean over repetitions, [95% interval]); capacity = the highest offered rate "
+                     f"whose step kept errors &le; 1% and p99 latency &le; the latency target "
+                     f"({_targets(runs)}); gains are paired by round (each repetition against Regular TCP "
+                     f"of the same interleaved round), and a gain whose interval contains 0 is reported as "
+                     f"no difference; the knee = the first offered rate whose reply "
                      f"rate stayed below {KNEE_FRACTION:.0%} of it up to the highest offered rate; a curve without "
                      f"a knee did not saturate and its peak is a lower bound. Ratios compare modes within one run, workload and "
                      f"configuration.</p>")
@@ -583,7 +626,7 @@ def summary_text(prep: Prepared | None, runs: list[RunInfo]) -> str:
     if prep is None:
         return "no step was measured; see the points in the report"
     table = summary_table(prep)
-    cols = [c for c in ("group", "mode", "peak replies/s", "± std", "reps", "ratio to regular", "gain",
+    cols = [c for c in ("group", "mode", "peak replies/s", "capacity req/s", "reps", "peak gain", "capacity gain",
                         "server CPU µs/reply", "flagged steps", "flags") if c in table]
     t = table[cols]
     if (t["group"] == "-").all():

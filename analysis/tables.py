@@ -6,11 +6,17 @@
 workload and budgets, each node's CPU over the step's measured window (from the 1 s
 cgroup samples), CPU per reply, and the fidelity flags:
 
-- ``generator_bound`` (from the load generator: it could not offer the load);
+- ``generator_bound`` (from the load generator: it could not offer the load) and
+  ``saturated`` (past the server's knee: the server's answer, kept everywhere);
 - ``oversubscribed``: the machine had less idle CPU than ``min_idle`` (the manifest's
   fidelity threshold), or a budgeted node used under 90% of its budget while the CPUs of
   its cpuset had no idle time left (it wanted more and did not get it);
-- ``faithful`` = neither.
+- ``interfered``: something outside the testbed took the machine: the CPU busy on all
+  CPUs minus what the testbed's own cgroups used (``foreign_cpu``, cores) was above
+  ``max_foreign_cpu``. It includes the runner and softirq work the kernel charged to no
+  cgroup, so the threshold sits above what a quiet run shows (see docs/results.md);
+- ``faithful`` = none of generator_bound, oversubscribed, interfered: the steps a peak
+  may come from.
 """
 
 from __future__ import annotations
@@ -69,7 +75,7 @@ def _cpus_of(cpuset: str | None, ncpus: int) -> list[int]:
 
 
 def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any],
-                 min_idle: float) -> pd.DataFrame:
+                 min_idle: float, max_foreign_cpu: float = 0.25) -> pd.DataFrame:
     """Add per-node CPU over each step window and the fidelity flags."""
     steps = steps.copy()
     nodes = samples[samples["kind"] == "node"] if not samples.empty else samples
@@ -111,6 +117,13 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
                                        for c in _cpus_of(node_info.get(node, {}).get("cpuset"), ncpus)])
                 if used < STARVED_USE * budget and idle_own < STARVED_IDLE:
                     starved.append(node)
+        # task time (not irq/softirq, which the kernel charges to no cgroup or to whoever ran)
+        # outside the testbed's cgroups, plus time a hypervisor stole
+        all_nodes = sum(v for k, v in extra.items() if k.startswith("cpu_") and not k.startswith("cpu_us"))
+        busy = sum(_window(machine, c, t0, t1) for c in ("user_s", "nice_s", "system_s", "steal_s")
+                   if c in machine) / dur if not machine.empty else float("nan")
+        extra["foreign_cpu"] = busy - all_nodes
+        extra["interfered"] = bool(extra["foreign_cpu"] > max_foreign_cpu)
         extra["cpu_servers"] = server_cpu
         extra["cpu_us_per_reply_servers"] = server_cpu * dur / replies * 1e6 if replies > 0 else float("nan")
         extra["starved_nodes"] = ",".join(starved)
@@ -118,7 +131,7 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
         rows.append(extra)
     enriched = pd.concat([steps.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
     gb = enriched["generator_bound"].astype(bool) if "generator_bound" in enriched else False
-    enriched["faithful"] = ~(gb | enriched["oversubscribed"].astype(bool))
+    enriched["faithful"] = ~(gb | enriched["oversubscribed"].astype(bool) | enriched["interfered"].astype(bool))
     return utilization.add_columns(enriched, samples, point)  # per-node time, links, bottleneck
 
 
@@ -127,6 +140,7 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
     run_dir = Path(run_dir)
     manifest = json.loads((run_dir / "manifest.json").read_text())
     min_idle = float(manifest.get("fidelity", {}).get("min_idle", 0.05))
+    max_foreign = float(manifest.get("fidelity", {}).get("max_foreign_cpu", 0.25))
     all_steps, all_samples, point_rows, decisions = [], [], [], []
     for point in _read_points(run_dir):
         pdir = Path(point["dir"])
@@ -157,7 +171,7 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
         if frames:
             steps = pd.concat(frames, ignore_index=True)
             if not steps.empty:
-                enriched = step_metrics(steps, samples, point, min_idle) if not samples.empty else steps
+                enriched = step_metrics(steps, samples, point, min_idle, max_foreign) if not samples.empty else steps
                 all_steps.append(enriched.assign(**meta))
     tables = {
         "steps": pd.concat(all_steps, ignore_index=True) if all_steps else pd.DataFrame(),

@@ -54,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dynamic-cost-us", type=int, default=1000)
     s.add_argument("--seed", type=int, default=1)
     s.add_argument("--timeout", type=float, default=5.0, help="seconds before a request counts as timed out")
-    s.add_argument("--max-inflight", type=int, default=4096, help="per process; beyond it requests "
-                   "are counted as overflow, not sent")
+    s.add_argument("--max-inflight", type=int, default=0, help="per process; beyond it requests "
+                   "are counted as overflow, not sent (default 0: sized from rate x timeout)")
+    s.add_argument("--latency-target-ms", type=float, default=200.0,
+                   help="a step whose p99 latency exceeds it counts as saturated (default 200)")
     s.add_argument("--cpus", type=parse_cpus, help="pin local workers to these CPUs (round-robin)")
     s.add_argument("--pause", type=float, default=0.0, help="seconds idle between steps")
     s.add_argument("--locust-events", default="step", help="fire Locust's events.request: step "
@@ -74,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _fmt_row(row: dict[str, Any], steps: int) -> str:
     flag = f"  GENERATOR-BOUND ({row['bound_reasons']})" if row["generator_bound"] else ""
+    if row["saturated"]:
+        flag += f"  saturated ({row['saturated_reasons']})"
     p99 = row["lat_p99_ms"]
     return (f"step {row['step'] + 1}/{steps}  offered {row['offered_rate']:.0f}/s  sent {row['achieved_rate']:.1f}/s  "
             f"replies {row['reply_rate_avg']:.1f}/s  errors {row['errors_total']}  "
@@ -92,7 +96,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                           dynamic_cost_us=a.dynamic_cost_us, seed=a.seed, timeout=a.timeout,
                           max_inflight=a.max_inflight, cpus=a.cpus, expect_workers=a.expect_workers,
                           master_bind=a.master_bind, master_port=a.master_port, worker_wait_s=a.worker_wait,
-                          locust_events=a.locust_events, pause_s=a.pause)
+                          locust_events=a.locust_events, pause_s=a.pause,
+                          latency_target_ms=a.latency_target_ms)
         tty = sys.stderr.isatty() and not a.quiet
 
         def on_tick(p: dict[str, Any]) -> None:
@@ -129,6 +134,9 @@ def cmd_sweep(a: argparse.Namespace) -> int:
         print(f"done: {summary['steps_measured']} steps -> {a.out}/steps.csv, requests.parquet, summary.json")
         if summary["generator_bound_steps"]:
             print(f"warning: {summary['note']}")
+        cap = summary["capacity_at_target"]
+        print(f"capacity at target (p99 <= {summary['latency_target_ms']:g} ms, errors <= 1%): "
+              + (f"{cap:g} req/s" if cap is not None else "no step met it"))
     return 0
 
 

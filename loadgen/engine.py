@@ -13,7 +13,9 @@ socket loop, and the prototype scheduler user reached ~3,000 req/s on a core):
 
 A request is never waited for before sending the next: when ``max_inflight`` requests
 are outstanding, a due request is *counted* as overflow and skipped, so the schedule
-stays open-loop and the overflow marks the step as generator-bound.
+stays open-loop and the overflow marks the step as generator-bound. The sweep sizes
+``max_inflight`` from rate x timeout, so a server that stops answering makes requests
+time out (its failure) long before the generator overflows.
 """
 
 from __future__ import annotations
@@ -143,6 +145,7 @@ class Engine:
         self._view = memoryview(self._buf)
         self.arrays: StepArrays | None = None
         self.connections_opened = 0
+        self.inflight_max = 0  # the most requests outstanding at once since the last run()
         self._checker: gevent.Greenlet | None = None
 
     # -- scheduling ----------------------------------------------------------------------
@@ -152,6 +155,7 @@ class Engine:
         """Send request ``requests[item[i]]`` at monotonic instant ``intended[i]`` for all i."""
         arrays = StepArrays.empty(intended, item)
         self.arrays = arrays
+        self.inflight_max = self.inflight
         self._ensure_checker()
         n = len(intended)
         launch = self._launch
@@ -202,6 +206,8 @@ class Engine:
             c.status, c.keep, c.arr = 0, False, a
             c.deadline = now + self.timeout
             self.inflight += 1
+            if self.inflight > self.inflight_max:
+                self.inflight_max = self.inflight
             self._pending.append(c)
             try:
                 c.sock.send(req)
@@ -234,6 +240,8 @@ class Engine:
         c = _Conn(s)
         c.idx, c.req, c.deadline, c.arr = idx, req, now + self.timeout, a
         self.inflight += 1
+        if self.inflight > self.inflight_max:
+            self.inflight_max = self.inflight
         self._pending.append(c)
         w = self.loop.io(c.fd, WRITE)
         c.watcher = w

@@ -41,7 +41,7 @@ import numpy as np
 from . import sysinfo
 from .engine import ERROR_KINDS
 from .schedule import ScheduleError, check_rate
-from .stats import STEP_COLUMNS, summarize
+from .stats import DEFAULT_LATENCY_TARGET_MS, STEP_COLUMNS, summarize
 from .target import Target, TargetError, check_reachable, parse_target
 from .workload import WORKLOADS, WorkloadError, load_manifest, make_workload
 from .worker import LOCUST_EVENT_MODES, decode_arrays
@@ -71,7 +71,8 @@ class SweepConfig:
     dynamic_cost_us: int = 1000
     seed: int = 1
     timeout: float = 5.0
-    max_inflight: int = 4096          # per process
+    max_inflight: int = 0             # per process; 0: sized from rate x timeout (inflight_per_process)
+    latency_target_ms: float = DEFAULT_LATENCY_TARGET_MS  # p99 above it: the step is saturated
     cpus: list[int] | None = None     # pin local workers, round-robin over these CPUs
     expect_workers: int = 0           # workers from elsewhere, on top of ``processes``
     master_bind: str = "127.0.0.1"
@@ -104,14 +105,22 @@ class SweepConfig:
             raise SweepError("--dynamic-cost-us must be 0 or more")
         if self.timeout <= 0:
             raise SweepError("--timeout must be positive")
-        if self.max_inflight < 1:
-            raise SweepError("--max-inflight must be at least 1")
+        if self.max_inflight < 0:
+            raise SweepError("--max-inflight must be 0 (sized from rate x timeout) or more")
+        if not (self.latency_target_ms > 0 and math.isfinite(self.latency_target_ms)):
+            raise SweepError(f"--latency-target-ms {self.latency_target_ms:g}: must be a positive number")
         if self.locust_events not in LOCUST_EVENT_MODES:
             raise SweepError(f"--locust-events {self.locust_events!r}: one of {', '.join(LOCUST_EVENT_MODES)}")
         ncpu = os.cpu_count() or 1
         for c in self.cpus or []:
             if not 0 <= c < ncpu:
                 raise SweepError(f"--cpus {c}: this machine has CPUs 0-{ncpu - 1}")
+
+
+def inflight_per_process(max_rate: float, workers: int, timeout: float) -> int:
+    """In-flight capacity that a server which stops answering cannot exhaust: every request
+    sent in the last ``timeout`` seconds may still be open, plus a margin for bursts."""
+    return int(math.ceil(max_rate / max(workers, 1) * (timeout + 1.0) * 1.25)) + 64
 
 
 @dataclass
@@ -171,6 +180,7 @@ class Sweep:
             self._start_master()
             self._start_local_workers()
             self._wait_for_workers()
+            self._size_inflight()
             self._setup_workers()
             for k, rate in enumerate(self.cfg.rates):
                 if k and self.cfg.pause_s:
@@ -237,6 +247,16 @@ class Sweep:
         have = len(runner.clients.ready)
         raise SweepError(f"only {have} of {want} workers connected to the master on "
                          f"{self.cfg.master_bind}:{self.cfg.master_port} within {self.cfg.worker_wait_s:g} s")
+
+    def _size_inflight(self) -> None:
+        """Per-process in-flight capacity; a warning when ports would run short first."""
+        if not self.cfg.max_inflight:
+            self.cfg.max_inflight = inflight_per_process(max(self.cfg.rates), len(self.workers), self.cfg.timeout)
+        lo, hi = sysinfo.port_range()
+        need = max(self.cfg.rates) * self.cfg.timeout
+        if need > (hi - lo + 1):
+            log.warning("up to %.0f connections may be open at once (rate x timeout), more than the %d local "
+                        "ports of one client address: add client addresses or shorten --timeout", need, hi - lo + 1)
 
     def _setup_workers(self) -> None:
         """Send each worker its set-up, again every second until it answers.
@@ -312,7 +332,8 @@ class Sweep:
         order = np.argsort(merged["intended"], kind="stable")
         merged = {key: v[order] for key, v in merged.items()}
         t_start, t_end = start + cfg.warmup, start + cfg.step_seconds
-        row = summarize(k, rate, t_start, t_end, merged, infos)
+        row = summarize(k, rate, t_start, t_end, merged, infos, latency_target_ms=cfg.latency_target_ms,
+                        max_inflight=cfg.max_inflight)
         # requests first: a step listed in steps.csv always has its requests on disk
         write_requests_part(cfg.out, k, merged, t_start, t_end, self._request_names())
         append_step_row(cfg.out / "steps.csv", row)
@@ -389,14 +410,20 @@ class Sweep:
         cfg = self.cfg
         valid = [r for r in self.rows if not r["generator_bound"]]
         bound = [r["step"] for r in self.rows if r["generator_bound"]]
+        saturated = [r["step"] for r in self.rows if r["saturated"]]
+        at_target = [r for r in valid if not r["saturated"]]
         summary = {
             "status": status, "error": error,
             "steps_planned": len(cfg.rates), "steps_measured": len(self.rows),
             "generator_bound_steps": bound,
+            "saturated_steps": saturated,
             "note": (f"steps {bound} were limited by the generator, not the server: do not plot them "
                      "as the server's answer" if bound else "no step was generator-bound"),
             "max_valid_offered_rate": max((r["offered_rate"] for r in valid), default=None),
-            "max_reply_rate": max((r["reply_rate_avg"] for r in self.rows), default=None),
+            "max_reply_rate": max((r["reply_rate_avg"] for r in valid), default=None),
+            # the highest offered load served within the latency target, errors <= 1%
+            "capacity_at_target": max((r["offered_rate"] for r in at_target), default=None),
+            "latency_target_ms": cfg.latency_target_ms,
             "config": {**asdict(cfg), "out": str(cfg.out)},
             "target": asdict(self.target) if self.target else None,
             "workers": [{"share": w.share, **{k: v for k, v in w.info.items() if k != "ok"}} for w in self.workers],

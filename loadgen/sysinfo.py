@@ -58,5 +58,63 @@ def netns_inode() -> int:
         return 0
 
 
+def _cgroup_paths() -> list[Path]:
+    """This process's cgroup directories that hold CPU limits (v2, or v1's cpu controller)."""
+    out = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return out
+    for line in lines:
+        _, ctrls, path = line.split(":", 2)
+        if ctrls == "":
+            out.append(Path("/sys/fs/cgroup") / path.lstrip("/"))
+        elif "cpu" in ctrls.split(","):
+            for mount in ("cpu,cpuacct", "cpu", "cpuacct,cpu"):
+                d = Path("/sys/fs/cgroup") / mount
+                if d.is_dir():
+                    out.append(d / path.lstrip("/"))
+                    break
+    return out
+
+
+def _quota_cores(d: Path) -> float | None:
+    try:
+        if (d / "cpu.max").exists():
+            quota, period = (d / "cpu.max").read_text().split()
+            return None if quota == "max" else int(quota) / int(period)
+        q = int((d / "cpu.cfs_quota_us").read_text())
+        return None if q < 0 else q / int((d / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def cpu_capacity() -> float:
+    """Cores this process can use at most: its affinity, capped by the tightest CPU quota
+    of its cgroup and every ancestor."""
+    cap = float(len(os.sched_getaffinity(0)))
+    for d in _cgroup_paths():
+        while True:
+            q = _quota_cores(d)
+            if q is not None:
+                cap = min(cap, q)
+            if d.parent == d or d.parent == Path("/sys/fs/cgroup") or not d.parent.is_relative_to("/sys/fs/cgroup"):
+                break
+            d = d.parent
+    return cap
+
+
+def cpu_group() -> str:
+    """What processes that share CPU time have in common: cgroup and affinity."""
+    paths = ",".join(str(p) for p in _cgroup_paths())
+    cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    return f"{socket_host()}|{paths}|{cpus}"
+
+
+def socket_host() -> str:
+    import socket
+    return socket.gethostname()
+
+
 def pin(cpus: list[int]) -> None:
     os.sched_setaffinity(0, set(cpus))

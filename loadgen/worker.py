@@ -143,7 +143,8 @@ class SweepWorker:
         if send_stats is not None:  # push Locust's stats now rather than in up to 3 s
             send_stats()
         return {"step": d["step"], "ok": True, "share": s.share, "arrays": encode_arrays(arrays, offset),
-                "connections_opened": eng.connections_opened, **meas}
+                "connections_opened": eng.connections_opened, "inflight_max": eng.inflight_max,
+                "cpu_group": sysinfo.cpu_group(), "cpu_capacity": sysinfo.cpu_capacity(), **meas}
 
     def _sample(self, m_start: float, m_end: float) -> dict[str, Any]:
         """CPU and TCP socket counts over the measured window of the step."""

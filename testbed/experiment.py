@@ -8,21 +8,27 @@
     modes: [regular, eager-accept]
     workloads: [static]       # static | dynamic | mixed
     load: {rates: [500, 1000], step_seconds: 5, warmup_seconds: 1, processes: 1}
-    repetitions: 1
-    seed: 1
+    repetitions: 3            # rounds; each round runs every configuration once
+    seed: 1                   # also shuffles the order within each round (order_seed overrides)
     sweep: {tcpserver_cpu: [0.15, 0.3]}   # optional: crossed with everything else
     configs: [{tcpserver_cpu: 0.1, host_cpu: 0.3}, ...]   # optional: explicit parameter sets
     sweep_modes: [eager-accept]           # optional: only these modes run every configuration
     quick: {load: {step_seconds: 3}}      # overrides for --quick
 
 The matrix is sweep configurations x modes x workloads x repetitions; each element is a
-*point*: one testbed, one offered-load sweep.
+*point*: one testbed, one offered-load sweep. Repetitions are *interleaved*: round r runs
+every configuration once, in an order shuffled with the recorded ``order_seed``, so that a
+drift of the machine (another program busy for a few minutes) spreads over all
+configurations instead of landing on the ones that happened to run then, and each round
+pairs every mode with a Regular TCP measured minutes apart at most.
 """
 
 from __future__ import annotations
 
 import copy
 import itertools
+import math
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,9 +43,10 @@ WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load i
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
-         "per_mode_params", "backend"}
+         "per_mode_params", "backend", "order_seed"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
-              "mix", "dynamic_cost_us", "timeout_s"}
+              "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
+DEFAULT_LATENCY_TARGET_MS = 200.0
 MAX_RATE = 200_000
 SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
 
@@ -72,6 +79,7 @@ class Experiment:
     load: dict[str, Any]
     repetitions: int = 1
     seed: int = 1
+    order_seed: int | None = None   # None: ``seed``
     sweep: dict[str, list[Any]] = field(default_factory=dict)
     configs: list[dict[str, Any]] = field(default_factory=list)
     sweep_modes: list[str] | None = None
@@ -86,18 +94,30 @@ class Experiment:
     raw: dict[str, Any] = field(default_factory=dict)
 
     def points(self) -> list[Point]:
+        """Every point, round by round; within a round in a shuffled order (``order_seed``)."""
         keys = sorted(self.sweep)
         combos = [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
         combos = [{**c, **extra} for c in (combos or [{}]) for extra in (self.configs or [{}])]
-        out: list[Point] = []
         balances: list[str | None] = list(self.balance) or [None]
-        for wl, rep in itertools.product(self.workloads, range(1, self.repetitions + 1)):
+        one_round = []
+        for wl in self.workloads:
             for mode in self.modes:
                 swept = self.sweep_modes is None or mode in self.sweep_modes
                 for cfg in combos if swept else [{}]:
                     for bal in balances if mode != "regular" else [None]:
-                        out.append(Point(len(out), cfg, mode, wl, rep, bal))
+                        one_round.append((cfg, mode, wl, bal))
+        out: list[Point] = []
+        seed = self.seed if self.order_seed is None else self.order_seed
+        for rep in range(1, self.repetitions + 1):
+            order = list(one_round)
+            random.Random(seed * 1_000_003 + rep).shuffle(order)
+            for cfg, mode, wl, bal in order:
+                out.append(Point(len(out), cfg, mode, wl, rep, bal))
         return out
+
+    @property
+    def latency_target_ms(self) -> float:
+        return float(self.load.get("latency_target_ms", DEFAULT_LATENCY_TARGET_MS))
 
     def rates_for(self, workload: str) -> list[float]:
         rates = self.load["rates"]
@@ -204,7 +224,14 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         v = load.setdefault(key, default)
         if not isinstance(v, (int, float)) or v <= 0 or v > 3600:
             raise SpecError(f"{source}: load.{key} must be a number of seconds in (0, 3600], not {v!r}")
-    load.setdefault("processes", 1)
+    procs = load.setdefault("processes", 1)
+    if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= 64:
+        raise SpecError(f"{source}: load.processes must be a whole number from 1 to 64, not {procs!r}")
+    target = load.setdefault("latency_target_ms", DEFAULT_LATENCY_TARGET_MS)
+    if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0 < target <= 600_000) \
+            or not math.isfinite(target):
+        raise SpecError(f"{source}: load.latency_target_ms must be a number of milliseconds in (0, 600000], "
+                        f"not {target!r}")
     modes = list(raw.get("modes") or ["regular"])
     for m in modes:
         if m not in MODES:
@@ -237,8 +264,11 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         if m not in modes:
             raise SpecError(f"{source}: sweep_modes names {m!r}, which is not in modes")
     reps = raw.get("repetitions", 1)
-    if not isinstance(reps, int) or reps < 1:
+    if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
         raise SpecError(f"{source}: repetitions must be a whole number >= 1")
+    order_seed = raw.get("order_seed")
+    if order_seed is not None and (isinstance(order_seed, bool) or not isinstance(order_seed, int)):
+        raise SpecError(f"{source}: order_seed must be a whole number")
     balance = raw.get("balance") or []
     balance = [balance] if isinstance(balance, str) else list(balance)
     if not isinstance(raw.get("service") or {}, dict):
@@ -257,7 +287,8 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
-        load=load, repetitions=reps, seed=int(raw.get("seed", 1)), sweep=sweep, configs=configs,
+        load=load, repetitions=reps, seed=int(raw.get("seed", 1)), order_seed=order_seed,
+        sweep=sweep, configs=configs,
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
         service=service, balance=balance, phases=phases,

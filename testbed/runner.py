@@ -39,6 +39,8 @@ from .spec import load_topology
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
+#: cores used on the machine outside the testbed's cgroups above which a step is `interfered`
+MAX_FOREIGN_CPU = 0.25
 RECORDED_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range",
                     "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_congestion_control",
                     "net.netfilter.nf_conntrack_tcp_timeout_time_wait")
@@ -156,7 +158,8 @@ def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path) -> list[str]:
             "--rates", ",".join(f"{r:g}" for r in exp.rates_for(p.workload)),
             "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
             "--processes", str(load.get("processes", 1)), "--out", str(out),
-            "--seed", str(exp.seed + p.repetition)]
+            "--seed", str(exp.seed + p.repetition),
+            "--latency-target-ms", f"{exp.latency_target_ms:g}"]
     if load.get("keepalive"):
         argv.append("--keepalive")
     if load.get("poisson"):
@@ -294,9 +297,13 @@ def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any
         manifest = {"experiment": exp.name, "source": exp.source, "quick": quick,
                     "description": exp.description, "budgets": exp.budgets,
                     "started": time.time(), "seed": exp.seed, "repetitions": exp.repetitions,
+                    "order_seed": exp.seed if exp.order_seed is None else exp.order_seed,
+                    "order": [p.id for p in exp.points()],
+                    "latency_target_ms": exp.latency_target_ms,
                     "load": exp.load, "topology": exp.topology, "params": exp.params,
                     "sweep": exp.sweep, "modes": exp.modes, "workloads": exp.workloads,
-                    "fidelity": {"min_idle": 0.05, **exp.fidelity}, **environment()}
+                    "fidelity": {"min_idle": 0.05, "max_foreign_cpu": MAX_FOREIGN_CPU, **exp.fidelity},
+                    **environment()}
     path.write_text(json.dumps(manifest, indent=2, default=str))
     return manifest
 

@@ -25,6 +25,8 @@ from tests.conftest import ROOT, interruptible, leftovers
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+from testbed.experiment import experiment_from_dict
+
 TINY = {
     "name": "tiny", "topology": "cluster", "params": {"host_cpu": 0.3, "tcpserver_cpu": 0.3},
     "budgets": "extra", "modes": ["regular", "eager-accept"], "workloads": ["static"],
@@ -34,6 +36,8 @@ TINY = {
 # so the flag marks are exercised on real data
 INTERRUPTED = {**TINY, "name": "interrupted", "modes": ["regular", "eager-accept", "split"],
                "fidelity": {"min_idle": 0.99}}
+# points run in a shuffled order (interleaved rounds): the first is whatever the seed gives
+FIRST = experiment_from_dict(INTERRUPTED).points()[0].id
 
 RUNNER = """
 import json, sys
@@ -72,7 +76,7 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, s
     proc = subprocess.Popen([sys.executable, "-c", RUNNER, json.dumps(INTERRUPTED), str(run_dir)], cwd=ROOT,
                             preexec_fn=interruptible,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    first = run_dir / "points" / "000-base-regular-static-r1" / "point.json"
+    first = run_dir / "points" / FIRST / "point.json"
     deadline = time.monotonic() + 90
     try:
         while time.monotonic() < deadline:
@@ -95,11 +99,11 @@ def resumed_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict, s
     assert proc.returncode == 130, out
     assert leftovers(f"r{proc.pid % 100000}") == [], "the interrupted run left kernel state behind"
     before = _status(run_dir)
-    assert before["000-base-regular-static-r1"]["status"] == "done"
-    assert all(p["status"] != "done" for k, p in before.items() if not k.startswith("000-")), before
+    assert before[FIRST]["status"] == "done"
+    assert all(p["status"] != "done" for k, p in before.items() if k != FIRST), before
     resumed = _run_runner(INTERRUPTED, run_dir)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    return run_dir, before["000-base-regular-static-r1"], resumed.stdout
+    return run_dir, before[FIRST], resumed.stdout
 
 
 def _open_in_chromium(index: Path) -> str:
@@ -139,7 +143,7 @@ def test_tiny_run_report_opens_in_browser(tiny_run: Path) -> None:
         assert name in pngs
     dom = _open_in_chromium(index)
     imgs = re.findall(r"<img [^>]*>", dom)
-    assert len(imgs) == 6
+    assert len(imgs) >= 6  # the six main figures, and the per-node ones where drawn
     assert all('data-loaded="yes"' in i for i in imgs), imgs
     assert all(not re.search(r'src="(/|file:|http)', i) for i in imgs), "figures must be linked relatively"
     rows = _table_rows(dom, "summary")
@@ -167,7 +171,8 @@ def test_summary_numbers_match_the_steps(tiny_run: Path) -> None:
     assert set(steps["mode"]) == {"regular", "eager-accept"} and len(steps) == 4
     prep = prepare_runs([RunInfo.load(tiny_run)])
     for _, s in prep.saturation.iterrows():
-        mine = steps[(steps["mode"] == s["mode_label"]) & steps["faithful"]]
+        mode = steps[steps["mode"] == s["mode_label"]]
+        mine = mode[mode["faithful"]] if mode["faithful"].any() else mode  # all flagged: all steps
         assert s["peak_mean"] == pytest.approx(mine["reply_rate_avg"].max())
     reg = prep.saturation.set_index("mode_label")
     assert reg.loc["eager-accept", "ratio_to_regular"] == pytest.approx(
@@ -177,10 +182,10 @@ def test_summary_numbers_match_the_steps(tiny_run: Path) -> None:
 def test_resume_runs_only_the_missing_points(resumed_run: tuple[Path, dict, str]) -> None:
     run_dir, first_before, out = resumed_run
     assert "3 points, 1 already done" in out
-    assert "000-base-regular-static-r1" not in out  # the finished point was not run again
+    assert FIRST not in out  # the finished point was not run again
     after = _status(run_dir)
     assert all(p["status"] == "done" for p in after.values()), {k: p["status"] for k, p in after.items()}
-    assert after["000-base-regular-static-r1"]["started"] == first_before["started"]
+    assert after[FIRST]["started"] == first_before["started"]
     manifest = json.loads((run_dir / "manifest.json").read_text())
     assert len(manifest.get("resumed", [])) == 1
     import analysis

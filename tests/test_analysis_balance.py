@@ -56,7 +56,7 @@ def test_section_figures_load_in_browser(balanced_run: Path, report_dom: str) ->
     pngs = sorted(p.name for p in (balanced_run / "report").glob("balance_*.png"))
     assert pngs == ["balance_shifting_eager-accept.png", "balance_static_eager-accept.png"], pngs
     imgs = re.findall(r"<img [^>]*>", dom)
-    assert len(imgs) == 6 + 2
+    assert len(imgs) >= 6 + 2  # main figures, balance figures, and per-node ones
     assert all('data-loaded="yes"' in i for i in imgs), imgs
     for name in pngs:
         assert any(f'src="{name}"' in i for i in imgs), name

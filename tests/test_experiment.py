@@ -40,7 +40,7 @@ def test_service_options_can_be_swept() -> None:
                                 "sweep": {"service.poll_us": [0, 2000]}, "params": {"host_cpu": 0.3},
                                 "service": {"dynamic_cost_us": 100}})
     pts = [p for p in exp.points() if p.mode == "setup-with-accept"]
-    assert [exp.service_options(p)["poll_us"] for p in pts] == [0, 2000]
+    assert sorted(exp.service_options(p)["poll_us"] for p in pts) == [0, 2000]
     assert all(exp.service_options(p)["dynamic_cost_us"] == 100 for p in pts)
     assert all("service.poll_us" not in exp.topology_params(p) for p in exp.points())
     regular = [p for p in exp.points() if p.mode == "regular"]
@@ -54,3 +54,30 @@ def test_service_options_can_be_swept() -> None:
 def test_swept_service_options_are_checked(raw, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         experiment_from_dict(raw, source="bad.yaml")
+
+
+def test_repetitions_are_interleaved_rounds_in_a_seeded_order() -> None:
+    raw = {"modes": ["regular", "split", "eager-accept", "async-send"], "workloads": ["static", "dynamic"],
+           "params": {"host_cpu": 0.3}, "repetitions": 3, "seed": 4}
+    pts = experiment_from_dict(raw).points()
+    combos = lambda ps: sorted((p.mode, p.workload) for p in ps)  # noqa: E731
+    rounds = [[p for p in pts if p.repetition == r] for r in (1, 2, 3)]
+    # round by round, each configuration once per round
+    assert [p.repetition for p in pts] == sorted(p.repetition for p in pts)
+    assert all(combos(r) == combos(rounds[0]) and len(r) == 8 for r in rounds)
+    orders = [[(p.mode, p.workload) for p in r] for r in rounds]
+    assert len({tuple(o) for o in orders}) > 1, "every round in the same order: not shuffled"
+    assert [p.id for p in experiment_from_dict(raw).points()] == [p.id for p in pts]  # resumable
+    other = experiment_from_dict({**raw, "order_seed": 5}).points()
+    assert [p.id for p in other] != [p.id for p in pts]
+
+
+@pytest.mark.parametrize("load, message", [
+    ({"latency_target_ms": 0}, "latency_target_ms"),
+    ({"latency_target_ms": "fast"}, "latency_target_ms"),
+    ({"processes": -3}, "processes"),
+    ({"processes": 1.5}, "processes"),
+])
+def test_bad_load_settings_are_refused_before_anything_runs(load: dict, message: str) -> None:
+    with pytest.raises(SpecError, match=message):
+        experiment_from_dict({"params": {"host_cpu": 0.3}, "load": {"rates": [100], **load}})

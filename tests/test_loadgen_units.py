@@ -102,3 +102,50 @@ def test_step_row_has_every_column_and_flags_a_bound_generator():
     b["sent"][b["error"] == ERR["overflow"]] = np.nan
     over = summarize(0, 1000, 101.0, 103.0, b, [{"cpu_frac": 0.1}])
     assert over["overflow"] == 200 and over["generator_bound"]
+
+
+def test_a_server_that_stops_answering_is_saturated_not_generator_bound():
+    """Requests the server never answered time out: the server's failure, as a client sees it."""
+    a = _arrays(3000, 1000, 100.0, 0.002, err_every=2)  # half time out after 5 s
+    a["done"][a["error"] == ERR["timeout"]] = a["intended"][a["error"] == ERR["timeout"]] + 5.0
+    row = summarize(0, 1000, 101.0, 103.0, a, [{"cpu_frac": 0.1, "cpu_group": "g", "cpu_capacity": 2.0}])
+    assert not row["generator_bound"], row["bound_reasons"]
+    assert row["saturated"] and "errors" in row["saturated_reasons"] and "replies" in row["saturated_reasons"]
+    # failed requests count in the latency percentiles at their time of failure
+    assert row["lat_p99_ms"] == pytest.approx(5000, rel=0.01)
+    assert row["lat_ok_p99_ms"] == pytest.approx(2.0, abs=0.01)
+    assert "p99 5000 ms > target 200 ms" in row["saturated_reasons"]
+
+
+def test_latency_over_target_alone_saturates():
+    a = _arrays(3000, 1000, 100.0, 0.3)
+    assert "p99" in summarize(0, 1000, 101.0, 103.0, a, [], latency_target_ms=200)["saturated_reasons"]
+    assert not summarize(0, 1000, 101.0, 103.0, a, [], latency_target_ms=500)["saturated"]
+
+
+def test_processes_sharing_a_cpu_set_are_bound_together():
+    """Two processes at 48% each of one core's quota: neither trips the per-process rule."""
+    a = _arrays(3000, 1000, 100.0, 0.002)
+    ws = [{"cpu_frac": 0.029, "cpu_group": "g", "cpu_capacity": 0.06}] * 2
+    row = summarize(0, 1000, 101.0, 103.0, a, ws)
+    assert row["generator_bound"] and "CPU set" in row["bound_reasons"]
+    apart = [{"cpu_frac": 0.029, "cpu_group": "a", "cpu_capacity": 1.0},
+             {"cpu_frac": 0.029, "cpu_group": "b", "cpu_capacity": 1.0}]
+    assert not summarize(0, 1000, 101.0, 103.0, a, apart)["generator_bound"]
+
+
+def test_send_lag_and_own_resources_bind_the_generator():
+    a = _arrays(3000, 1000, 100.0, 0.002)
+    a["sent"] = a["intended"] + 0.15  # every send 150 ms late, all still inside the window
+    assert "send lag" in summarize(0, 1000, 101.0, 103.0, a, [])["bound_reasons"]
+    b = _arrays(3000, 1000, 100.0, 0.002)
+    b["error"][::50] = ERR["addr_unavailable"]
+    row = summarize(0, 1000, 101.0, 103.0, b, [])
+    assert row["generator_bound"] and "addr unavailable" in row["bound_reasons"]
+    assert not row["saturated"]  # its own failures are not the server's errors
+
+
+def test_inflight_capacity_outlasts_the_timeout():
+    from loadgen.sweep import inflight_per_process
+    assert inflight_per_process(6000, 2, 5.0) >= 3000 * 6
+    assert inflight_per_process(100, 1, 5.0) >= 600
