@@ -9,9 +9,9 @@ about 2.5x the mode's capacity against its peak:
 1. calibration (skipped with ``--capacity``): each mode with the control on, a short
    ladder of offered rates; its capacity C is the highest goodput seen;
 2. ``--repeat`` rounds; in each, every configuration in turn (``regular``, then per
-   offloaded mode ``control`` = the daemon's defaults and ``none`` = a 4,096-deep queue
-   of its own, the kernel's 4,096 listen backlog and no deadline, about the daemon
-   before the control), each in a fresh testbed, offered C then 2.5C: peak = the larger
+   offloaded mode ``control`` = the daemon's defaults and, for ``--none-modes``, ``none``
+   = ``--overload-control off --backlog 4096 --listen-backlog 4096``, the daemon before
+   issue 14), each in a fresh testbed, offered C then 2.5C: peak = the larger
    goodput of the two, ratio = goodput at 2.5C / peak.
 
 The load is the project's generator (``python -m loadgen sweep``, its 5 s request
@@ -37,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ["regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
 # the TCP server without the control: queue and kernel backlog as deep as before, no deadline
-CONFIGS = {"control": {}, "none": {"backlog": 4096, "listen_backlog": 4096, "queue_deadline": 0}}
+CONFIGS = {"control": {}, "none": {"overload_control": False, "backlog": 4096, "listen_backlog": 4096}}
 
 
 def sweep(tb, rates: list[int], step: float, warmup: float, out: Path) -> list[dict]:
@@ -100,7 +100,10 @@ def run(args) -> dict:
         for mode in args.modes:
             c = caps[mode]
             rates = [int(round(c)), int(round(c * args.factor))]
-            for config in (["control"] if mode == "regular" else list(CONFIGS)):
+            configs = ["control"] if mode == "regular" else list(CONFIGS)
+            if mode not in args.none_modes:
+                configs = ["control"]
+            for config in configs:
                 key = f"{mode}/{config}"
                 r = run_config(args, mode, config, rates, f"r{rnd + 1}")
                 g = [s["goodput"] for s in r["steps"]]
@@ -161,6 +164,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-seconds", type=float, default=6.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--none-modes", nargs="*", default=["split", "async-send", "eager-receive"],
+                    help="modes also run without the control (default: the pull modes, which "
+                         "collapsed before it; the push modes did not)")
     ap.add_argument("--cal-step", type=float, default=4.0, help="calibration step seconds")
     ap.add_argument("--ladder", default="800,1200,1600,2200",
                     help="calibration rates (control on): the capacity is the best goodput")

@@ -38,7 +38,7 @@ SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
             # the TCP server's overload control (None: the daemon's defaults; offload/server.py)
-            "backlog": None, "listen_backlog": None, "queue_deadline": None}
+            "backlog": None, "listen_backlog": None, "queue_deadline": None, "overload_control": None}
 OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline")
 # what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
 SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
@@ -152,7 +152,13 @@ def overload_args(opts: dict[str, Any]) -> list[str]:
         check_overload(full["backlog"], full["listen_backlog"], full["queue_deadline"])
     except ValueError as e:
         raise TestbedError(f"service options: {e}") from None
-    return [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
+    oc = opts.get("overload_control")
+    if oc is not None:
+        if not isinstance(oc, bool):
+            raise TestbedError(f"service options: overload_control must be true or false, not {oc!r}")
+        args += ["--overload-control", "on" if oc else "off"]
+    return args
 
 
 def chosen_knob(tb: "Testbed", opts: dict[str, Any]) -> str:

@@ -233,9 +233,15 @@ def _addr_port(s: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-async def serve_regular(app: App, host: str, port: int) -> asyncio.AbstractServer:
+# the kernel's listen backlog in regular mode: the TCP server's default (offload/server.py),
+# so that under overload both queue as deep (issue 14: 4,096 at ~1,200 replies/s held
+# clients 3.4 s, past a 2 s client's patience)
+LISTEN_BACKLOG = 1024
+
+
+async def serve_regular(app: App, host: str, port: int, backlog: int = LISTEN_BACKLOG) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: HttpProtocol(app), host, port, reuse_address=True, backlog=4096)
+    return await loop.create_server(lambda: HttpProtocol(app), host, port, reuse_address=True, backlog=backlog)
 
 
 def _write_stats(path: Path, app: App, tunnels: list) -> None:
@@ -262,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host-id", default=socket.gethostname())
     ap.add_argument("--dynamic-cost-us", type=int, default=0)
     ap.add_argument("--idle-timeout", type=float, default=30.0)
+    ap.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
+                    help="regular mode: the kernel's listen backlog (SYNs beyond it are dropped)")
     ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
@@ -310,7 +318,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise task.exception()  # type: ignore[misc]
             task.cancel()
         else:
-            srv = await serve_regular(app, a.listen[0], a.listen[1])
+            srv = await serve_regular(app, a.listen[0], a.listen[1], a.listen_backlog)
             log.info("host app: regular mode on %s:%d, loop %s", a.listen[0], a.listen[1], loop_name)
             await stop.wait()
             srv.close()

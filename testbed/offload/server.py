@@ -122,6 +122,8 @@ class ServerConfig:
     backlog: int = 64
     listen_backlog: int = 1024  # the kernel's listen backlog (SYNs beyond it are dropped)
     queue_deadline: float = 1.0  # a connection queued longer is reset (0 = never)
+    # False: the daemon before issue 14, for A/B (accept everything, reset beyond backlog)
+    overload_control: bool = True
     idle_timeout: float = 60.0
     hello_timeout: float = 5.0
     setup_wait: float = 0.05  # setup-with-accept: announce without data after this
@@ -751,7 +753,7 @@ class TcpServer:
         await self.open_port(cfg.listen_port)
         self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
         self.loop.call_later(1.0, self._sweep)
-        if cfg.queue_deadline > 0:
+        if cfg.queue_deadline > 0 and cfg.overload_control:
             self.loop.call_later(self._queue_period(), self._sweep_queue)
         if cfg.poll_us:
             self.pacer = PollingPacer(self.loop, cfg.poll_us / 1e6, self.flush_hosts).start()
@@ -930,7 +932,7 @@ class TcpServer:
     # --- overload control (module docstring) ---------------------------------------
     def enqueue(self, c: ClientConn, ps: PortState) -> None:
         pending = ps.pending
-        pausable = isinstance(ps.server, rawio.RawListener)
+        pausable = isinstance(ps.server, rawio.RawListener) and self.cfg.overload_control
         if len(pending) >= self.cfg.backlog and not pausable:
             self.c_refused += 1  # the event loop's listener cannot wait: refuse, as before
             self.reset(c)
@@ -948,7 +950,7 @@ class TcpServer:
         """The oldest queued connection still worth a host's time, or None."""
         pending = ps.pending
         c = None
-        deadline = self.cfg.queue_deadline
+        deadline = self.cfg.queue_deadline if self.cfg.overload_control else 0.0
         limit = self.loop.time() - deadline if deadline > 0 else 0.0
         while pending:
             q = pending.popleft()
@@ -1132,6 +1134,7 @@ class TcpServer:
             "listener_paused": any(p.paused for p in self.ports.values()),
             "backlog": self.cfg.backlog,
             "queue_deadline": self.cfg.queue_deadline,
+            "overload_control": self.cfg.overload_control,
             "accept_waiters": sum(sum(p.waiters.values()) for p in self.ports.values()),
             "setup_waiting": len(self.waiting),
             "client_buffered_bytes": sum(c.rlen for c in self.conns.values()),
@@ -1247,6 +1250,9 @@ def main(argv: list[str] | None = None) -> int:
                          "bound the daemon stops accepting (the rest wait in the kernel's backlog)")
     ap.add_argument("--listen-backlog", type=int, default=ServerConfig.listen_backlog,
                     help="the kernel's listen backlog on the public port (SYNs beyond it are dropped)")
+    ap.add_argument("--overload-control", choices=("on", "off"), default="on",
+                    help="off: the daemon before it (accept everything, queue up to --backlog, "
+                         "reset beyond; no deadline), for comparisons")
     ap.add_argument("--queue-deadline", type=float, default=ServerConfig.queue_deadline,
                     help="seconds a connection may wait for a host before it is reset (0 = no limit)")
     ap.add_argument("--idle-timeout", type=float, default=60.0)
@@ -1285,6 +1291,7 @@ def main(argv: list[str] | None = None) -> int:
             listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
             backlog=a.backlog, listen_backlog=a.listen_backlog, queue_deadline=a.queue_deadline,
+            overload_control=a.overload_control == "on",
             idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
             serve_static=a.serve_static, placement_file=a.placement_file, placement_share=a.placement_share,
             client_io=a.client_io, poll_us=a.poll_us,
