@@ -41,6 +41,7 @@ READ_TO_EOF = 1 << 62
 ERROR_KINDS: tuple[str, ...] = (
     "", "overflow", "timeout", "refused", "reset", "truncated", "bad_response",
     "addr_unavailable", "too_many_files", "unreachable", "other",
+    "unsent",  # still unsent when its step ended: the generator fell that far behind
 )
 ERR = {name: i for i, name in enumerate(ERROR_KINDS)}
 _ERRNO_KIND = {
@@ -151,8 +152,12 @@ class Engine:
     # -- scheduling ----------------------------------------------------------------------
 
     def run(self, intended: np.ndarray, item: np.ndarray, requests: list[bytes],
-            drain: bool = True, should_stop: Callable[[], bool] | None = None) -> StepArrays:
-        """Send request ``requests[item[i]]`` at monotonic instant ``intended[i]`` for all i."""
+            drain: bool = True, should_stop: Callable[[], bool] | None = None,
+            stop_at: float | None = None) -> StepArrays:
+        """Send request ``requests[item[i]]`` at monotonic instant ``intended[i]`` for all i.
+
+        Past ``stop_at`` the rest are marked ``unsent`` instead: a generator starved of CPU
+        would otherwise spend minutes catching up on a step that is long over."""
         arrays = StepArrays.empty(intended, item)
         self.arrays = arrays
         self.inflight_max = self.inflight
@@ -164,11 +169,17 @@ class Engine:
         tl = intended.tolist()  # python floats: faster to compare than numpy scalars
         il = arrays.item.tolist()
         i = 0
+        late = float("inf") if stop_at is None else stop_at
         while i < n:
             now = monotonic()
+            if now > late:
+                arrays.error[i:] = ERR["unsent"]
+                break
             while i < n and tl[i] <= now:
                 launch(i, requests[il[i]])
                 i += 1
+                if not i & 63 and monotonic() > late:
+                    break
             if i < n:
                 if should_stop is not None and should_stop():
                     break

@@ -41,7 +41,7 @@ SATURATED_REPLY_RATIO = 0.95
 SATURATED_ERROR_SHARE = 0.01
 DEFAULT_LATENCY_TARGET_MS = 200.0
 #: errors that name the generator's own resources, not the server
-GENERATOR_ERRORS = ("overflow", "addr_unavailable", "too_many_files")
+GENERATOR_ERRORS = ("overflow", "addr_unavailable", "too_many_files", "unsent")
 
 
 def _pct_name(p: float) -> str:

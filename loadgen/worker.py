@@ -28,7 +28,7 @@ import gevent
 import numpy as np
 
 from . import sysinfo
-from .engine import ERROR_KINDS, Engine, StepArrays
+from .engine import ERR, ERROR_KINDS, Engine, StepArrays
 from .schedule import send_times
 from .target import Target
 from .workload import Workload, make_workload
@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 ARRAY_FIELDS = ("intended", "sent", "done", "status", "nbytes", "error", "item")
 LOCUST_EVENT_MODES = ("step", "inline", "off")
+NOT_SENT = (ERR["overflow"], ERR["unsent"])
+STOP_GRACE_S = 1.0  # a step's sends may lag its end by this much before the rest are dropped
 
 
 def encode_arrays(a: StepArrays, offset: float) -> dict[str, Any]:
@@ -132,7 +134,7 @@ class SweepWorker:
         progress = gevent.spawn(self._progress, d["step"], start, m_end)
         eng.on_done = self._inline_event if s.locust_events == "inline" else None
         try:
-            arrays = eng.run(start + rel, items, s.requests)
+            arrays = eng.run(start + rel, items, s.requests, stop_at=start + d["duration"] + STOP_GRACE_S)
         finally:
             progress.kill()
         sampler.join(timeout=5)
@@ -211,8 +213,8 @@ class TransportError(Exception):
 
 
 def fire_request(env: Any, name: str, sent: float, done: float, status: int, nbytes: int, err: int) -> None:
-    if err == 1:  # overflow: never sent, so not a request for Locust
-        exc: Exception | None = TransportError("overflow (not sent)")
+    if err in NOT_SENT:  # never sent, so not a request for Locust
+        exc: Exception | None = TransportError(f"{ERROR_KINDS[err]} (not sent)")
         rt = 0.0
     else:
         rt = (done - sent) * 1000.0 if done == done and sent == sent else 0.0
