@@ -149,13 +149,15 @@ def add_columns(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any
     node_series, cpu_series = _series(nodes, "node"), _series(cpus, "node")
     ncpus = len(cpu_names) or int((manifest.get("machine") or {}).get("cpus") or 1)
     info = point.get("nodes") or {}
-    role = {n: (info.get(n) or {}).get("role") or (nd["role"].dropna().iloc[0] if "role" in nd and
-                                                    nd["role"].notna().any() else "")
-            for n, nd in nodes.groupby("node")}
-    cpuset = {n: (info.get(n) or {}).get("cpuset", nd["cpuset"].dropna().iloc[0]
-                                          if "cpuset" in nd and nd["cpuset"].notna().any() else None)
-              for n, nd in nodes.groupby("node")}
-    budget = {n: (info.get(n) or {}).get("cpu") for n in role}
+    role: dict[str, str] = {}
+    budget: dict[str, float | None] = {}
+    node_cpus: dict[str, list[int]] = {}
+    for n, nd in nodes.groupby("node"):  # the point's own record first, the samples' else
+        first = lambda col: nd[col].dropna().iloc[0] if col in nd and nd[col].notna().any() else None  # noqa: E731
+        i = info.get(n) or {}
+        role[n] = i.get("role") or first("role") or ""
+        budget[n] = i["cpu"] if "cpu" in i else first("budget_cpu")
+        node_cpus[n] = cpus_in(i["cpuset"] if "cpuset" in i else first("cpuset"), ncpus)
     in_cgroups = softirq_charged_to_cgroups(manifest)
     links = links_of(point, manifest)
     link_rows = samples[samples["kind"] == "link"] if "ifname" in samples else samples.iloc[0:0]
@@ -176,7 +178,7 @@ def add_columns(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any
             u, s = nd.window("user_s", t0, t1) / dur, nd.window("system_s", t0, t1) / dur
             share = u / (u + s) if (u + s) > 0 else 0.0
             split[n] = (total * share, total * (1.0 - share))
-            cores = len(cpus_in(cpuset.get(n), ncpus))
+            cores = len(node_cpus[n])
             cap = min(float(budget[n]), cores) if budget.get(n) else float(cores)
             out[f"capacity_{n}"] = cap
             busy = total / cap if cap > 0 else float("nan")
@@ -189,7 +191,7 @@ def add_columns(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any
         for c in cpu_names:
             sirq = cpu_series[c].window("softirq_s", t0, t1) / dur
             idx = int(c[3:]) if c[3:].isdigit() else -1
-            on = [n for n in split if idx in cpus_in(cpuset.get(n), ncpus)]
+            on = [n for n in split if idx in node_cpus[n]]
             sys_total = sum(split[n][1] for n in on)
             for n in on:
                 if sys_total > 0 and sirq > 0:
