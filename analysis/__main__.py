@@ -3,6 +3,8 @@
     python -m analysis report RUN_DIR            # RUN_DIR/report/index.html + summary on the terminal
     python -m analysis compare RUN_DIR... [--out DIR]
     python -m analysis tables RUN_DIR            # rebuild steps/samples/points.parquet
+    python -m analysis publish RUN_DIR docs/reports/NAME   # a report that carries its data
+    python -m analysis report docs/reports/NAME  # rebuild a published report from its data
 """
 
 from __future__ import annotations
@@ -26,19 +28,47 @@ def main(argv: list[str] | None = None) -> int:
     cmp_.add_argument("--out", help="output directory (default: compare-<time> beside the first run)")
     tab = sub.add_parser("tables", help="rebuild the tidy Parquet tables of a run")
     tab.add_argument("run_dir")
+    q = sub.add_parser("quotes", help="check (or --write) the numbers README and docs quote from shipped reports")
+    q.add_argument("--write", action="store_true")
+    pub = sub.add_parser("publish", help="copy a run's tables into DEST and build its report there")
+    pub.add_argument("run_dir")
+    pub.add_argument("dest")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "quotes":
+        from .quotes import stale_blocks, unquoted_gains
+        stale = stale_blocks(write=args.write)
+        problems = ([] if args.write else stale) + unquoted_gains()
+        for p in problems:
+            print(p)
+        if args.write and stale:
+            print(f"rewrote {len(stale)} block(s)")
+        return 1 if problems else 0
     from .report import build_report, summary_text
     from .tables import build_tables
     try:
+        from .publish import is_published
+        if args.cmd in ("tables", "report") and is_published(Path(args.run_dir)) \
+                and (args.cmd == "tables" or args.rebuild):
+            print(f"analysis: {args.run_dir} is a published report: its tables are its data, "
+                  "there are no raw points to rebuild them from", file=sys.stderr)
+            return 2
         if args.cmd == "tables" or (args.cmd == "report" and args.rebuild):
             build_tables(Path(args.run_dir))
             if args.cmd == "tables":
                 print(f"tables rebuilt in {args.run_dir}")
                 return 0
+        if args.cmd == "publish":
+            from .publish import publish
+            from .report import summary_of
+            path = publish(args.run_dir, args.dest)
+            print(summary_of(args.dest))
+            print(f"\nreport: {path}\nsummary: {Path(args.dest) / 'summary.json'}")
+            return 0
         if args.cmd == "report":
-            path, prep, runs = build_report([args.run_dir], Path(args.run_dir) / "report")
+            from .report import report_dir_of
+            path, prep, runs = build_report([args.run_dir], report_dir_of(args.run_dir))
         else:
             from .compare import compare
             path, prep, runs = compare(args.run_dirs, args.out)

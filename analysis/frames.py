@@ -324,9 +324,11 @@ def cpu_at_saturation(prep: Prepared) -> pd.DataFrame:
         num[c] = pd.to_numeric(num[c], errors="coerce")
     out = num.groupby(_KEYS, sort=False, dropna=False)[cols].mean().reset_index()
     flags = peaks.groupby(_KEYS, sort=False, dropna=False).agg(
-        generator_bound=("generator_bound", "any"), oversubscribed=("oversubscribed", "any")).reset_index()
+        generator_bound=("generator_bound", "any"), oversubscribed=("oversubscribed", "any"),
+        interfered=("interfered", "any")).reset_index()
     out = out.merge(flags, on=_KEYS)
-    out["flags"] = [_flag_text(g, o) for g, o in zip(out["generator_bound"], out["oversubscribed"])]
+    out["flags"] = [_flag_text(g, o, i) for g, o, i in
+                    zip(out["generator_bound"], out["oversubscribed"], out["interfered"])]
     budgets = [f"budget_{n}" for n in prep.server_nodes if f"budget_{n}" in out]
     out["budget_servers"] = out[budgets].sum(axis=1, min_count=1) if budgets else np.nan
     return out

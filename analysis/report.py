@@ -61,6 +61,9 @@ class RunInfo:
                 points.append(json.loads(pj.read_text()))
             except ValueError:
                 log.warning("%s: not valid JSON, left out", pj)
+        if not points:  # a published report keeps its points in one file
+            from .publish import points_of
+            points = points_of(run_dir)
         return cls(dir=run_dir, name=run_dir.name, tables=tables, manifest=tables["manifest"], points=points)
 
     @property
@@ -302,11 +305,11 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                         f"{budget_note}).")
             else:
                 verb = "raised" if pct > 0 else "lowered"
-                interval = (f", 95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over {reps} paired rounds"
-                            if reps > 1 else ", one repetition: no interval, the sign is not established")
-                text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}%{interval} "
+                interval = (f"95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over {reps} paired rounds"
+                            if reps > 1 else "one repetition: no interval, so the sign is not established")
+                text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
                         f"against Regular TCP{against} with the same app and event loop "
-                        f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; {budget_note}).")
+                        f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; {interval}; {budget_note}).")
             if not pd.isna(s.get("capacity_gain_pct")):
                 text += (f" Capacity at the latency target: {_gain(s, 'capacity_gain')} "
                          f"({_num(s['capacity_mean'])} vs {_num(s['regular_capacity'])} req/s).")
@@ -338,6 +341,11 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                    + ", ".join(f"{pt}: {st}" for _, pt, st in bad)
                    + "): their curves are missing or have fewer repetitions; see Points.")
     n_flag = int((~prep.steps["faithful"]).sum())
+    n_int = int(prep.steps["interfered"].sum())
+    if n_int:
+        out.append(f"{n_int} of {len(prep.steps)} steps were interfered: programs outside the testbed used more "
+                   "than the fidelity threshold's CPU while they ran (foreign_cpu); measure again on a quiet "
+                   "machine before quoting them.")
     if n_flag:
         out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed or "
                    "interfered) and marked in every figure and table; peaks use faithful steps only where any exist.")
@@ -601,14 +609,24 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
     lead = [*lead, *node_sections(runs, prep, out, html_table)]
     page = render_html(runs, prep, figs, title, sections, lead)
     (out / "index.html").write_text(page, encoding="utf-8")
+    if len(runs) == 1:
+        from .publish import write_summary
+        write_summary(out, prep, runs[0].manifest)
     log.info("report written to %s", out / "index.html")
     return out / "index.html", prep, runs
 
 
 def write_report(run_dir: str | Path) -> Path:
-    """The runner's hook: RUN_DIR/report/index.html with its PNG figures beside it."""
-    path, _, _ = build_report([run_dir], Path(run_dir) / "report")
+    """RUN_DIR/report/index.html with its PNG figures beside it; a published report
+    (``analysis.publish``) is rebuilt in place."""
+    path, _, _ = build_report([run_dir], report_dir_of(run_dir))
     return path
+
+
+def report_dir_of(run_dir: str | Path) -> Path:
+    from .publish import is_published
+    run_dir = Path(run_dir)
+    return run_dir if is_published(run_dir) else run_dir / "report"
 
 
 def summary_of(run_dir: str | Path) -> str:
