@@ -24,8 +24,13 @@ BLOCK = re.compile(r"(<!-- quote:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /quo
 SIGNED_PCT = re.compile(r"(?<![\w.])[+\-−]\d+(?:\.\d+)?%")
 
 
+#: the engine's optimisation journal: A/B figures of `make bench` runs at the time, each
+#: with the command that measures it again, not results of shipped experiments
+JOURNALS = {"performance.md"}
+
+
 def documents() -> list[Path]:
-    return [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    return [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in JOURNALS)]
 
 
 def load_summary(name: str) -> dict[str, Any]:
