@@ -205,20 +205,23 @@ def smp_cpu(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     application processors (host) against offered load; one row per curve."""
     nodes = [n for n in node_names(prep.steps) if _role(n, roles) in ("tcpserver", "host")]
     nodes = sorted(nodes, key=lambda n: (_role(n, roles) != "tcpserver", n))
-    modes = dict(zip(prep.steps["curve"], prep.steps["mode_label"]))
-    curves = sorted(dict.fromkeys(prep.steps["curve"]), key=lambda c: mode_order(modes[c]))
-    fig, axes = _grid(len(curves) * len(nodes), ncols=max(len(nodes), 1), h=2.9)
+    st = prep.steps
+    net = [f"budget_{n}" for n in nodes if _role(n, roles) == "tcpserver" and f"budget_{n}" in st]
+    net_budget = st[net].apply(pd.to_numeric, errors="coerce").sum(axis=1) if net else pd.Series(0.0, index=st.index)
+    # per mode, fewer network processors first (one, then two, as the paper shows them)
+    key = {c: (mode_order(m), float(b)) for c, m, b in zip(st["curve"], st["mode_label"], net_budget)}
+    curves = sorted(dict.fromkeys(st["curve"]), key=lambda c: key[c])
+    fig, axes = _grid(len(curves) * len(nodes), ncols=max(len(nodes), 1), h=3.1)
     for r, curve in enumerate(curves):
-        cdf = prep.steps[prep.steps["curve"] == curve]
+        cdf = st[st["curve"] == curve]
         for c, n in enumerate(nodes):
             ax = axes[r * len(nodes) + c]
             cols = [f"split_{k}_{n}" for k, _ in SPLIT] + [f"capacity_{n}", f"cpu_{n}", f"budget_{n}"]
             df = per_offered(cdf, cols)
             what = "network processors" if _role(n, roles) == "tcpserver" else "application processors"
             budget = df.get(f"budget_{n}", pd.Series(dtype=float))
-            ax.set_title(f"{cdf['mode_label'].iloc[0]}"
-                         f"{' (' + cdf['config_label'].iloc[0] + ')' if cdf['config_label'].iloc[0] else ''}"
-                         f": {n} = {what}"
+            cfg = cdf["config_label"].iloc[0]
+            ax.set_title(f"{cdf['mode_label'].iloc[0]}" + (f" ({cfg})" if cfg else "") + f"\n{n} = {what}"
                          + (f", {budget.iloc[0]:g} CPU" if len(budget) and budget.notna().any() else ""),
                          fontsize=8)
             if df.empty or f"capacity_{n}" not in df or df.get(f"cpu_{n}", pd.Series([0])).fillna(0).max() <= 1e-3:
