@@ -93,6 +93,7 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
             left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
             print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
                   f"about {left / 60:.1f} min left)", flush=True)
+            wait_for_quiet(float(manifest["fidelity"].get("max_foreign_cpu", MAX_FOREIGN_CPU)))
             status = run_point(exp, p, run_dir)
             print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
     except KeyboardInterrupt:
@@ -125,6 +126,38 @@ def remove_orphans() -> None:
         if owner.get("by") == "runner" and not pid_alive(owner["pid"], owner.get("start_time")):
             teardown(name)
             print(f"removed testbed {name} left by a runner that died (pid {owner['pid']})")
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores busy with tasks (user, nice, system, steal) over ``seconds``, machine-wide."""
+    from .metrics import read_proc_stat
+
+    def busy() -> tuple[int, int]:
+        c = read_proc_stat()["cpu"]
+        return c["user"] + c["nice"] + c["system"] + c["steal"], sum(c.values())
+    b0, t0 = busy()
+    time.sleep(seconds)
+    b1, t1 = busy()
+    ncpu = os.cpu_count() or 1
+    return (b1 - b0) / max(t1 - t0, 1) * ncpu
+
+
+def wait_for_quiet(limit: float, patience_s: float = 15.0) -> None:
+    """Between points nothing of ours runs: wait (up to ``patience_s``) while something else
+    keeps the machine busier than the interference threshold, rather than measure into it.
+    Steps that still overlap other work are flagged ``interfered`` by the analysis."""
+    end = time.monotonic() + patience_s
+    used = busy_cores()
+    if used <= limit:
+        return
+    print(f"    the machine is busy ({used:.2f} cores used by other programs); waiting up to "
+          f"{patience_s:.0f} s for it to calm down", flush=True)
+    while time.monotonic() < end:
+        used = busy_cores()
+        if used <= limit:
+            return
+    print(f"    still busy ({used:.2f} cores): measuring anyway; steps it overlaps will be flagged "
+          "interfered", flush=True)
 
 
 def _raise_interrupt(*_: object) -> None:
