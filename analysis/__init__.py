@@ -23,7 +23,7 @@ def load(run_dir: str | Path) -> dict[str, Any]:
     run_dir = Path(run_dir)
     if not (run_dir / "manifest.json").exists():
         raise FileNotFoundError(f"{run_dir} is not a run directory (no manifest.json)")
-    from .publish import is_published, load_published
+    from .published import is_published, load_published
     if is_published(run_dir):  # a shipped report: its tables, no raw points to rebuild from
         return load_published(run_dir)
     names = ("steps", "samples", "points", "balance")

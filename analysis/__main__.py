@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     from .report import build_report, summary_text
     from .tables import build_tables
     try:
-        from .publish import is_published
+        from .published import is_published
         if args.cmd in ("tables", "report") and is_published(Path(args.run_dir)) \
                 and (args.cmd == "tables" or args.rebuild):
             print(f"analysis: {args.run_dir} is a published report: its tables are its data, "

@@ -62,7 +62,7 @@ class RunInfo:
             except ValueError:
                 log.warning("%s: not valid JSON, left out", pj)
         if not points:  # a published report keeps its points in one file
-            from .publish import points_of
+            from .published import points_of
             points = points_of(run_dir)
         return cls(dir=run_dir, name=run_dir.name, tables=tables, manifest=tables["manifest"], points=points)
 
@@ -610,7 +610,7 @@ def build_report(run_dirs: list[str | Path], out_dir: str | Path, title: str | N
     page = render_html(runs, prep, figs, title, sections, lead)
     (out / "index.html").write_text(page, encoding="utf-8")
     if len(runs) == 1:
-        from .publish import write_summary
+        from .summary import write_summary
         write_summary(out, prep, runs[0].manifest)
     log.info("report written to %s", out / "index.html")
     return out / "index.html", prep, runs
@@ -624,7 +624,7 @@ def write_report(run_dir: str | Path) -> Path:
 
 
 def report_dir_of(run_dir: str | Path) -> Path:
-    from .publish import is_published
+    from .published import is_published
     run_dir = Path(run_dir)
     return run_dir if is_published(run_dir) else run_dir / "report"
 
