@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from .frames import REGULAR, Prepared, cpu_at_saturation
+from .intervals import mean_ci, paired_gain_pct
 from .utilization import first_bottleneck, roles_of
 
 REPRODUCED = "reproduced"
@@ -41,8 +42,6 @@ NOT_REPRODUCED = "not reproduced"
 NO_DIFFERENCE = "no difference"
 ON_TOP = "reproduced only when the TCP server's CPU comes on top"
 IDLE_SHARE = 0.10  # "the host has idle time": at least 10% of its budget unused at saturation
-# two-sided 95% Student's t quantiles, 1..10 degrees of freedom (then the normal's)
-_T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 
 @dataclass(frozen=True)
@@ -63,17 +62,11 @@ class Gain:
 
 def paired_gain(a: pd.Series, b: pd.Series) -> Gain:
     """a over b in percent, paired by repetition (index), with a t interval."""
-    both = pd.concat([a.rename("a"), b.rename("b")], axis=1).dropna()
-    both = both[both["b"] > 0]
-    v = (both["a"] / both["b"] - 1.0).to_numpy() * 100.0
-    n = len(v)
-    if n == 0:
-        return Gain(float("nan"), float("nan"), float("nan"), 0)
-    if n == 1:
-        return Gain(float(v[0]), float("nan"), float("nan"), 1)
-    t = _T975[n - 2] if n - 1 <= len(_T975) else 1.96
-    half = t * float(v.std(ddof=1)) / math.sqrt(n)
-    return Gain(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, n)
+    return _gain(paired_gain_pct(dict(a.dropna().items()), dict(b.dropna().items())))
+
+
+def _gain(iv: Any) -> Gain:
+    return Gain(iv.mean, iv.lo, iv.hi, iv.n)
 
 
 def gain_verdict(g: Gain, expect_positive: bool = True) -> str:
@@ -164,11 +157,7 @@ class _Run:
         if p.empty or not cols:
             return Gain(np.nan, np.nan, np.nan, 0)
         v = p[cols].apply(pd.to_numeric, errors="coerce").mean(axis=1).dropna().to_numpy() * 100
-        n = len(v)
-        if n < 2:
-            return Gain(float(v.mean()) if n else np.nan, np.nan, np.nan, n)
-        half = (_T975[n - 2] if n - 1 <= len(_T975) else 1.96) * float(v.std(ddof=1)) / math.sqrt(n)
-        return Gain(float(v.mean()), float(v.mean()) - half, float(v.mean()) + half, n)
+        return _gain(mean_ci(v))
 
 
 def _label(row: pd.Series) -> str:
