@@ -105,7 +105,11 @@ def run(args) -> dict:
                 configs = ["control"]
             for config in configs:
                 key = f"{mode}/{config}"
-                r = run_config(args, mode, config, rates, f"r{rnd + 1}")
+                try:
+                    r = run_config(args, mode, config, rates, f"r{rnd + 1}")
+                except (RuntimeError, OSError, subprocess.SubprocessError) as e:  # one run, not the rest
+                    print(f"[r{rnd + 1}] {key}: failed ({e}); skipped", file=sys.stderr, flush=True)
+                    continue
                 g = [s["goodput"] for s in r["steps"]]
                 r["peak"] = max(g)
                 r["ratio"] = g[-1] / r["peak"] if r["peak"] else 0.0
