@@ -316,6 +316,39 @@ def gain(prep: Prepared, out: Path) -> str:
     return _finish(fig, out, "gain.png")
 
 
+OVERLOAD_FROM = 2.0  # the overload figure is drawn when some curve went this far past capacity
+
+
+def overload(prep: Prepared, out: Path) -> str | None:
+    """Goodput past saturation: reply rate over the curve's peak against offered load over
+    its capacity at target (both means over repetitions); None when no curve went past
+    ``OVERLOAD_FROM`` times its capacity."""
+    sat = prep.saturation
+    if sat.empty or "capacity_mean" not in sat or not (sat["overload_x"] >= OVERLOAD_FROM).any():
+        return None
+    styles = _styles(prep)
+    fig, axes, workloads = _facets(prep)
+    ref = sat.set_index("curve")
+    for ax, wl in zip(axes, workloads):
+        cur = prep.curves[prep.curves["workload"] == wl]
+        for curve, df in cur.groupby("curve", sort=False):
+            if curve not in ref.index or not ref.loc[curve, "capacity_mean"] > 0:
+                continue
+            s = ref.loc[curve]
+            ax.plot(df["offered"] / s["capacity_mean"], df["reply_rate"] / s["peak_mean"], marker="o",
+                    markersize=4, label=curve, **styles[curve])
+        ax.axhline(0.9, color="grey", linestyle="--", linewidth=1, label="90% of the peak")
+        ax.axvline(2.5, color="grey", linestyle=":", linewidth=1, label="2.5x capacity")
+        ax.set_title(f"goodput past saturation ({wl})")
+        ax.set_xlabel("offered load / capacity at the latency target")
+        ax.set_ylabel("replies/s / peak")
+        ax.set_ylim(0, 1.15)
+        ax.set_xlim(left=0)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower left")
+    return _finish(fig, out, "overload.png")
+
+
 def draw_all(prep: Prepared, out: Path, ncpus: int | None) -> dict[str, str]:
     """Every figure; a figure that fails is logged and left out rather than losing the report."""
     out.mkdir(parents=True, exist_ok=True)
@@ -323,9 +356,12 @@ def draw_all(prep: Prepared, out: Path, ncpus: int | None) -> dict[str, str]:
     for key, fn in (("reply_rate", lambda: reply_rate(prep, out)), ("gain", lambda: gain(prep, out)),
                     ("cpu_breakdown", lambda: cpu_breakdown(prep, out)),
                     ("cpu_per_request", lambda: cpu_per_request(prep, out, ncpus)),
-                    ("latency", lambda: latency(prep, out)), ("errors", lambda: errors(prep, out))):
+                    ("latency", lambda: latency(prep, out)), ("errors", lambda: errors(prep, out)),
+                    ("overload", lambda: overload(prep, out))):
         try:
-            figs[key] = fn()
+            name = fn()
+            if name is not None:
+                figs[key] = name
         except Exception:  # one broken figure must not cost the user the whole report
             log.exception("figure %s failed", key)
             plt.close("all")

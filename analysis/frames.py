@@ -18,6 +18,8 @@ Definitions the report states next to its numbers:
   saturate within the sweep, and its peak is only a lower bound;
 - the *capacity at target* (per repetition) is the highest offered rate whose step was
   faithful and not saturated: errors <= 1% and p99 <= the latency target;
+- *retained* (per repetition): the reply rate at the highest offered load over the peak,
+  with ``overload_x`` = that load over the capacity: how much goodput survives overload;
 - over repetitions, peaks and capacities are given as mean and 95% interval, and gains
   over Regular TCP are paired by round (``intervals``); a gain whose interval contains 0
   is "no difference";
@@ -243,6 +245,11 @@ def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
         within = faithful[~faithful["saturated"]]
         best["capacity"] = float(within["offered"].max()) if not within.empty else float("nan")
         best["lowest_offered"] = float(df["offered"].min())
+        # overload: the goodput kept at the highest offered load, as a share of the peak
+        top = df.loc[df["offered"].idxmax()]
+        best["overload_x"] = float(top["offered"]) / best["capacity"] if best["capacity"] > 0 else float("nan")
+        best["retained"] = float(top["reply_rate"]) / float(best["reply_rate"]) if best["reply_rate"] > 0 \
+            else float("nan")
         rows.append(best)
     return pd.DataFrame(rows).reset_index(drop=True) if rows else pd.DataFrame(columns=list(steps.columns))
 
@@ -258,13 +265,13 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     sat["peak_std"] = sat["peak_std"].fillna(0.0)
     extra = g.agg(offered_at_peak=("offered", "mean"), all_faithful=("peak_faithful", "all"),
                   saturated=("curve_saturated", "all"), lowest_offered=("lowest_offered", "min"),
-                  capacity_reps=("capacity", "count")).reset_index()
+                  capacity_reps=("capacity", "count"), overload_x=("overload_x", "mean")).reset_index()
     sat = sat.merge(extra, on=_KEYS)
     per_rep = {key: df for key, df in g}
-    for prefix, col in (("peak", "reply_rate"), ("capacity", "capacity")):
+    for prefix, col in (("peak", "reply_rate"), ("capacity", "capacity"), ("retained", "retained")):
         ivs = [mean_ci(per_rep[tuple(k)][col]) for k in sat[_KEYS].itertuples(index=False)]
-        if prefix == "capacity":
-            sat["capacity_mean"] = [iv.mean for iv in ivs]
+        if prefix != "peak":
+            sat[f"{prefix}_mean"] = [iv.mean for iv in ivs]
         sat[f"{prefix}_ci_lo"] = [iv.lo for iv in ivs]
         sat[f"{prefix}_ci_hi"] = [iv.hi for iv in ivs]
     knees = [(*key, knee_of(df)) for key, df in curves.groupby(_KEYS, dropna=False)]

@@ -334,6 +334,11 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
             best = measurable.loc[measurable["peak_mean"].idxmax()]
             out.append(f"{where}Highest offloaded peak: {best['mode_label']} "
                        f"({_gain(best, 'gain')} against Regular TCP).")
+    for _, s in sat[sat["overload_x"] >= 2.0].iterrows():
+        lo, hi = s["retained_ci_lo"], s["retained_ci_hi"]
+        ci = "" if pd.isna(lo) else f" [{lo:.0%}, {hi:.0%}]"
+        out.append(f"[{s['group'] or s['workload']}] {s['mode_label']}: at {s['overload_x']:.1f}x its capacity it "
+                   f"kept {s['retained_mean']:.0%}{ci} of its peak goodput.")
     bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
     total = sum(len(r.points) for r in runs)
     if bad:
@@ -505,6 +510,10 @@ def render_html(runs: list[RunInfo], prep: Prepared | None, figs: dict[str, str]
         parts.append(_figure(figs, "latency", "Latency p50 and p99 against offered load, measured from the "
                              "intended send time (open loop: queueing in the generator counts)."))
         parts.append(_figure(figs, "errors", "Failed requests against offered load, and by kind."))
+        if "overload" in figs:
+            parts.append(_figure(figs, "overload", "Goodput past saturation: each mode's reply rate over its "
+                                 "peak against offered load over its capacity at the latency target (means "
+                                 "over repetitions). A server that behaves like a kernel keeps about its peak."))
         parts.append("<h2>CPU at saturation</h2><p>Per node: user+system CPU (cores) / budget, "
                      "throttled time when any; CPU µs per reply per server-side node.</p>")
         parts.append(html_table(cpu_table(prep, ncpus), table_id="cpu"))

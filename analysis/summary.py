@@ -20,6 +20,7 @@ _CURVE_FIELDS = {
     "capacity": ("capacity_mean", "capacity_ci_lo", "capacity_ci_hi"),
     "peak_gain_pct": ("gain_pct", "gain_ci_lo", "gain_ci_hi"),
     "capacity_gain_pct": ("capacity_gain_pct", "capacity_gain_ci_lo", "capacity_gain_ci_hi"),
+    "retained_at_max_load": ("retained_mean", "retained_ci_lo", "retained_ci_hi"),
 }
 
 
@@ -41,9 +42,10 @@ def summary(prep: Prepared | None, manifest: dict[str, Any]) -> dict[str, Any]:
                                      "saturated": bool(s["saturated"]),
                                      "baseline": s["baseline"] if s["mode_label"] != "regular" else None}
             for name, (mean, lo, hi) in _CURVE_FIELDS.items():
-                digits = 1 if name.endswith("pct") else 0
+                digits = 1 if name.endswith("pct") else 3 if name.startswith("retained") else 0
                 entry[name] = {"mean": _num(s.get(mean), digits), "ci95": [_num(s.get(lo), digits),
                                                                             _num(s.get(hi), digits)]}
+            entry["max_load_over_capacity"] = _num(s.get("overload_x"), 2)
             entry["peak_gain_verdict"] = s.get("gain_verdict")
             entry["capacity_gain_verdict"] = s.get("capacity_gain_verdict")
             curves.append(entry)

@@ -14,7 +14,7 @@ the last pass go out now, not a period later), sleeps until the period is over, 
 re-arms itself, which also makes the loop's own epoll wait non-blocking (a ready
 callback is pending). CPU spent while idle is one wake-up per period.
 
-Measured (docs/paper-polling-report.md, docs/performance.md): at 2-5 ms it saves 20-45%
+Measured (docs/legacy/paper-polling-report.md, docs/performance.md): at 2-5 ms it saves 20-45%
 of the TCP server's CPU per request below saturation, at 1 ms little; it does not move
 the saturation point.
 """
