@@ -125,7 +125,7 @@ def stats(tb: Testbed) -> dict:
     return json.loads((tb.store.dir / "stats-tcpserver.json").read_text())
 
 
-def testbed(mode: str, name: str, opts: dict | None = None) -> Testbed:
+def make_testbed(mode: str, name: str, opts: dict | None = None) -> Testbed:
     return Testbed(load_topology("cluster", BUDGET), name, mode=mode, start_services=True,
                    service_options={"docroot_dirs": 1, "dynamic_cost_us": 0, **(opts or {})})
 
@@ -133,7 +133,7 @@ def testbed(mode: str, name: str, opts: dict | None = None) -> Testbed:
 @pytest.mark.parametrize("mode", ["regular", "split", "async-send", "eager-receive", "eager-accept",
                                   "setup-with-accept"])
 def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
-    with testbed(mode, tb_name) as tb:
+    with make_testbed(mode, tb_name) as tb:
         calm, over = measure(tb, [(CALM, 2.0, 0.5), (OVER, 4.0, 1.5)])
         st = stats(tb) if mode != "regular" else {}
     # 500/s is served in full; at 3,000/s the controlled daemon keeps its capacity (>= 2x
@@ -143,7 +143,7 @@ def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
     print(f"{mode}: {calm:.0f}/s at {CALM}/s, {over:.0f}/s at {OVER}/s", end="")
     if mode in PULL:
         assert st["listener_pauses"] > 0 and st["queued_total"] > 0, st
-        with testbed(mode, tb_name, NO_CONTROL) as tb:
+        with make_testbed(mode, tb_name, NO_CONTROL) as tb:
             (without,) = measure(tb, [(OVER, 4.0, 1.5)])
             st0 = stats(tb)
         print(f"; without the control {without:.0f}/s")
