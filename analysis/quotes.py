@@ -51,6 +51,13 @@ def _iv(d: dict[str, Any], unit: str = "", signed: bool = False) -> str:
     return text
 
 
+def _share(d: dict[str, Any]) -> str:
+    mean, (lo, hi) = d.get("mean"), d.get("ci95") or (None, None)
+    if mean is None:
+        return "-"
+    return f"{mean:.0%}" + ("" if lo is None or hi is None else f" [{lo:.0%}, {hi:.0%}]")
+
+
 def render(name: str) -> str:
     """The Markdown table of one shipped report's headline numbers."""
     s = load_summary(name)
@@ -58,10 +65,12 @@ def render(name: str) -> str:
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
              f"{', dirty tree' if s.get('dirty') else ''}; {reps} interleaved repetition(s); budgets: "
              f"{s.get('budgets')}; latency target {s.get('latency_target_ms')} ms). Mean [95% interval]; "
-             "gains paired by round against Regular TCP.",
-             "",
-             "| workload | configuration | mode | peak replies/s | capacity req/s | peak gain | capacity gain |",
-             "|---|---|---|---|---|---|---|"]
+             "gains paired by round against Regular TCP.", ""]
+    overload = any((c.get("max_load_over_capacity") or 0) >= 2.0 for c in s["curves"])
+    head = ["workload", "configuration", "mode", "peak replies/s", "capacity req/s", "peak gain", "capacity gain"]
+    if overload:
+        head += ["highest load / capacity", "goodput kept there"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in s["curves"]:
         gain = _iv(c["peak_gain_pct"], "%", signed=True)
         if c.get("peak_gain_verdict") == "no difference":
@@ -69,9 +78,13 @@ def render(name: str) -> str:
         cap_gain = _iv(c["capacity_gain_pct"], "%", signed=True)
         if c.get("capacity_gain_verdict") == "no difference":
             cap_gain += " (no difference)"
-        lines.append(f"| {c['workload']} | {c['config'] or '-'} | {c['mode']} | {_iv(c['peak'])}"
-                     f"{'' if c['saturated'] else ' (not saturated)'} | {_iv(c['capacity'])} | "
-                     f"{gain if c['mode'] != 'regular' else '-'} | {cap_gain if c['mode'] != 'regular' else '-'} |")
+        row = (f"| {c['workload']} | {c['config'] or '-'} | {c['mode']} | {_iv(c['peak'])}"
+               f"{'' if c['saturated'] else ' (not saturated)'} | {_iv(c['capacity'])} | "
+               f"{gain if c['mode'] != 'regular' else '-'} | {cap_gain if c['mode'] != 'regular' else '-'} |")
+        if overload:
+            x, kept = c.get("max_load_over_capacity"), c.get("retained_at_max_load") or {}
+            row += f" {'-' if x is None else f'{x:.1f}x'} | {_share(kept)} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
