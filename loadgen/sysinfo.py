@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import resource
+import socket
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -108,12 +109,7 @@ def cpu_group() -> str:
     """What processes that share CPU time have in common: cgroup and affinity."""
     paths = ",".join(str(p) for p in _cgroup_paths())
     cpus = ",".join(map(str, sorted(os.sched_getaffinity(0))))
-    return f"{socket_host()}|{paths}|{cpus}"
-
-
-def socket_host() -> str:
-    import socket
-    return socket.gethostname()
+    return f"{socket.gethostname()}|{paths}|{cpus}"
 
 
 def pin(cpus: list[int]) -> None:
