@@ -29,12 +29,11 @@ from .published import DATA_FILES
 
 def publish(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a run's tables into ``dest`` and build its report there; returns index.html."""
-    from . import load
-    from .report import build_report
+    from .report import RunInfo, build_report
 
     run_dir, dest = Path(run_dir), Path(dest)
-    tables = load(run_dir)  # builds the tidy tables when the run has none yet
-    manifest = tables["manifest"]
+    run = RunInfo.load(run_dir)  # builds the tidy tables when the run has none yet
+    tables, manifest = run.tables, run.manifest
     if manifest.get("dirty"):
         print(f"warning: {run_dir} was measured on a dirty tree (commit {manifest.get('commit', '?')[:10]})")
     dest.mkdir(parents=True, exist_ok=True)
@@ -45,12 +44,6 @@ def publish(run_dir: str | Path, dest: str | Path) -> Path:
         df = tables.get(name)
         if isinstance(df, pd.DataFrame) and not df.empty:
             df.to_parquet(dest / f"{name}.parquet", index=False, compression="zstd")
-    points = []
-    for pj in sorted((run_dir / "points").glob("*/point.json")):
-        try:
-            points.append(json.loads(pj.read_text()))
-        except ValueError:
-            continue
-    (dest / "points.json").write_text(json.dumps(points, indent=1, default=str) + "\n")
+    (dest / "points.json").write_text(json.dumps(run.points, indent=1, default=str) + "\n")
     path, _, _ = build_report([dest], dest)
     return path

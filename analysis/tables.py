@@ -64,16 +64,6 @@ def _cpu_idle_fraction(cpu: pd.DataFrame, t0: float, t1: float) -> float:
     return _window(cpu, "idle_s", t0, t1) / total if total > 0 else float("nan")
 
 
-def _cpus_of(cpuset: str | None, ncpus: int) -> list[int]:
-    if not cpuset:
-        return list(range(ncpus))
-    out: list[int] = []
-    for part in str(cpuset).split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any],
                  min_idle: float, max_foreign_cpu: float = 0.25) -> pd.DataFrame:
     """Add per-node CPU over each step window and the fidelity flags."""
@@ -114,7 +104,7 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
             if budget:
                 extra[f"util_{node}"] = used / budget
                 idle_own = np.nanmean([extra.get(f"idle_cpu{c}", np.nan)
-                                       for c in _cpus_of(node_info.get(node, {}).get("cpuset"), ncpus)])
+                                       for c in utilization.cpus_in(node_info.get(node, {}).get("cpuset"), ncpus)])
                 if used < STARVED_USE * budget and idle_own < STARVED_IDLE:
                     starved.append(node)
         # task time (not irq/softirq, which the kernel charges to no cgroup or to whoever ran)
