@@ -287,11 +287,15 @@ def first_bottleneck(curve_steps: pd.DataFrame) -> tuple[str, str, float]:
     """What saturated first on a curve: (kind, node or link, offered rate) of the lowest
     offered step (over repetitions, the most common answer at that rate) whose bottleneck
     is a server-side resource; ('none', '', nan) when none is, ('generator', ...) when the
-    only saturated steps were generator-bound."""
+    only saturated steps were generator-bound. Interfered steps are left out: another
+    program's CPU can saturate a node the testbed alone would not have."""
     if "bottleneck" not in curve_steps or curve_steps.empty:
         return "none", "", float("nan")
     offered = "offered" if "offered" in curve_steps else "offered_rate"
-    df = curve_steps.sort_values(offered)
+    df = curve_steps
+    if "interfered" in df:
+        df = df[~df["interfered"].fillna(False).astype(bool)]
+    df = df.sort_values(offered)
     named = df[~df["bottleneck"].isin(["none", "generator"])]
     if named.empty:
         gen = df[df["bottleneck"] == "generator"]

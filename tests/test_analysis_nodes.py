@@ -170,6 +170,9 @@ def test_first_bottleneck():
     st = cluster_point("split").rename(columns={"offered_rate": "offered"})
     assert utilization.first_bottleneck(st) == ("tcpserver", "tcpserver", 3000.0)
     assert utilization.first_bottleneck(st[st["offered"] <= 2000]) == ("none", "", pytest.approx(np.nan, nan_ok=True))
+    # an interfered knee (another program took the CPU) does not name what saturated first
+    st["interfered"] = st["offered"] == 3000
+    assert utilization.first_bottleneck(st) == ("tcpserver", "tcpserver", 3500.0)
 
 
 # --------------------------------------------------------------------------- figures and claims
