@@ -66,6 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--poll-us", type=int, default=0, metavar="US",
                     help="TCP server polls every US microseconds instead of waking per event "
                          "(the paper's 'No Interrupts'; default 0 = off)")
+    ov = up.add_argument_group("overload control of the TCP server (defaults: the daemon's; docs/modes.md)")
+    ov.add_argument("--backlog", type=int, default=None, metavar="N",
+                    help="connections accepted but not yet given to a host, per port")
+    ov.add_argument("--listen-backlog", type=int, default=None, metavar="N",
+                    help="the kernel's listen backlog on the public port")
+    ov.add_argument("--queue-deadline", type=float, default=None, metavar="SECONDS",
+                    help="a connection queued longer is reset (0 = never)")
+    ov.add_argument("--host-conns", type=int, default=None, metavar="N",
+                    help="push modes: connections one host may have unfinished (0 = no bound)")
+    ov.add_argument("--no-overload-control", action="store_true",
+                    help="the daemon without it, for comparisons")
     up.add_argument("--json", action="store_true", help="print the status as JSON when up")
     up.set_defaults(func=cmd_up)
 
@@ -140,7 +151,12 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise TestbedError(f"--poll-us: {e}") from None
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance,
-                            "balance_knob": args.knob, "poll_us": args.poll_us}
+                            "balance_knob": args.knob, "poll_us": args.poll_us,
+                            "backlog": args.backlog, "listen_backlog": args.listen_backlog,
+                            "queue_deadline": args.queue_deadline, "host_conns": args.host_conns,
+                            "overload_control": False if args.no_overload_control else None}
+    from .services import overload_args
+    overload_args(opts)  # bad bounds: one line now, before anything is built
     tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
                  start_services=not args.no_services, service_options=opts, backend=args.backend)
     tb.up()

@@ -29,6 +29,7 @@ import copy
 import itertools
 import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,11 @@ _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive
               "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
 DEFAULT_LATENCY_TARGET_MS = 200.0
 MAX_RATE = 200_000
+MAX_STEPS = 1000  # offered-rate steps per sweep
 SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._=-]")
 
 
 @dataclass(frozen=True)
@@ -65,6 +70,9 @@ class Point:
     def id(self) -> str:
         cfg = "-".join(f"{k}{v}" for k, v in sorted(self.config.items())) or "base"
         bal = f"-{self.balance.replace(':', '')}" if self.balance else ""
+        # a directory name under results/: a swept value such as "../x" or "a/b" must not
+        # leave it, so anything but letters, digits, '.', '_' and '-' becomes '_'
+        cfg = _UNSAFE.sub("_", cfg).replace("..", "_")
         return f"{self.index:03d}-{cfg}-{self.mode}{bal}-{self.workload}-r{self.repetition}"
 
 
@@ -145,21 +153,25 @@ class Experiment:
 
 def rates_from(spec: Any) -> list[float]:
     """``[100, 200]``, ``"100:1000:100"`` (start:stop:step, inclusive) or ``"100,200"``."""
+    if isinstance(spec, bool):
+        raise SpecError(f"rates must be a list or START:STOP:STEP, not {spec!r}")
     if isinstance(spec, (int, float)):
         rates = [float(spec)]
     elif isinstance(spec, list):
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in spec):
+            raise SpecError(f"rates {spec!r}: not a list of numbers")
         rates = [float(r) for r in spec]
     elif isinstance(spec, str) and ":" in spec:
         try:
             start, stop, step = (float(x) for x in spec.split(":"))
         except ValueError:
             raise SpecError(f"rates {spec!r}: expected START:STOP:STEP") from None
-        if step <= 0:
-            raise SpecError(f"rates {spec!r}: step must be positive")
-        rates, r = [], start
-        while r <= stop + 1e-9:
-            rates.append(r)
-            r += step
+        if not (math.isfinite(start) and math.isfinite(stop) and math.isfinite(step)) or step <= 0:
+            raise SpecError(f"rates {spec!r}: START, STOP and a positive STEP must be numbers")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_STEPS:
+            raise SpecError(f"rates {spec!r}: {count} steps; at most {MAX_STEPS}")
+        rates = [start + i * step for i in range(max(count, 0))]
     elif isinstance(spec, str):
         try:
             rates = [float(x) for x in spec.split(",")]
@@ -169,6 +181,8 @@ def rates_from(spec: Any) -> list[float]:
         raise SpecError(f"rates must be a list or START:STOP:STEP, not {spec!r}")
     if not rates:
         raise SpecError("rates: no offered rate given")
+    if len(rates) > MAX_STEPS:
+        raise SpecError(f"rates: {len(rates)} steps; at most {MAX_STEPS}")
     for r in rates:
         if not 0 < r <= MAX_RATE:
             raise SpecError(f"offered rate {r:g} req/s is outside (0, {MAX_RATE}]")
@@ -222,7 +236,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         load["rates"] = rates_from(rates)
     for key, default in (("step_seconds", 5.0), ("warmup_seconds", 1.0)):
         v = load.setdefault(key, default)
-        if not isinstance(v, (int, float)) or v <= 0 or v > 3600:
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
             raise SpecError(f"{source}: load.{key} must be a number of seconds in (0, 3600], not {v!r}")
     procs = load.setdefault("processes", 1)
     if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= 64:

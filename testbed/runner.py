@@ -73,7 +73,8 @@ def new_run_dir(results: Path, name: str) -> Path:
 
 
 def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
-    """Run every point not yet done; returns 0 when all are done, 130 when interrupted."""
+    """Run every point not yet done; returns 0 when all are done, 130 when interrupted,
+    1 when some failed (named on stderr; the others are measured and kept)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "experiment.yaml").exists():
         import yaml
@@ -110,7 +111,15 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
             build_tables(run_dir)
         except Exception as e:  # tables can be rebuilt by analysis.load later
             log.warning("could not build tables: %s", e)
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    failed = [pid for pid, status in manifest["points"].items() if status == "failed"]
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        print(f"{len(failed)} of {len(points)} points failed: {shown} "
+              f"(their errors: points/<id>/point.json)", file=sys.stderr)
+        return 1
+    return 0
 
 
 def remove_orphans() -> None:

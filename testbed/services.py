@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import logging
+import os
 import secrets
 import socket
 import sys
@@ -38,8 +39,9 @@ SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
             # the TCP server's overload control (None: the daemon's defaults; offload/server.py)
-            "backlog": None, "listen_backlog": None, "queue_deadline": None, "overload_control": None}
-OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline")
+            "backlog": None, "listen_backlog": None, "queue_deadline": None, "host_conns": None,
+            "overload_control": None}
+OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline", "host_conns")
 # what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
 SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
 
@@ -77,8 +79,11 @@ def start_services(tb: "Testbed") -> None:
     tb.run(_any_host(tb), python_module("testbed.app.docroot", str(docroot), "--seed", str(opts["seed"]),
                                         "--dirs", str(opts["docroot_dirs"])), timeout=120, check=True)
     token_file = run_dir / "token"
-    token_file.write_text(secrets.token_hex(16))
-    token_file.chmod(0o600)
+    # created 0600 (not chmod'ed afterwards): never readable by others, even for a moment
+    token_file.unlink(missing_ok=True)
+    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_hex(16))
     vip = tb.plan.service_address
     hosts = [n.name for n in tb.topology.by_role("host")]
     client_fronts: set[str] = set()
@@ -144,12 +149,12 @@ def start_services(tb: "Testbed") -> None:
 
 def overload_args(opts: dict[str, Any]) -> list[str]:
     """The TCP server's overload-control options given as service options (``backlog``,
-    ``listen_backlog``, ``queue_deadline``), checked, as daemon arguments."""
+    ``listen_backlog``, ``queue_deadline``, ``host_conns``), checked, as daemon arguments."""
     from .offload.server import ServerConfig, check_overload
     given = {k: opts.get(k) for k in OVERLOAD_KEYS if opts.get(k) is not None}
     full = {k: given.get(k, getattr(ServerConfig, k)) for k in OVERLOAD_KEYS}
     try:
-        check_overload(full["backlog"], full["listen_backlog"], full["queue_deadline"])
+        check_overload(full["backlog"], full["listen_backlog"], full["queue_deadline"], full["host_conns"])
     except ValueError as e:
         raise TestbedError(f"service options: {e}") from None
     args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]

@@ -45,6 +45,7 @@ CHANNELS = ("tcp", "unix", "shm")
 NODE_NAME = re.compile(r"^[a-z][a-z0-9]{0,8}$")
 LINK_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MIN_CPU = 0.01
+MAX_LINK_MEMBERS = 253  # one /24 per link, .255 broadcast and .254 left free
 ADVISED_MIN_CPU = 0.1  # below this CFS bursts distort per-request cost (DESIGN.md)
 
 
@@ -148,15 +149,19 @@ def plan_addresses(topo: Topology, base: str = DEFAULT_SUBNET) -> AddressPlan:
         net = ipaddress.ip_network(base)
     except ValueError as e:
         raise SpecError(f"subnet {base!r} is not a network: {e}") from None
-    if net.version != 4 or net.prefixlen > 16:
-        raise SpecError(f"subnet {base} must be IPv4 and /16 or larger (one /24 per link)")
-    subnets = list(net.subnets(new_prefix=24))
-    if len(topo.links) >= len(subnets) - 1:
+    if net.version != 4 or not 8 <= net.prefixlen <= 16:
+        raise SpecError(f"subnet {base} must be IPv4, from /8 to /16 (one /24 per link)")
+    n_subnets = 2 ** (24 - net.prefixlen)
+    if len(topo.links) >= n_subnets - 1:
         raise SpecError(f"{len(topo.links)} links do not fit in {base}")
+    base_addr = net.network_address
+
+    def sub24(i: int) -> ipaddress.IPv4Network:
+        return ipaddress.ip_network(f"{base_addr + 256 * i}/24")
     plans = []
     iface_count: dict[str, int] = {}
     for i, link in enumerate(topo.links):
-        sub = subnets[i]
+        sub = sub24(i)
         addrs, ifaces = {}, {}
         for k, member in enumerate(link.nodes):
             key = topo.node(member).netns_key
@@ -165,7 +170,7 @@ def plan_addresses(topo: Topology, base: str = DEFAULT_SUBNET) -> AddressPlan:
             iface_count[key] = idx + 1
             ifaces[key] = f"{key}-eth{idx}"
         plans.append(LinkPlan(link, sub, addrs, ifaces))
-    service = str(subnets[255 if len(subnets) > 255 else -1].network_address + 1)
+    service = str(sub24(255 if n_subnets > 255 else n_subnets - 1).network_address + 1)
     return AddressPlan(net, tuple(plans), service)
 
 
@@ -244,7 +249,7 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
     nodes: list[Node] = []
     templates: dict[str, list[str]] = {}  # "host{i}" -> ["host1", ...]
     for entry in _list(raw.get("nodes"), "nodes", source):
-        _check_keys(entry, _NODE_KEYS, f"{source}: node {entry.get('name', '?')}")
+        _check_keys(entry, _NODE_KEYS, f"{source}: node {_label(entry)}")
         count = ev.integer(entry["count"], "count") if "count" in entry else None
         names = _expand(entry.get("name"), count, source)
         if count is not None:
@@ -258,25 +263,25 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
                 name=name, role=str(entry.get("role", "")),
                 cpu=ev.number(entry.get("cpu"), f"{name}.cpu"),
                 cpuset=ev.text(entry.get("cpuset")),
-                namespace=str(ns).format(i=i) if ns is not None else None,
+                namespace=_format(str(ns), i, source) if ns is not None else None,
                 sysctls={str(k): str(v) for k, v in sysctls.items()},
             ))
 
     links: list[Link] = []
     for entry in _list(raw.get("links"), "links", source):
-        _check_keys(entry, _LINK_KEYS, f"{source}: link {entry.get('name', '?')}")
+        _check_keys(entry, _LINK_KEYS, f"{source}: link {_label(entry)}")
         count = ev.integer(entry["count"], "count") if "count" in entry else None
         for i in (range(1, count + 1) if count is not None else [None]):
             members: list[str] = []
             for m in _list(entry.get("nodes"), "link nodes", source):
                 m = str(m)
                 if i is not None:
-                    members.append(m.format(i=i))
+                    members.append(_format(m, i, source))
                 elif m in templates:
                     members.extend(templates[m])
                 else:
                     members.append(m)
-            name = str(entry.get("name", "")).format(i=i) if i is not None else str(entry.get("name", ""))
+            name = _format(str(entry.get("name", "")), i, source) if i is not None else str(entry.get("name", ""))
             links.append(Link(
                 name=name, kind=str(entry.get("kind", "public")), nodes=tuple(members),
                 mbit=ev.number(entry.get("mbit"), f"{name}.mbit"),
@@ -324,6 +329,9 @@ def validate(topo: Topology, source: str = "<topology>") -> None:
             raise SpecError(f"{source}: link {link.name}: kind {link.kind!r} is not one of {', '.join(LINK_KINDS)}")
         if len(link.nodes) < 2:
             raise SpecError(f"{source}: link {link.name} needs at least two nodes")
+        if len(link.nodes) > MAX_LINK_MEMBERS:
+            raise SpecError(f"{source}: link {link.name} has {len(link.nodes)} members; at most "
+                            f"{MAX_LINK_MEMBERS} fit its /24 (addresses .1-.{MAX_LINK_MEMBERS})")
         for m in link.nodes:
             if m not in seen:
                 raise SpecError(f"{source}: link {link.name} names unknown node {m!r}")
@@ -419,9 +427,22 @@ def _expand(name: Any, count: int | None, source: str) -> list[str]:
         return [name]
     if "{i}" not in name:
         raise SpecError(f"{source}: node {name!r} has a count, so its name needs '{{i}}'")
-    if count < 1:
-        raise SpecError(f"{source}: node {name!r}: count must be at least 1, not {count}")
-    return [name.format(i=i) for i in range(1, count + 1)]
+    if not 1 <= count <= MAX_LINK_MEMBERS:
+        raise SpecError(f"{source}: node {name!r}: count must be from 1 to {MAX_LINK_MEMBERS}, not {count}")
+    return [_format(name, i, source) for i in range(1, count + 1)]
+
+
+def _label(entry: Any) -> str:
+    """A node or link entry's name for an error message, whatever the entry is."""
+    return str(entry.get("name", "?")) if isinstance(entry, dict) else repr(entry)[:40]
+
+
+def _format(template: str, i: int, source: str) -> str:
+    """``{i}`` in a name template; any other brace is an error, not a traceback."""
+    try:
+        return template.format(i=i)
+    except (KeyError, IndexError, ValueError, AttributeError):
+        raise SpecError(f"{source}: {template!r}: the only placeholder a name may hold is {{i}}") from None
 
 
 def _coerce(value: Any, default: Any, key: str) -> Any:

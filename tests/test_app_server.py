@@ -95,3 +95,28 @@ def test_cli_errors_are_one_line(tmp_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "testbed.app.server", "--docroot", str(tmp_path),
                         "--mode", "split"], capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "--tunnel" in r.stderr
+
+
+def test_many_spellings_of_one_file_are_cached_once(docroot: Path) -> None:
+    """3,000 spellings of one path ("//dir0/./class1_3", "%64ir0/...") share one entry:
+    the file is read and charged once, and the request paths that point at it are capped
+    in number and length."""
+    import tracemalloc
+
+    from testbed.app import server as app_server
+    app = App(docroot)
+    full = app.lookup(b"/dir0/class1_3")
+    left = app.cache_left
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    spellings = [b"/" * (k % 200 + 1) + b"./" * (k // 200) + b"dir0/class1_3" for k in range(2_000)]
+    spellings += [b"/%64ir0" + b"/." * k + b"/class1_3" for k in range(1_000)]
+    assert len(set(spellings)) == 3_000
+    for s in spellings:
+        assert app.lookup(s) is full
+    grown = tracemalloc.get_traced_memory()[0] - before
+    tracemalloc.stop()
+    assert len(app.files) == 1 and app.cache_left == left  # one copy, charged once
+    assert len(app.cache) <= app_server.MAX_ALIASES
+    assert all(len(k) <= app_server.MAX_ALIAS_BYTES for k in app.cache)
+    assert grown < 4 * 1024 * 1024, grown  # the paths only (a copy per spelling was 55 kB each)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from testbed.errors import SpecError
-from testbed.experiment import available_experiments, experiment_from_dict, load_experiment
+from testbed.experiment import Point, available_experiments, experiment_from_dict, load_experiment
 
 
 @pytest.mark.parametrize("name", available_experiments())
@@ -77,7 +77,20 @@ def test_repetitions_are_interleaved_rounds_in_a_seeded_order() -> None:
     ({"latency_target_ms": "fast"}, "latency_target_ms"),
     ({"processes": -3}, "processes"),
     ({"processes": 1.5}, "processes"),
+    ({"step_seconds": float("nan")}, "step_seconds"),
+    ({"warmup_seconds": True}, "warmup_seconds"),
+    ({"rates": "1:200000:0.0001"}, "1999990001 steps; at most 1000"),
+    ({"rates": "1:nan:1"}, "must be numbers"),
+    ({"rates": [100, "x"]}, "not a list of numbers"),
+    ({"rates": list(range(1, 1500))}, "1499 steps; at most 1000"),
 ])
 def test_bad_load_settings_are_refused_before_anything_runs(load: dict, message: str) -> None:
     with pytest.raises(SpecError, match=message):
         experiment_from_dict({"params": {"host_cpu": 0.3}, "load": {"rates": [100], **load}})
+
+
+@pytest.mark.parametrize("value", ["a/b", "../../etc", "x y", "\u00e9t\u00e9"])
+def test_swept_values_make_safe_point_directories(value: str) -> None:
+    pid = Point(0, {"name": value}, "regular", "static", 1).id
+    assert "/" not in pid and ".." not in pid and " " not in pid and pid.isascii(), pid
+    assert pid.startswith("000-name") and pid.endswith("-regular-static-r1")

@@ -65,9 +65,35 @@ def test_address_plan_one_subnet_per_link_and_a_service_address():
     ({"nodes": [{"name": "client", "role": "client"}, {"name": "h", "role": "host", "cpuset": "a-b"}]}, "not a CPU list"),
     ({"nodes": [{"name": "client", "role": "client"}]}, "role host"),
     ("just a string", "is a mapping"),
+    ({"nodes": ["client"]}, "node 'client': expected a mapping"),
+    ({"nodes": [{"name": "client", "role": "client"}, {"name": "h{0}{i}", "role": "host", "count": 2}]},
+     "the only placeholder a name may hold is {i}"),
+    ({"nodes": [{"name": "client", "role": "client"}, {"name": "h{i}", "role": "host", "count": 300}]},
+     "count must be from 1 to 253"),
+    ({"nodes": [{"name": "client", "role": "client"}, {"name": "h", "role": "host"}],
+      "links": ["client-h"]}, "link 'client-h': expected a mapping"),
 ])
 def test_malformed_topologies_get_a_clear_message(raw, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        topology_from_dict(raw, {})
+
+
+@pytest.mark.parametrize("subnet, message", [
+    ("0.0.0.0/0", "from /8 to /16"),
+    ("10.77.0.0/24", "from /8 to /16"),
+    ("10.77.0.0/33", "is not a network"),
+])
+def test_bad_subnets_are_refused_at_once(subnet, message):
+    with pytest.raises(SpecError, match=message):
+        plan_addresses(load_topology("cluster"), subnet)
+
+
+def test_a_lan_holds_at_most_one_subnet_of_members():
+    raw = {"nodes": [{"name": "client", "role": "client"}, {"name": "tcpserver", "role": "tcpserver"},
+                     {"name": "h{i}", "role": "host", "count": 200}, {"name": "f{i}", "role": "fileserver", "count": 100}],
+           "links": [{"name": "pub", "kind": "public", "nodes": ["client", "tcpserver"]},
+                     {"name": "san", "kind": "san", "nodes": ["tcpserver", "h{i}", "f{i}"]}]}
+    with pytest.raises(SpecError, match="link san has 301 members; at most 253"):
         topology_from_dict(raw, {})
 
 

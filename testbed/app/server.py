@@ -31,6 +31,12 @@ log = logging.getLogger("testbed.app.server")
 MAX_COST_US = 1_000_000  # a dynamic request burns at most one second
 MAX_HEADER_BYTES = 64 * 1024
 PRECOMPOSE_LIMIT = 64 * 1024  # files up to this size are served as one pre-built buffer
+# The cache holds each file once, keyed on its resolved path; request paths (spellings such
+# as "//a/./b" or "%61") only point at entries, and only so many, each short: a client
+# sending many spellings of one file cannot grow the application (it once kept 55 MB for
+# 1,000 spellings of one 12-byte file, a copy each).
+MAX_ALIASES = 10_000
+MAX_ALIAS_BYTES = 256
 STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
 
 
@@ -63,7 +69,8 @@ class App:
                  cache_bytes: int = 512 * 1024 * 1024, idle_timeout: float = 30.0) -> None:
         self.root = Path(docroot).resolve()
         self.dynamic_cost_us = dynamic_cost_us
-        self.cache: dict[bytes, Entry] = {}
+        self.files: dict[Path, Entry] = {}  # resolved file -> its entry (charged once)
+        self.cache: dict[bytes, Entry] = {}  # request path -> entry (MAX_ALIASES at most)
         self.cache_left = cache_bytes
         self.idle_timeout = idle_timeout
         self.conns: set[HttpProtocol] = set()
@@ -88,16 +95,21 @@ class App:
         target = (self.root / rel).resolve()
         if self.root not in target.parents:
             return None  # outside the document root (.. or symlinks): not found
-        try:
-            body = target.read_bytes()
-        except (OSError, ValueError):
-            return None
-        ctype = b"application/json" if target.suffix == ".json" else (
-            b"text/html" if target.suffix in (".html", ".htm") else b"application/octet-stream")
-        e = Entry(body, ctype)
-        cost = len(body) * (3 if e.full else 1)
-        if cost <= self.cache_left:
+        e = self.files.get(target)
+        if e is None:
+            try:
+                body = target.read_bytes()
+            except (OSError, ValueError):
+                return None
+            ctype = b"application/json" if target.suffix == ".json" else (
+                b"text/html" if target.suffix in (".html", ".htm") else b"application/octet-stream")
+            e = Entry(body, ctype)
+            cost = len(body) * (3 if e.full else 1)
+            if cost > self.cache_left:
+                return e  # served, not kept
             self.cache_left -= cost
+            self.files[target] = e
+        if len(path) <= MAX_ALIAS_BYTES and len(self.cache) < MAX_ALIASES:
             self.cache[path] = e
         return e
 
@@ -246,7 +258,8 @@ async def serve_regular(app: App, host: str, port: int, backlog: int = LISTEN_BA
 
 def _write_stats(path: Path, app: App, tunnels: list) -> None:
     d = {"time": time.time(), "pid": os.getpid(), "requests": app.requests, "bad_requests": app.bad_requests,
-         "connections_open": len(app.conns)}
+         "connections_open": len(app.conns), "cache_files": len(app.files),
+         "cache_paths": len(app.cache)}
     if tunnels and tunnels[-1] is not None:
         d["tunnel"] = tunnels[-1].counters()
     tmp = path.with_name(path.name + ".tmp")

@@ -31,7 +31,13 @@ on connections it would serve seconds later, after their clients had given up. N
   to a host (``stale``), also one reset while it waited in the kernel's backlog (the first
   read comes before the hand-off);
 - a connection queued longer than ``--queue-deadline`` seconds is reset (``shed``): a
-  host would serve it late, if at all.
+  host would serve it late, if at all;
+- in the push modes (eager-accept, setup-with-accept) the daemon gives one host at most
+  ``--host-conns`` connections it has not finished; beyond, new connections queue as in the
+  pull modes (where a host's ACCEPT_REQs set the pace), and a host that finishes one gets
+  the oldest queued. Without it, a saturated TCP server accepted everything the kernel
+  held and spread its CPU over them all (paper-smp, a 0.05-CPU TCP server at six times its
+  capacity: no reply finished within the client's 5 s).
 
 Counters in the stats file: ``queued`` (now), ``queued_total``, ``shed``, ``stale``,
 ``listener_pauses``. ``--client-io asyncio`` cannot pause its listener: beyond the bound
@@ -122,6 +128,8 @@ class ServerConfig:
     backlog: int = 64
     listen_backlog: int = 1024  # the kernel's listen backlog (SYNs beyond it are dropped)
     queue_deadline: float = 1.0  # a connection queued longer is reset (0 = never)
+    # push modes: connections given to one host and not yet finished by it (0 = no bound)
+    host_conns: int = 128
     # False: the daemon before issue 14, for A/B (accept everything, reset beyond backlog)
     overload_control: bool = True
     idle_timeout: float = 60.0
@@ -321,7 +329,8 @@ class ClientConn(asyncio.Protocol):
         srv.c_open -= 1
         host = self.host
         if host is not None:
-            host.conns.pop(self.cid, None)
+            if host.conns.pop(self.cid, None) is not None and srv.push_accept:
+                srv.host_finished(host)
             if self.host_closed:
                 if self.done_on_close:
                     host.emit(CLOSE_DONE, self.cid, 0)
@@ -586,6 +595,8 @@ class HostChannel(asyncio.Protocol):
                 return
             frames = frames[1:]
         conns = self.conns
+        srv = self.srv
+        push_accept = srv.push_accept
         try:
             for ftype, cid, arg, payload in frames:
                 if ftype == SEND:
@@ -597,6 +608,8 @@ class HostChannel(asyncio.Protocol):
                     if c is not None:
                         c.host_send(payload)
                         c.host_close(False)
+                        if push_accept:
+                            srv.host_finished(self)
                 elif ftype == RECV_REQ:
                     c = conns.get(cid)
                     if c is not None:
@@ -605,6 +618,8 @@ class HostChannel(asyncio.Protocol):
                     c = conns.pop(cid, None)
                     if c is not None:
                         c.host_close(bool(arg))
+                        if push_accept:
+                            srv.host_finished(self)
                     elif arg:
                         self.emit(CLOSE_DONE, cid, 0)
                 elif ftype == ACCEPT_REQ:
@@ -857,11 +872,14 @@ class TcpServer:
             h.emit(LISTEN_OK, req, port)
             # connections that arrived while no host listened
             if self.push_accept:
-                while ps.hosts:
+                while ps.hosts and ps.pending:
+                    to = self.pick_host(ps)
+                    if not self.has_room(to):
+                        break
                     c = self.next_pending(ps)
                     if c is None:
                         break
-                    self.assign(c, self.pick_host(ps))
+                    self.assign(c, to)
 
         self.loop.create_task(go())
 
@@ -917,9 +935,11 @@ class TcpServer:
             return
         ps = c.port
         if self.push_accept:
-            if ps.hosts:
-                self.assign(c, self.pick_host(ps))
-                return
+            if ps.hosts and not ps.pending:
+                h = self.pick_host(ps)
+                if self.has_room(h):
+                    self.assign(c, h)
+                    return
         elif ps.waiters:
             self.assign(c, self.pick_waiter(ps))
             return
@@ -930,6 +950,23 @@ class TcpServer:
         self.enqueue(c, ps)
 
     # --- overload control (module docstring) ---------------------------------------
+    def has_room(self, h: HostChannel) -> bool:
+        """Push modes: may ``h`` be given one more connection (``--host-conns``)?"""
+        bound = self.cfg.host_conns
+        return not bound or not self.cfg.overload_control or len(h.conns) < bound
+
+    def host_finished(self, h: HostChannel) -> None:
+        """Push modes: ``h`` finished a connection; give it the oldest queued ones it has
+        room for."""
+        if not self.push_accept or h.dead:
+            return
+        for ps in h.ports:
+            while ps.pending and self.has_room(h):
+                c = self.next_pending(ps)
+                if c is None:
+                    break
+                self.assign(c, h)
+
     def enqueue(self, c: ClientConn, ps: PortState) -> None:
         pending = ps.pending
         pausable = isinstance(ps.server, rawio.RawListener) and self.cfg.overload_control
@@ -1133,6 +1170,7 @@ class TcpServer:
             "listener_pauses": self.c_listener_pauses,
             "listener_paused": any(p.paused for p in self.ports.values()),
             "backlog": self.cfg.backlog,
+            "host_conns": self.cfg.host_conns,
             "queue_deadline": self.cfg.queue_deadline,
             "overload_control": self.cfg.overload_control,
             "accept_waiters": sum(sum(p.waiters.values()) for p in self.ports.values()),
@@ -1180,12 +1218,15 @@ def _addr_port(s: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def check_overload(backlog: object, listen_backlog: object, queue_deadline: object) -> None:
+def check_overload(backlog: object, listen_backlog: object, queue_deadline: object,
+                   host_conns: object = ServerConfig.host_conns) -> None:
     """The overload-control bounds as given by a user, or ValueError (one rule for the
     daemon's options and the service options of ``up`` and experiment files)."""
     for name, v in (("backlog", backlog), ("listen_backlog", listen_backlog)):
         if not isinstance(v, int) or isinstance(v, bool) or not 1 <= v <= 65535:
             raise ValueError(f"{name} must be a whole number in [1, 65535], not {v!r}")
+    if not isinstance(host_conns, int) or isinstance(host_conns, bool) or not 0 <= host_conns <= 65535:
+        raise ValueError(f"host_conns must be a whole number in [0, 65535] (0 = no bound), not {host_conns!r}")
     if (not isinstance(queue_deadline, (int, float)) or isinstance(queue_deadline, bool)
             or not 0 <= queue_deadline <= 3600):
         raise ValueError(f"queue_deadline must be seconds in [0, 3600] (0 = no limit), not {queue_deadline!r}")
@@ -1253,6 +1294,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--overload-control", choices=("on", "off"), default="on",
                     help="off: the daemon before it (accept everything, queue up to --backlog, "
                          "reset beyond; no deadline), for comparisons")
+    ap.add_argument("--host-conns", type=int, default=ServerConfig.host_conns,
+                    help="push modes: connections given to one host and not yet finished by it; "
+                         "beyond, new ones queue as in the pull modes (0 = no bound)")
     ap.add_argument("--queue-deadline", type=float, default=ServerConfig.queue_deadline,
                     help="seconds a connection may wait for a host before it is reset (0 = no limit)")
     ap.add_argument("--idle-timeout", type=float, default=60.0)
@@ -1279,7 +1323,7 @@ def main(argv: list[str] | None = None) -> int:
         if (a.placement_file or a.placement_share) and not a.serve_static:
             raise ValueError("--placement-file/--placement-share need --serve-static DOCROOT")
         check_period_us(a.poll_us)
-        check_overload(a.backlog, a.listen_backlog, a.queue_deadline)
+        check_overload(a.backlog, a.listen_backlog, a.queue_deadline, a.host_conns)
         if not 0.0 <= a.placement_share <= 1.0:
             raise ValueError("--placement-share must be in [0, 1]")
         if a.serve_static and not (Path(a.serve_static) / "manifest.json").is_file():
@@ -1291,6 +1335,7 @@ def main(argv: list[str] | None = None) -> int:
             listen_host=a.listen[0], listen_port=a.listen[1], san=channels.parse(a.san), mode=mode,
             token=read_token(a.token_file), stats_file=a.stats_file, max_conns=a.max_conns,
             backlog=a.backlog, listen_backlog=a.listen_backlog, queue_deadline=a.queue_deadline,
+            host_conns=a.host_conns,
             overload_control=a.overload_control == "on",
             idle_timeout=a.idle_timeout, defer_accept=a.defer_accept,
             serve_static=a.serve_static, placement_file=a.placement_file, placement_share=a.placement_share,
