@@ -81,4 +81,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from testbed._venv import ensure_environment
+    ensure_environment("analysis", ("pandas", "matplotlib"))
     sys.exit(main())

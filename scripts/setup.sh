@@ -50,4 +50,8 @@ if [ -d /usr/lib/python3/dist-packages/mininet ]; then
     ln -sfn /usr/lib/python3/dist-packages/mininet .venv/mininet-only/mininet
     echo "$(pwd)/.venv/mininet-only" > "$site/debian-mininet.pth"
 fi
-echo "setup.sh: ready (.venv)"
+# the commands on root's PATH (sudo's secure_path holds /usr/local/bin): `sudo testbed up`
+for cmd in testbed testbed-loadgen testbed-analysis; do
+    ln -sfn "$(pwd)/.venv/bin/$cmd" "/usr/local/bin/$cmd"
+done
+echo "setup.sh: ready (.venv; commands testbed, testbed-loadgen, testbed-analysis in /usr/local/bin)"

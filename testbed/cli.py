@@ -1,11 +1,15 @@
-"""The lifecycle verbs: up, status, exec, down, clean, run, topologies. Nothing else prints.
+"""The lifecycle verbs: up, status, exec, shell, down, clean, run, topologies. Nothing else prints.
 
-    sudo python -m testbed up [TOPOLOGY|FILE] [--name NAME] [--mode MODE] [-p key=value]...
-    sudo python -m testbed status [NAME] [--json]
-    sudo python -m testbed exec [--name NAME] NODE -- CMD...
-    sudo python -m testbed down [NAME]
-    sudo python -m testbed clean
-    sudo python -m testbed run EXPERIMENT [--quick]
+    sudo testbed up [TOPOLOGY|FILE] [--name NAME] [--mode MODE] [-p key=value]...
+    sudo testbed status [NAME] [--json]
+    sudo testbed exec [--name NAME] NODE -- CMD...
+    sudo testbed shell [NAME]
+    sudo testbed down [NAME]
+    sudo testbed clean [--force]
+    sudo testbed run EXPERIMENT [--quick]
+
+``testbed`` is the console script scripts/setup.sh puts in /usr/local/bin; ``sudo python3
+-m testbed ...`` from the repository does the same (it re-executes in .venv).
 """
 
 from __future__ import annotations
@@ -27,6 +31,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     try:
         return int(args.func(args) or 0)
+    except BrokenPipeError:  # `testbed status | head`: the reader left, not an error of ours
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except TestbedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -36,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m testbed",
+    p = argparse.ArgumentParser(prog="testbed",
                                 description="TCP-server offload testbed (namespaces + cgroups)")
     p.add_argument("-v", "--verbose", action="store_true")
     sub = p.add_subparsers(dest="verb", required=True)
@@ -95,7 +102,13 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("name", nargs="?")
     dn.set_defaults(func=cmd_down)
 
-    cl = sub.add_parser("clean", help="remove everything any testbed left, also after a crash")
+    sh = sub.add_parser("shell", help="an interactive prompt into a running testbed (NODE CMD..., nodes, "
+                                      "links, pingall, status, load RATE SECONDS)")
+    sh.add_argument("name", nargs="?")
+    sh.set_defaults(func=cmd_shell)
+    cl = sub.add_parser("clean", help="remove what testbeds left (by their journals), also after a crash")
+    cl.add_argument("--force", action="store_true",
+                    help="also remove tcps-* namespaces, cgroups and shm files that no journal names")
     cl.set_defaults(func=cmd_clean)
 
     tp = sub.add_parser("topologies", help="list shipped topologies and their parameters")
@@ -124,7 +137,7 @@ def _pick(name: str | None) -> str:
     if len(running) == 1:
         return running[0]
     if not running:
-        raise TestbedError("no testbed is running: `sudo python -m testbed up` builds one")
+        raise TestbedError("no testbed is running: `sudo testbed up` builds one")
     raise TestbedError(f"several testbeds run ({', '.join(running)}): name one")
 
 
@@ -225,9 +238,9 @@ def print_status(state: dict[str, Any]) -> None:
     if "docroot" in state:
         print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
         print(f"document root: {state['docroot']}")
-    print(f"reach it:  sudo python -m testbed exec client -- curl -s {state['service_url']}manifest.json")
-    print("           sudo python -m testbed exec host1 -- ip -br addr")
-    print(f"stop it:   sudo python -m testbed down {state['name']}")
+    print(f"reach it:  sudo testbed exec client -- curl -s {state['service_url']}manifest.json")
+    print("           sudo testbed exec host1 -- ip -br addr")
+    print(f"stop it:   sudo testbed down {state['name']}")
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -262,6 +275,12 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return proc.wait()
 
 
+def cmd_shell(args: argparse.Namespace) -> int:
+    from .shell import run_shell
+    _require_root()
+    return run_shell(_pick(args.name))
+
+
 def cmd_down(args: argparse.Namespace) -> int:
     from .lifecycle import teardown
     _require_root()
@@ -274,11 +293,15 @@ def cmd_down(args: argparse.Namespace) -> int:
 def cmd_clean(args: argparse.Namespace) -> int:
     from .clean import clean_all
     _require_root()
-    removed = clean_all()
-    for r in removed:
+    res = clean_all(force=args.force)
+    for r in res.removed:
         print(f"removed {r}")
-    print(f"clean: {len(removed)} objects removed" if removed else "clean: nothing to remove")
-    return 0
+    for r in res.left_alone:
+        print(f"left alone {r}: no testbed journal names it (--force removes it)")
+    for r in res.failed:
+        print(f"could not remove {r}", file=sys.stderr)
+    print(f"clean: {len(res.removed)} objects removed" if res.removed else "clean: nothing to remove")
+    return 1 if res.failed else 0
 
 
 def cmd_topologies(args: argparse.Namespace) -> int:

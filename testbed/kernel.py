@@ -59,7 +59,7 @@ def _new_mount_point(name: str) -> Path:
         os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL, 0))
     except FileExistsError:
         raise TestbedError(f"network namespace {name} already exists: "
-                           "run `python -m testbed clean` to remove leftovers") from None
+                           "run `sudo testbed clean` to remove leftovers") from None
     return path
 
 

@@ -114,8 +114,9 @@ class Testbed:
         self.warnings = check_cpu_budgets(self.topology)
         if self.store.exists():
             raise TestbedError(f"a testbed named {self.name!r} already exists: "
-                               f"`python -m testbed down {self.name}` first, or pick --name")
+                               f"`sudo testbed down {self.name}` first, or pick --name")
         check_subnet_free(self.subnet)
+        self._check_names_free()
         t0 = time.monotonic()
         self.store.create()
         self.store.save(self._state(building=True))
@@ -133,6 +134,18 @@ class Testbed:
             self.down()
             raise
         return self
+
+    def _check_names_free(self) -> None:
+        """Refuse to build over objects of our names that no journal of ours records: a
+        failed ``up`` would otherwise remove (or adopt and empty) what someone else made."""
+        from .kernel import list_netns
+        mine = f"{PREFIX}-{self.name}"
+        found = [f"netns {n}" for n in list_netns(f"{mine}-")]
+        found += [f"cgroup {g}" for g in self.cgroups.list_groups(mine) if g == mine]
+        if found:
+            raise TestbedError(f"{', '.join(found)} already exist(s) and no testbed of this machine "
+                               f"made them: pick another --name (`sudo testbed clean --force` "
+                               f"removes them)")
 
     def _make_cgroups(self) -> None:
         self.store.journal("cgroup", cgroup_name(self.name))
@@ -284,6 +297,13 @@ def teardown(name: str) -> list[str]:
     for kind, n in journal:
         if kind == "file":
             Path(n).unlink(missing_ok=True)
+    # the shm channel's socket and rings (services: shm:tcps-<name>-<front>), left behind
+    # when their processes were killed; testbed names hold no '-', so this prefix is ours
+    shm = Path("/dev/shm")
+    for f in sorted(shm.glob(f"{PREFIX}-{name}-*")) if shm.is_dir() else []:
+        if not f.is_dir() and not f.is_symlink():
+            f.unlink(missing_ok=True)
+            removed.append(f"file {f}")
     if store.dir.exists():
         import shutil
         shutil.rmtree(store.dir, ignore_errors=True)

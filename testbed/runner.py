@@ -100,7 +100,7 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: finished points are kept; resume with "
-              f"`python -m testbed run --resume {run_dir} {exp.name}`", file=sys.stderr)
+              f"`sudo testbed run --resume {run_dir} {exp.name}`", file=sys.stderr)
     finally:
         signal.signal(signal.SIGTERM, previous)
         manifest["finished"] = time.time()

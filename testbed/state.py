@@ -77,7 +77,7 @@ class StateStore:
                                f"(running: {', '.join(list_testbeds()) or 'none'})") from None
         except ValueError:
             raise TestbedError(f"state of testbed {self.name!r} is damaged; "
-                               "`python -m testbed clean` removes it") from None
+                               "`sudo testbed clean` removes it") from None
 
 
 def list_testbeds() -> list[str]:

@@ -119,6 +119,32 @@ def test_clean_removes_a_half_built_testbed_whose_builder_died(tb_name):
     assert leftovers(tb_name) == []
 
 
+def test_clean_removes_only_what_journals_name(tb_name):
+    """A foreign ``tcps-foreign`` namespace and cgroup survive ``clean`` (listed, left
+    alone), the testbed's own do not; ``up`` refuses to build over a namespace of its own
+    names that it did not make, and leaves that namespace in place."""
+    from testbed.kernel import create_netns, remove_netns
+    groups = cgroups.detect()
+    foreign, squatter = "tcps-foreign", f"tcps-{tb_name}-host1"
+    create_netns(foreign)
+    groups.create(foreign, None, None)
+    try:
+        Testbed(load_topology("cluster"), tb_name).up()  # left up: clean's job
+        out = run_cli("clean").stdout
+        assert f"netns tcps-{tb_name}-host1" in out and leftovers(tb_name) == []
+        assert "left alone netns tcps-foreign" in out and "left alone cgroup tcps-foreign" in out
+        assert Path(f"/run/netns/{foreign}").exists() and groups.list_groups(foreign) == [foreign]
+        create_netns(squatter)
+        with pytest.raises(TestbedError, match=f"netns {squatter} already exist"):
+            Testbed(load_topology("cluster"), tb_name).up()
+        assert Path(f"/run/netns/{squatter}").exists() and not (Path("/run/tcps") / tb_name).exists()
+    finally:
+        remove_netns(foreign)
+        remove_netns(squatter)
+        groups.remove(foreign)
+    assert leftovers(tb_name) == []
+
+
 def test_cli_lifecycle_for_every_topology(tb_name):
     for name in available_topologies():
         up = run_cli("up", name, "--name", tb_name, "--no-services")

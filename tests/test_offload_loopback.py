@@ -345,3 +345,79 @@ def test_slow_reader_bounds_server_buffer(docroot: Path) -> None:
             s.close()
 
     run(main())
+
+
+def test_a_host_that_never_reads_cannot_grow_the_daemon(docroot: Path) -> None:
+    """An authenticated host sending three million PINGs and reading nothing: the daemon stops
+    reading it once the PONGs back up (the channel's high-water mark), so its memory stays
+    bounded, and it still serves through the well-behaved host."""
+    import resource
+
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot) as (srv, tunnels, port):
+            san = srv.cfg.san
+            sock = socket.create_connection((san.host, san.port))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # and never read
+            sock.setblocking(False)
+            hello = protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
+                protocol.Hello(TOKEN, "greedy", "eager-accept")))
+            pings = protocol.pack(protocol.PING, 0, 7) * 10_000
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            loop = asyncio.get_running_loop()
+            await loop.sock_sendall(sock, hello)
+            sent = 0
+            for _ in range(300):  # 3M PINGs (48 MB of PONGs), as far as the daemon takes them
+                try:
+                    await asyncio.wait_for(loop.sock_sendall(sock, pings), 2.0)
+                except asyncio.TimeoutError:
+                    break  # the daemon stopped reading us: the bound
+                sent += 1
+            grown_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+            greedy = [h for h in srv.hosts if h.host_id == "greedy"]
+            assert greedy and greedy[0].paused, "the daemon should have stopped reading the greedy host"
+            assert sent < 300, "3M PINGs taken without their PONGs being read"
+            # (the kernel's socket buffers and the 8 MB high-water mark; unbounded was +22 MB)
+            assert grown_kb < 24 * 1024, grown_kb
+            status, _, _ = await http_get(port, "/dir0/class0_0")
+            assert status == 200
+            sock.close()
+
+    run(main())
+
+
+def test_a_host_sending_past_its_window_is_dropped(docroot: Path) -> None:
+    """SEND beyond the send window (no CREDIT waited for) is a protocol error: that host's
+    channel is dropped, the daemon's buffers do not grow with it."""
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot) as (srv, tunnels, port):
+            r, w = await asyncio.open_connection("127.0.0.1", port)  # announced to a host
+            san = srv.cfg.san
+            rogue_r, rogue_w = await asyncio.open_connection(san.host, san.port)
+            rogue_w.write(protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
+                protocol.Hello(TOKEN, "rogue", "eager-accept")))
+                + protocol.pack(protocol.LISTEN, 1, port, b"\x00"))
+            await rogue_w.drain()
+            await asyncio.sleep(0.2)
+            rogue = [h for h in srv.hosts if h.host_id == "rogue"][0]
+            # the next connection goes to the rogue host (the least loaded)
+            r2, w2 = await asyncio.open_connection("127.0.0.1", port)
+            w2.write(b"GET /dir0/class0_0 HTTP/1.0\r\n\r\n")
+            await w2.drain()
+            for _ in range(50):
+                if rogue.conns:
+                    break
+                await asyncio.sleep(0.05)
+            assert rogue.conns, "no connection was given to the rogue host"
+            cid = next(iter(rogue.conns))
+            chunk = protocol.pack(protocol.SEND, cid, 0, b"x" * 32768)
+            rogue_w.write(chunk * (protocol.SEND_WINDOW // 32768 + 2))
+            await rogue_w.drain()
+            await asyncio.wait_for(rogue_r.read(), 5)  # dropped: EOF
+            assert srv.stats()["protocol_errors"] >= 1
+            w.close()
+            w2.close()
+            rogue_w.close()
+            status, _, _ = await http_get(port, "/dir0/class0_0")
+            assert status == 200
+
+    run(main())

@@ -182,7 +182,7 @@ class MininetBackend:
             # LinuxBridge.start() would `brctl delbr` an existing bridge: never touch another's
             raise TestbedError(f"link {lp.link.name}: interface(s) {', '.join(taken)} already exist in "
                                "the root namespace (another testbed's, or left over: "
-                               "`python -m testbed down NAME` removes a testbed's own)")
+                               "`sudo testbed down NAME` removes a testbed's own)")
         self._journal("link", br)
         self.links.append(br)
         sw = self.net.addSwitch(br, cls=mn["LinuxBridge"], dpid=br[len(PREFIX):], inNamespace=False)

@@ -347,6 +347,9 @@ class ClientConn(asyncio.Protocol):
         self.srv.c_client_out += n
         self.transport.write(payload)
         self.unacked += n
+        if self.unacked > SEND_WINDOW:  # a host ignoring its credit would grow us without bound
+            raise ProtocolError(f"connection {self.cid}: {self.unacked} bytes sent beyond the "
+                                f"send window ({SEND_WINDOW})")
         if not self.wpaused:
             self.release()
 
@@ -550,10 +553,16 @@ class HostChannel(asyncio.Protocol):
             self.transport.abort()  # type: ignore[union-attr]
 
     def pause_writing(self) -> None:
+        # the host does not read what we send it: stop reading it too, or a host that
+        # only sends (PINGs whose PONGs pile up) grows this daemon without bound
         self.paused = True
+        if self.transport is not None:
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         self.paused = False
+        if self.transport is not None and not self.dead:
+            self.transport.resume_reading()
         blocked, self.blocked = self.blocked, []
         for c in blocked:
             if c.host is self:
