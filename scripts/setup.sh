@@ -13,6 +13,7 @@ fi
 APT_PACKAGES=(
     python3 python3-venv python3-dev gcc     # the venv and packages that compile
     iproute2 nftables ethtool procps curl   # namespaces, NAT for pass-through, offload flags, probes
+    tcpdump                                 # `testbed capture`
     mininet bridge-utils iputils-ping       # the Mininet backend, without Open vSwitch
     haproxy httperf nginx-light             # the comparison points of the benchmarks
     chromium                                # opening reports in a real browser in tests

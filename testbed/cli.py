@@ -4,6 +4,8 @@
     sudo testbed status [NAME] [--json]
     sudo testbed exec [--name NAME] NODE -- CMD...
     sudo testbed shell [NAME]
+    sudo testbed locust [--name NAME] [--port 8089] [-- LOCUST ARGS...]
+    sudo testbed capture [--name NAME] NODE [-i IFACE] [-w FILE.pcap] [-c N] [--seconds S] [FILTER...]
     sudo testbed down [NAME]
     sudo testbed clean [--force]
     sudo testbed run EXPERIMENT [--quick]
@@ -18,6 +20,7 @@ import argparse
 import json
 import logging
 import os
+import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -102,6 +105,23 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("name", nargs="?")
     dn.set_defaults(func=cmd_down)
 
+    cap = sub.add_parser("capture", help="tcpdump inside a node's namespace (outside its CPU budget)")
+    cap.add_argument("--name", default=None)
+    cap.add_argument("node")
+    cap.add_argument("-i", "--interface", default="any", help="an interface of the node (default: any)")
+    cap.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file (for Wireshark)")
+    cap.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
+    cap.add_argument("--seconds", type=float, default=None, help="stop after this long")
+    cap.add_argument("filter", nargs=argparse.REMAINDER, help="a pcap filter, e.g. tcp port 80")
+    cap.set_defaults(func=cmd_capture)
+    lo = sub.add_parser("locust", help="Locust's web UI on a running testbed: Locust runs in the client "
+                                       "node, its UI is forwarded to http://127.0.0.1:PORT")
+    lo.add_argument("--name", default=None)
+    lo.add_argument("--port", type=int, default=8089, help="the UI's port on this machine (default 8089)")
+    lo.add_argument("-f", "--locustfile", default=None, help="default: loadgen/locustfile.py")
+    lo.add_argument("locust_args", nargs=argparse.REMAINDER,
+                    help="more Locust options and User classes (default: --class-picker)")
+    lo.set_defaults(func=cmd_locust)
     sh = sub.add_parser("shell", help="an interactive prompt into a running testbed (NODE CMD..., nodes, "
                                       "links, pingall, status, load RATE SECONDS)")
     sh.add_argument("name", nargs="?")
@@ -273,6 +293,88 @@ def cmd_exec(args: argparse.Namespace) -> int:
     import signal
     signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
     return proc.wait()
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    import shutil
+    import signal
+    from .lifecycle import Testbed
+    from .nodes import spawn
+    _require_root()
+    if args.count is not None and args.count < 1:
+        raise TestbedError("capture --count must be at least 1")
+    if args.seconds is not None and not 0 < args.seconds <= 86400:
+        raise TestbedError("capture --seconds must be in (0, 86400]")
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None:
+        raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
+    tb = Testbed.attach(_pick(args.name))
+    if args.node not in [n.name for n in tb.topology.nodes]:
+        raise TestbedError(f"no node {args.node!r}; nodes: {', '.join(n.name for n in tb.topology.nodes)}")
+    argv = [tcpdump, "-n", "-i", args.interface, "-U"]
+    if args.write:
+        argv += ["-w", args.write]
+    if args.count:
+        argv += ["-c", str(args.count)]
+    argv += [a for a in args.filter if a != "--"]
+    # in the node's namespace but in no cgroup of it: capturing must not spend its budget
+    proc = spawn(tb.netns(args.node), [], argv, stdin=None, stdout=None, stderr=None)
+    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
+    try:
+        return proc.wait(timeout=args.seconds)
+    except subprocess.TimeoutExpired:  # --seconds passed: stop it as Ctrl-C would (the file is flushed)
+        os.killpg(proc.pid, signal.SIGINT)
+        return 0 if proc.wait() in (0, -signal.SIGINT) else proc.returncode
+
+
+def cmd_locust(args: argparse.Namespace) -> int:
+    import asyncio
+    import signal
+    from pathlib import Path
+    from .forward import serve_forward
+    from .lifecycle import Testbed
+    from .nodes import spawn, stop
+    _require_root()
+    if not 1024 <= args.port <= 65535:
+        raise TestbedError("locust --port must be in [1024, 65535]")
+    root = Path(__file__).resolve().parent.parent
+    locustfile = Path(args.locustfile or root / "loadgen" / "locustfile.py").resolve()
+    if not locustfile.is_file():
+        raise TestbedError(f"locust: no locustfile {locustfile}")
+    tb = Testbed.attach(_pick(args.name))
+    inner_port = 8089  # on the client node's own loopback
+    extra = [a for a in args.locust_args if a != "--"] or ["--class-picker"]
+    argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", tb.service_url,
+            "--web-host", "127.0.0.1", "--web-port", str(inner_port), *extra]
+    client = tb.topology.by_role("client")[0].name
+    proc = spawn(tb.netns(client), tb.cgroups.procs_files(tb.cgroup(client)), argv, stdin=subprocess.DEVNULL)
+    print(f"Locust runs in node {client} against {tb.service_url}; its web UI: http://127.0.0.1:{args.port}/ "
+          "(Ctrl-C stops it)", flush=True)
+
+    async def main() -> None:
+        fwd = asyncio.ensure_future(serve_forward(tb.netns(client), inner_port, args.port))
+        try:
+            while proc.poll() is None and not fwd.done():
+                await asyncio.sleep(0.2)
+            if fwd.done() and fwd.exception():
+                raise TestbedError(f"locust: cannot listen on 127.0.0.1:{args.port}: {fwd.exception()}")
+        finally:
+            fwd.cancel()
+
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped as by Ctrl-C: Locust goes too
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        if proc.poll() is None:
+            stop(proc.pid, None, timeout=5)
+    return 0
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
