@@ -57,6 +57,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--role", action="append", default=[], metavar="ROLE=NODE[,NODE]",
                     help="with a Mininet Topo: which of its nodes play which role, e.g. "
                     "--role client=h1 --role tcpserver=s1 --role host=h2,h3")
+    up.add_argument("--custom", metavar="FILE", help="Mininet's convention: a Python file defining "
+                    "topos = {'name': TopoClass}; pick one with --topo")
+    up.add_argument("--topo", metavar="NAME[,ARG...]", help="with --custom: the Topo and its arguments")
     up.add_argument("--name", default="tb", help="testbed name (default: tb)")
     up.add_argument("--mode", default="regular", help="regular, split, async-send, eager-receive, "
                     "eager-accept, setup-with-accept (default: regular)")
@@ -169,8 +172,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     check_mode(args.mode)
     if args.knob and not args.balance:
         raise TestbedError("--knob chooses what --balance moves: give --balance adaptive|fixed:SPLIT too")
-    from .spec_mininet import is_mininet_ref, load_mininet_topology
-    if is_mininet_ref(args.topology):  # module:Class, a Mininet Topo
+    from .spec_mininet import is_mininet_ref, load_custom_topology, load_mininet_topology
+    if bool(args.custom) != bool(args.topo):
+        raise TestbedError("--custom FILE and --topo NAME go together (Mininet's convention)")
+    if args.custom:
+        if args.topology != "cluster":
+            raise TestbedError("give either a topology or --custom/--topo, not both")
+        topo = load_custom_topology(args.custom, args.topo, args.role, parse_params(args.param))
+    elif is_mininet_ref(args.topology):  # module:Class, a Mininet Topo
         topo = load_mininet_topology(args.topology, args.role, parse_params(args.param))
     elif args.role:
         raise TestbedError("--role is for Mininet Topo classes (module:Class); shipped topologies "

@@ -1,7 +1,8 @@
 """Bring your own Mininet topology: a Mininet ``Topo`` becomes a testbed ``Topology``.
 
-    sudo python -m testbed up mypkg.mytopo:MyTopo --role client=h1 --role tcpserver=r1 \\
+    sudo testbed up mypkg.mytopo:MyTopo --role client=h1 --role tcpserver=r1 \\
         --role host=h2,h3 [-p n=3] [--backend mininet]
+    sudo testbed up --custom mytopo.py --topo mytopo,3 --role ...     # Mininet's own convention
 
 A Mininet ``Topo`` is a pure description (a graph of hosts, switches and links with
 parameters), so it maps onto ``testbed.spec.Topology`` and then builds on either backend:
@@ -83,6 +84,40 @@ def load_topo_class(ref: str) -> type:
     if cls is None:
         raise SpecError(f"{ref}: module {mod_name} has no {cls_name}")
     return cls
+
+
+def load_custom_topology(path: str, topo: str, roles: Iterable[str] | dict[str, str],
+                         params: dict[str, str] | None = None) -> Topology:
+    """Mininet's own convention: ``--custom FILE --topo NAME[,ARG...]``, where FILE defines
+    ``topos = {"NAME": constructor}``; ARGs (numbers become numbers, ``k=v`` a keyword) and
+    ``-p key=value`` pairs go to the constructor."""
+    file = Path(path)
+    if not file.is_file():
+        raise SpecError(f"--custom {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"tcps_custom_{file.stem}", file)
+    if spec is None or spec.loader is None:
+        raise SpecError(f"--custom {path}: not a Python file")
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError as e:
+        raise SpecError(f"--custom {path}: {e} (Mininet's Topo comes with Debian's mininet package: "
+                        "scripts/setup.sh)") from None
+    topos = getattr(module, "topos", None)
+    if not isinstance(topos, dict) or not topos:
+        raise SpecError(f"--custom {path}: defines no `topos = {{'name': TopoClass}}` mapping, as Mininet expects")
+    name, *words = [w.strip() for w in topo.split(",")]
+    if name not in topos:
+        raise SpecError(f"--topo {name!r}: {path} offers {', '.join(sorted(topos))}")
+    args = [_literal(w) for w in words if "=" not in w]
+    kwargs = {k.strip(): _literal(v) for k, _, v in (w.partition("=") for w in words if "=" in w)}
+    kwargs.update({k: _literal(v) for k, v in (params or {}).items()})
+    try:
+        built = topos[name](*args, **kwargs)
+    except TypeError as e:
+        raise SpecError(f"--topo {topo}: cannot build it with {args or ''}{kwargs or ''}: {e}") from None
+    role_map = roles if isinstance(roles, dict) else parse_roles(roles)
+    return from_mininet(built, role_map, name=name.lower(), params=kwargs)
 
 
 def load_mininet_topology(ref: str, roles: Iterable[str] | dict[str, str],

@@ -18,3 +18,7 @@ class TwoTier(Topo):
         self.addLink(t1, s2, bw=san_bw)
         for i in range(hosts):
             self.addLink(self.addHost(f"h{i + 2}"), s2, bw=san_bw)
+
+
+# Mininet's own convention for `--custom FILE --topo NAME[,ARG...]`
+topos = {"twotier": TwoTier}

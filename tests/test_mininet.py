@@ -23,7 +23,8 @@ from testbed.kernel import pid_alive
 from testbed.lifecycle import Testbed
 from testbed.services import http_get
 from testbed.spec import load_topology, topology_from_dict
-from testbed.spec_mininet import from_mininet, is_mininet_ref, load_mininet_topology, parse_roles
+from testbed.spec_mininet import (from_mininet, is_mininet_ref, load_custom_topology, load_mininet_topology,
+                                  parse_roles)
 
 from .conftest import ECHO_CLIENT, ECHO_SERVER, ROOT, leftovers, run_cli
 
@@ -251,3 +252,19 @@ def test_cli_up_mininet_topo_class_on_either_backend(tb_name):
         finally:
             run_cli("down", tb_name, check=False)
         assert leftovers(tb_name) == [], backend
+
+
+def test_custom_file_and_topo_as_mininet_takes_them():
+    """`--custom FILE --topo NAME[,ARG,k=v]`: the file's `topos` mapping, positional and
+    keyword arguments, -p pairs; bad names get one line naming what the file offers."""
+    roles = ["client=h1", "tcpserver=t1", "host=h2,h3,h4"]
+    topo = load_custom_topology(str(ROOT / "tests" / "mininet_topos.py"), "twotier,3", roles)
+    assert sorted(n.name for n in topo.by_role("host")) == ["h2", "h3", "h4"]
+    topo = load_custom_topology(str(ROOT / "tests" / "mininet_topos.py"), "twotier,hosts=3,san_bw=100", roles)
+    assert {l.mbit for l in topo.links if l.kind == "san"} == {100.0}
+    with pytest.raises(SpecError, match="offers twotier"):
+        load_custom_topology(str(ROOT / "tests" / "mininet_topos.py"), "threetier", roles)
+    with pytest.raises(SpecError, match="no such file"):
+        load_custom_topology("/nonexistent/topo.py", "x", roles)
+    bad = run_cli("up", "--custom", str(ROOT / "tests" / "mininet_topos.py"), check=False)
+    assert bad.returncode == 2 and "--custom FILE and --topo NAME go together" in bad.stderr
