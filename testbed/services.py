@@ -96,8 +96,10 @@ def start_services(tb: "Testbed") -> None:
     if tb.mode == "regular":
         for host in hosts:
             NetnsBackend.add_local_address(tb.netns(host), vip)
+            # the public port is the app's here: the listen_backlog option bounds its queue
+            backlog = ["--listen-backlog", str(opts["listen_backlog"])] if opts.get("listen_backlog") else []
             tb.popen(host, python_module("testbed.app.server", *app_common,
-                                         "--listen", f"0.0.0.0:{SERVICE_PORT}",
+                                         "--listen", f"0.0.0.0:{SERVICE_PORT}", *backlog,
                                          "--stats-file", str(run_dir / f"stats-{host}.json")),
                      log_name="app", supervise=True)
         by_front: dict[str, list[str]] = {}
