@@ -177,25 +177,45 @@ def test_close_delivers_what_was_written_first() -> None:
     uvloop.run(main())
 
 
+def _raw_attach(name: str) -> tuple[socket.socket, object, int]:
+    """Attach to a shm SAN as a hand-made host: the socket, the mapped ring, its capacity."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.connect(f"/dev/shm/{name}.sock")
+    msg, fds, _, _ = socket.recv_fds(s, 4096, 1)
+    mm, cap, _ = shmring._map_ring(fds[0], msg, name)
+    os.close(fds[0])
+    return s, mm, cap
+
+
+def _write_ring(mm, cap: int, payload: bytes, head: int | None = None, tail0: int | None = None,
+                at: int = 0) -> None:
+    """Put ``payload`` at offset ``at`` of ring 1 (host -> server) and publish ``head``."""
+    base = shmring.HEADER + cap  # ring 1: host -> server
+    mm[base + at:base + at + len(payload)] = payload
+    w = memoryview(mm)[:shmring.HEADER].cast("Q")
+    if tail0 is not None:  # ring 0's tail (ours to write): beyond anything the server wrote
+        w[shmring.CONTROL[0] // 8 + shmring.TAIL] = tail0
+    w[shmring.CONTROL[1] // 8 + shmring.HEAD] = at + len(payload) if head is None else head
+    w.release()
+
+
+async def _until_dropped(s: socket.socket) -> None:
+    loop = asyncio.get_running_loop()
+    s.settimeout(5)
+    try:
+        while await loop.run_in_executor(None, s.recv, 64):
+            pass  # the server closes its end: EOF
+    except ConnectionResetError:
+        pass
+
+
 def test_garbage_drops_only_that_channel(docroot: Path) -> None:
     name = _name("garbage")
 
     def raw_attach() -> tuple[socket.socket, object, int]:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        s.connect(f"/dev/shm/{name}.sock")
-        msg, fds, _, _ = socket.recv_fds(s, 4096, 1)
-        mm, cap, _ = shmring._map_ring(fds[0], msg, name)
-        os.close(fds[0])
-        return s, mm, cap
+        return _raw_attach(name)
 
-    def write_ring(mm, cap: int, payload: bytes, head: int | None = None, tail0: int | None = None) -> None:
-        base = shmring.HEADER + cap  # ring 1: host -> server
-        mm[base:base + len(payload)] = payload
-        w = memoryview(mm)[:shmring.HEADER].cast("Q")
-        if tail0 is not None:  # ring 0's tail (ours to write): beyond anything the server wrote
-            w[shmring.CONTROL[0] // 8 + shmring.TAIL] = tail0
-        w[shmring.CONTROL[1] // 8 + shmring.HEAD] = len(payload) if head is None else head
-        w.release()
+    write_ring = _write_ring
 
     async def main() -> None:
         async with offload_stack("eager-accept", docroot, san=f"shm:{name}") as (srv, tunnels, port):
@@ -218,12 +238,7 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
                 else:
                     write_ring(mm, cap, payload)
                 s.send(b"\x01")  # doorbell
-                s.settimeout(5)
-                try:
-                    while await loop.run_in_executor(None, s.recv, 64):
-                        pass  # the server closes its end: EOF
-                except ConnectionResetError:
-                    pass
+                await _until_dropped(s)
                 s.close()
                 mm.close()
             st = srv.stats()
@@ -233,6 +248,36 @@ def test_garbage_drops_only_that_channel(docroot: Path) -> None:
                 status, _, _ = await http_get(port, "/dir0/class1_0")
                 assert status == 200
             assert _ring_files(name) == []
+
+    uvloop.run(main())
+
+
+def test_a_head_behind_the_tail_is_corruption_not_a_replay(docroot: Path) -> None:
+    """A host that moves its ring's head back below what the server already read would have
+    it deliver those bytes again: the channel is dropped instead."""
+    name = _name("rewind")
+
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot, san=f"shm:{name}") as (srv, tunnels, port):
+            loop = asyncio.get_running_loop()
+            s, mm, cap = await loop.run_in_executor(None, _raw_attach, name)
+            hello = protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
+                protocol.Hello(TOKEN, "rewinder", "eager-accept")))
+            _write_ring(mm, cap, hello)
+            s.send(b"\x01")
+            for _ in range(50):
+                if any(h.host_id == "rewinder" for h in srv.hosts):
+                    break
+                await asyncio.sleep(0.05)
+            assert any(h.host_id == "rewinder" for h in srv.hosts)
+            _write_ring(mm, cap, b"", head=len(hello) - 8)  # behind the server's tail
+            s.send(b"\x01")
+            await _until_dropped(s)
+            s.close()
+            mm.close()
+            assert not any(h.host_id == "rewinder" for h in srv.hosts)
+            status, _, _ = await http_get(port, "/dir0/class1_0")
+            assert status == 200
 
     uvloop.run(main())
 

@@ -177,7 +177,7 @@ class ShmTransport(asyncio.Transport):
                     return
                 w[self._rx_wait_i] = 0
             n = head - tail
-            if n > cap:
+            if not 0 < n <= cap:  # a head behind our tail would deliver bytes twice
                 self._fatal(OSError(f"shm ring {self.get_extra_info('shm_ring')}: corrupt counters "
                                     f"(head {head}, tail {tail}, capacity {cap})"))
                 return
