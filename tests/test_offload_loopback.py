@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import random
 import socket
@@ -419,5 +420,28 @@ def test_a_host_sending_past_its_window_is_dropped(docroot: Path) -> None:
             rogue_w.close()
             status, _, _ = await http_get(port, "/dir0/class0_0")
             assert status == 200
+
+    run(main())
+
+
+def test_listen_and_connect_outside_the_port_range_get_an_error(docroot: Path) -> None:
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot) as (srv, tunnels, port):
+            san = srv.cfg.san
+            r, w = await asyncio.open_connection(san.host, san.port)
+            w.write(protocol.pack(protocol.HELLO, 0, 0, protocol.encode_hello(
+                protocol.Hello(TOKEN, "ports", "eager-accept")))
+                + protocol.pack(protocol.LISTEN, 1, 70000, b"")
+                + protocol.pack(protocol.CONNECT, 2, 0, b"127.0.0.1"))
+            await w.drain()
+            dec = protocol.FrameDecoder()
+            errors: dict[int, int] = {}
+            while len(errors) < 2:
+                for ftype, conn, arg, payload in dec.feed(await asyncio.wait_for(r.read(4096), 5)):
+                    if ftype == protocol.ERROR:
+                        errors[conn] = arg
+            assert errors == {1: errno.EINVAL, 2: errno.EINVAL}
+            assert 70000 not in srv.ports
+            w.close()
 
     run(main())

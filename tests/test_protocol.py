@@ -57,7 +57,8 @@ def test_hello_and_peer_helpers() -> None:
     h = p.Hello(token="t0k", host="host1", mode="split")
     assert p.decode_hello(p.encode_hello(h)) == h
     for bad in (b"", b"{", b"[]", b'{"token": 1}', b"\xff\xfe",
-                b'{"token":"a","host":"b","mode":"c","version":99}'):
+                b'{"token":"a","host":"b","mode":"c","version":99}',
+                b'{"token":"a","host":"b","mode":"c","version":1e400}', b"[" * 100_000):
         with pytest.raises(p.ProtocolError):
             p.decode_hello(bad)
     for peer in (("10.77.0.2", 80), ("::1", 443)):
@@ -114,3 +115,36 @@ def test_fuzz_payload_helpers(data: bytes) -> None:
             fn(data)
         except p.ProtocolError:
             pass
+
+
+@pytest.mark.slow
+def test_a_million_generated_frames_round_trip_in_bounded_memory() -> None:
+    """One million random frames (every type, random ids, payloads from empty to 4 KiB),
+    fed in random pieces from one byte to 64 KiB: every frame comes out as it went in, and
+    the decoder never holds more than one frame's worth."""
+    import random
+    import tracemalloc
+    rng = random.Random(16)
+    d = p.FrameDecoder()
+    sizes = (0, 0, 1, 7, 64, 300, 1460, 4096)
+    pieces = (1, 3, 15, 16, 17, 100, 1500, 4096, 65536)
+    total = 0
+    tracemalloc.start()
+    for _ in range(100):
+        frames = [(rng.randint(1, p.MAX_TYPE), rng.getrandbits(32), rng.getrandbits(32),
+                   rng.randbytes(rng.choice(sizes))) for _ in range(10_000)]
+        wire = b"".join(p.pack(*f) for f in frames)
+        got: list = []
+        pos = 0
+        while pos < len(wire):
+            step = rng.choice(pieces)
+            got += d.feed(wire[pos:pos + step])
+            pos += step
+            assert d.buffered <= p.HDR_SIZE + p.MAX_PAYLOAD
+        assert got == frames
+        total += len(got)
+        del frames, wire, got
+        _, peak = tracemalloc.get_traced_memory()
+        assert peak < 64 * 1024 * 1024, peak  # one batch's frames and wire at most
+    tracemalloc.stop()
+    assert total == 1_000_000

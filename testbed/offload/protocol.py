@@ -153,8 +153,9 @@ def decode_hello(payload: bytes) -> Hello:
     try:
         d = json.loads(bytes(payload).decode())
         h = Hello(token=str(d["token"]), host=str(d["host"]), mode=str(d["mode"]), version=int(d["version"]))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise ProtocolError(f"malformed HELLO payload: {e}") from None
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError, OverflowError, RecursionError) as e:
+        # (RecursionError: deeply nested JSON; OverflowError: a version like 1e400)
+        raise ProtocolError(f"malformed HELLO payload: {type(e).__name__}: {e}") from None
     if h.version != PROTOCOL_VERSION:
         raise ProtocolError(f"host speaks protocol version {h.version}, this server {PROTOCOL_VERSION}")
     return h

@@ -867,6 +867,10 @@ class TcpServer:
         h.out.clear()
 
     def listen_request(self, h: HostChannel, req: int, port: int) -> None:
+        if not 1 <= port <= 65535:
+            h.emit(ERROR, req, errno.EINVAL, f"LISTEN on port {port}: ports are 1-65535".encode())
+            return
+
         async def go() -> None:
             try:
                 if port != self.cfg.listen_port and port not in self.ports:
@@ -893,6 +897,9 @@ class TcpServer:
         self.loop.create_task(go())
 
     def connect_request(self, h: HostChannel, req: int, port: int, payload: bytes) -> None:
+        if not 1 <= port <= 65535:
+            h.emit(ERROR, req, errno.EINVAL, f"CONNECT to port {port}: ports are 1-65535".encode())
+            return
         addr = bytes(payload).decode(errors="replace")
         ps = self.ports.get(0) or PortState(0)
 
