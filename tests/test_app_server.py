@@ -120,3 +120,69 @@ def test_many_spellings_of_one_file_are_cached_once(docroot: Path) -> None:
     assert len(app.cache) <= app_server.MAX_ALIASES
     assert all(len(k) <= app_server.MAX_ALIAS_BYTES for k in app.cache)
     assert grown < 4 * 1024 * 1024, grown  # the paths only (a copy per spelling was 55 kB each)
+
+
+def test_slow_oversized_and_pipelining_clients_are_bounded(docroot: Path) -> None:
+    """A request not finished within the header deadline gets 408; one whose headers grow
+    past the cap gets 431; a client pipelining 4 MB of requests without reading costs the
+    application a bounded amount of memory (it stops reading that client), and others are
+    still served."""
+    import resource
+    import socket
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        port = free_port()
+        app = App(docroot, header_timeout=2.0)
+        loop.call_later(1.0, app.sweep, loop)
+        srv = await serve_regular(app, "127.0.0.1", port)
+        try:
+            # a byte a second: 408 within the deadline plus the sweep's second
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            t0 = loop.time()
+            for ch in b"GET /dir0/cl":
+                w.write(bytes([ch]))
+                await asyncio.sleep(0.3)
+                if r.at_eof():
+                    break
+            reply = await asyncio.wait_for(r.read(), 10)
+            assert reply.startswith(b"HTTP/1.1 408"), reply[:40]
+            assert loop.time() - t0 < 6
+            w.close()
+            # headers past 64 KiB, in pieces: 431 and close
+            r, w = await asyncio.open_connection("127.0.0.1", port)
+            w.write(b"GET /dir0/class0_0 HTTP/1.1\r\nHost: x\r\n")
+            await w.drain()
+            for _ in range(20):
+                w.write(b"X-Pad: " + b"a" * 8000 + b"\r\n")
+                await w.drain()
+                await asyncio.sleep(0.01)
+                if r.at_eof():
+                    break
+            reply = await asyncio.wait_for(r.read(), 10)
+            assert reply.startswith(b"HTTP/1.1 431"), reply[:40]
+            w.close()
+            # 4 MB of pipelined requests, replies never read
+            before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", port))
+            s.setblocking(False)
+            req = b"GET /dir0/class1_3 HTTP/1.1\r\nHost: x\r\n\r\n"
+            blob = req * (4 * 1024 * 1024 // len(req))
+            sent = 0
+            while sent < len(blob):
+                try:
+                    sent += await asyncio.wait_for(loop.sock_send(s, blob[sent:sent + 65536]), 2)
+                except asyncio.TimeoutError:
+                    break  # the application stopped reading us: the bound
+            await asyncio.sleep(1)
+            grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+            assert grown_mb < 48, grown_mb  # unbounded: a 4 KiB reply per request, ~400 MB
+            status, _, body = await http_get(port, "/dir0/class0_0")
+            assert status == 200 and body == (docroot / "dir0/class0_0").read_bytes()
+            s.close()
+        finally:
+            srv.close()
+
+    uvloop.run(main())

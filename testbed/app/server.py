@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -37,7 +38,16 @@ PRECOMPOSE_LIMIT = 64 * 1024  # files up to this size are served as one pre-buil
 # 1,000 spellings of one 12-byte file, a copy each).
 MAX_ALIASES = 10_000
 MAX_ALIAS_BYTES = 256
-STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed"}
+STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+          408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+HEADER_TIMEOUT = 20.0  # seconds to finish a request once it began (a byte-a-second client)
+# Requests read while our replies wait unread (the transport paused our writing) are
+# answered when it resumes. Past DEFER_PAUSE of them reading pauses too (a client that
+# pipelines without reading); MAX_DEFERRED bounds what one read already holds. Reading is
+# not paused at the first full buffer: a large reply fills it without any abuse, and
+# pausing would cost two epoll_ctl calls per such reply.
+DEFER_PAUSE = 32
+MAX_DEFERRED = 10_000
 
 
 def _head(status: int, ctype: bytes, length: int, keep_alive: bool, extra: bytes = b"") -> bytes:
@@ -66,13 +76,15 @@ class App:
     """Everything the connections share: the document root and its cache."""
 
     def __init__(self, docroot: str | os.PathLike, dynamic_cost_us: int = 0,
-                 cache_bytes: int = 512 * 1024 * 1024, idle_timeout: float = 30.0) -> None:
+                 cache_bytes: int = 512 * 1024 * 1024, idle_timeout: float = 30.0,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
         self.root = Path(docroot).resolve()
         self.dynamic_cost_us = dynamic_cost_us
         self.files: dict[Path, Entry] = {}  # resolved file -> its entry (charged once)
         self.cache: dict[bytes, Entry] = {}  # request path -> entry (MAX_ALIASES at most)
         self.cache_left = cache_bytes
         self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
         self.conns: set[HttpProtocol] = set()
         self.tick = 0
         self.requests = 0
@@ -114,11 +126,21 @@ class App:
         return e
 
     def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Close connections idle for longer than idle_timeout (slow or silent clients)."""
+        """Once a second: close connections idle for longer than idle_timeout (aborted when
+        replies are still unsent: a client that stopped reading would hold them forever),
+        and answer 408 to requests not finished within header_timeout."""
         self.tick += 1
         limit = self.tick - max(1, int(self.idle_timeout))
-        for c in [c for c in self.conns if c.last < limit]:
-            c.transport.close()
+        late = self.tick - max(1, int(self.header_timeout))
+        for c in list(self.conns):
+            if c.last < limit:
+                t = c.transport
+                if t.get_write_buffer_size():
+                    t.abort()
+                else:
+                    t.close()
+            elif 0 <= c.began <= late and not c.closing:
+                c.reject(408, b"request timeout\n")
         loop.call_later(1.0, self.sweep, loop)
 
 
@@ -136,7 +158,8 @@ def burn_cpu(cost_us: int) -> int:
 class HttpProtocol(asyncio.Protocol):
     """One HTTP connection; works on any asyncio Transport (kernel or tunneled)."""
 
-    __slots__ = ("app", "transport", "parser", "url", "last", "closing")
+    __slots__ = ("app", "transport", "parser", "url", "last", "closing", "began", "pending", "wpaused",
+                 "rpaused", "deferred")
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -145,6 +168,11 @@ class HttpProtocol(asyncio.Protocol):
         self.url = b""
         self.last = app.tick
         self.closing = False
+        self.began = -1  # the app's tick when the request being read began; -1: none
+        self.pending = 0  # bytes read into that request past its first read
+        self.wpaused = False  # the transport's buffer is full: the client does not read
+        self.rpaused = False  # we paused reading (DEFER_PAUSE requests deferred)
+        self.deferred: collections.deque[tuple[bytes, bytes, bool]] | None = None  # read while wpaused
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -152,11 +180,33 @@ class HttpProtocol(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.app.conns.discard(self)
+        self.deferred = None
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        deferred = self.deferred
+        while deferred and not self.wpaused and not self.closing:
+            self.serve(*deferred.popleft())
+        if self.rpaused and not self.wpaused and not self.closing:
+            self.rpaused = False
+            self.transport.resume_reading()
 
     def data_received(self, data: bytes) -> None:
         self.last = self.app.tick
         if self.closing:
             return
+        # header size: count the reads that arrive while a request is unfinished (the one
+        # that began it is not counted, so the cap is MAX_HEADER_BYTES plus one read)
+        if self.began >= 0:
+            self.pending += len(data)
+            if self.pending > MAX_HEADER_BYTES:
+                self.reject(431, b"request header fields too large\n")
+                return
+        else:
+            self.pending = 0
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -170,6 +220,7 @@ class HttpProtocol(asyncio.Protocol):
     # httptools callbacks
     def on_message_begin(self) -> None:
         self.url = b""
+        self.began = self.app.tick
 
     def on_url(self, url: bytes) -> None:
         self.url += url
@@ -177,18 +228,32 @@ class HttpProtocol(asyncio.Protocol):
             raise httptools.HttpParserError("URL too long")
 
     def on_message_complete(self) -> None:
+        self.began = -1
         if self.closing:
             return
+        p = self.parser
+        if self.wpaused:  # answered once the client reads our replies again
+            deferred = self.deferred
+            if deferred is None:
+                deferred = self.deferred = collections.deque()
+            if len(deferred) >= MAX_DEFERRED:
+                self.closing = True
+                self.transport.abort()
+                return
+            deferred.append((p.get_method(), self.url, p.should_keep_alive()))
+            if len(deferred) >= DEFER_PAUSE and not self.rpaused:
+                self.rpaused = True
+                self.transport.pause_reading()
+            return
+        self.serve(p.get_method(), self.url, p.should_keep_alive())
+
+    def serve(self, method: bytes, url: bytes, ka: bool) -> None:
         app = self.app
         app.requests += 1
-        p = self.parser
-        method = p.get_method()
-        ka = p.should_keep_alive()
         head = method == b"HEAD"
         if method != b"GET" and not head:
             self.respond(405, b"method not allowed\n", ka, extra=b"Allow: GET, HEAD\r\n")
             return
-        url = self.url
         q = url.find(b"?")
         path = url if q < 0 else url[:q]
         e = app.cache.get(path) or app.lookup(path)
@@ -231,8 +296,13 @@ class HttpProtocol(asyncio.Protocol):
             t.close()
 
     def error(self, status: int) -> None:
+        self.reject(status, b"bad request\n")
+
+    def reject(self, status: int, body: bytes) -> None:
+        """Answer ``status`` and close (a malformed, too large or too slow request)."""
         self.app.bad_requests += 1
-        self.respond(status, b"bad request\n", False)
+        self.deferred = None
+        self.respond(status, body, False)
 
 
 # --- running it -------------------------------------------------------------------------------
@@ -281,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--host-id", default=socket.gethostname())
     ap.add_argument("--dynamic-cost-us", type=int, default=0)
     ap.add_argument("--idle-timeout", type=float, default=30.0)
+    ap.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
+                    help="seconds a client has to finish a request it began (then 408)")
     ap.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
                     help="regular mode: the kernel's listen backlog (SYNs beyond it are dropped)")
     ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
@@ -305,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"app.server: {e}", file=sys.stderr)
         return 2
     loop_name = install_loop()
-    app = App(a.docroot, a.dynamic_cost_us, idle_timeout=a.idle_timeout)
+    app = App(a.docroot, a.dynamic_cost_us, idle_timeout=a.idle_timeout, header_timeout=a.header_timeout)
 
     async def run() -> None:
         from testbed.offload import hostsock
