@@ -95,7 +95,7 @@ class TestbedShell(cmd.Cmd):
 
     def do_status(self, arg: str) -> None:
         """status: the status table of this testbed."""
-        from .cli import print_status, status_of
+        from .status import print_status, status_of
         out = sys.stdout
         sys.stdout = self.stdout
         try:
