@@ -39,7 +39,7 @@ import yaml
 from .errors import SpecError
 from .services import MODES
 
-EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"
+EXPERIMENT_DIR = Path(__file__).resolve().parent / "experiments"  # package data (repo: experiments/ links here)
 WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load in `phases`
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",

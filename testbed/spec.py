@@ -35,7 +35,7 @@ import yaml
 
 from .errors import SpecError
 
-TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"  # package data (repo: topologies/ links here)
 ROLES = ("client", "tcpserver", "host", "nic", "fileserver")
 #: roles whose node forwards IP between the outside and the hosts behind it
 FRONT_ROLES = ("tcpserver", "nic")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -62,3 +63,27 @@ def test_printed_hints_name_commands_that_work():
             if "python -m testbed " in line and ("print(" in line or "Error(" in line or "f\"" in line):
                 offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+@pytest.mark.slow
+def test_an_installed_package_finds_its_topologies_and_experiments(tmp_path):
+    """A wheel (not the editable install) carries the shipped YAML files: imported from an
+    unpacked wheel, far from the repository, the package lists and loads them."""
+    import zipfile
+    build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
+                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "testbed/topologies/cluster.yaml" in names and "testbed/experiments/paper-cluster.yaml" in names
+    zipfile.ZipFile(wheel).extractall(tmp_path / "site")
+    code = ("from testbed.spec import available_topologies, load_topology\n"
+            "from testbed.experiment import available_experiments, load_experiment\n"
+            "import testbed\n"
+            "assert testbed.__file__.startswith(%r), testbed.__file__\n"
+            "print(available_topologies(), available_experiments(), load_experiment('quick').name,\n"
+            "      load_topology('smp').name)\n") % str(tmp_path / "site")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60,
+                          env={"PYTHONPATH": str(tmp_path / "site"), "PATH": os.environ.get("PATH", "")})
+    assert proc.returncode == 0, proc.stderr
+    assert "'cluster'" in proc.stdout and "'paper-cluster'" in proc.stdout and "quick smp" in proc.stdout
