@@ -32,17 +32,20 @@ import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
 from .errors import SpecError
 from .services import MODES
 
+if TYPE_CHECKING:
+    from .spec import Topology
+
 EXPERIMENT_DIR = Path(__file__).resolve().parent / "experiments"  # package data (repo: experiments/ links here)
 WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load in `phases`
 BUDGETS = ("extra", "same-total")
-_KEYS = {"configs", "sweep_modes", "name", "description", "topology", "params", "budgets", "modes", "workloads", "load",
+_KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
          "per_mode_params", "backend", "order_seed"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
@@ -97,6 +100,7 @@ class Experiment:
     balance: list[str] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "netns"
+    roles: list[str] = field(default_factory=list)  # ROLE=NODE[,NODE] for a Mininet Topo topology
     description: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -134,6 +138,15 @@ class Experiment:
                 raise SpecError(f"{self.source}: load.rates gives no rates for workload {workload!r}")
             return rates[workload]
         return rates
+
+    def topology_for(self, params: dict[str, str]) -> "Topology":
+        """The topology of one configuration: a shipped name or YAML file, or a Mininet
+        ``Topo`` given as ``module:Class`` / ``file.py:Class`` with ``roles``."""
+        from .spec import load_topology
+        from .spec_mininet import is_mininet_ref, load_mininet_topology
+        if is_mininet_ref(self.topology):
+            return load_mininet_topology(self.topology, self.roles, params)
+        return load_topology(self.topology, params)
 
     def topology_params(self, point: Point) -> dict[str, Any]:
         """Parameters for the point's testbed, with the budget comparison applied."""
@@ -298,6 +311,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         if raw["balance_knob"] not in KNOBS:
             raise SpecError(f"{source}: balance_knob must be one of {', '.join(KNOBS)}, not {raw['balance_knob']!r}")
         service["balance_knob"] = raw["balance_knob"]
+    roles = _roles(raw.get("roles"), str(raw.get("topology", "cluster")), source)
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
@@ -306,13 +320,34 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
         service=service, balance=balance, phases=phases,
-        backend=str(raw.get("backend", "netns")), description=str(raw.get("description", "")).strip(),
-        source=source, raw=raw)
+        backend=str(raw.get("backend", "netns")), roles=roles,
+        description=str(raw.get("description", "")).strip(), source=source, raw=raw)
     for wl in workloads:
         if wl != "shifting":
             exp.rates_for(wl)
     _check_topologies(exp, source)
     return exp
+
+
+def _roles(raw: Any, topology: str, source: str) -> list[str]:
+    """``roles: {client: h1, tcpserver: t1, host: [h2, h3]}`` as ``--role`` strings; only
+    for a Mininet Topo topology (shipped topologies name their roles themselves)."""
+    from .spec_mininet import is_mininet_ref
+    if raw is None:
+        if is_mininet_ref(topology):
+            raise SpecError(f"{source}: topology {topology} is a Mininet Topo: give roles, e.g. "
+                            "roles: {client: h1, tcpserver: t1, host: [h2, h3]}")
+        return []
+    if not is_mininet_ref(topology):
+        raise SpecError(f"{source}: roles are for a Mininet Topo topology (module:Class); {topology} "
+                        "names its roles itself")
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: roles is a mapping ROLE: NODE or ROLE: [NODE, ...]")
+    out = []
+    for role, nodes in raw.items():
+        names = nodes if isinstance(nodes, list) else [nodes]
+        out.append(f"{role}={','.join(str(n) for n in names)}")
+    return out
 
 
 def _check_service(service: dict[str, Any], source: str, where: str) -> None:
@@ -330,7 +365,7 @@ def _check_service(service: dict[str, Any], source: str, where: str) -> None:
 
 def _check_topologies(exp: Experiment, source: str) -> None:
     """Every point's topology must load and fit this machine before anything runs."""
-    from .spec import check_cpu_budgets, load_topology
+    from .spec import check_cpu_budgets
     seen = set()
     for p in exp.points():
         params = {k: ("none" if v is None else str(v)) for k, v in exp.topology_params(p).items()}
@@ -339,6 +374,6 @@ def _check_topologies(exp: Experiment, source: str) -> None:
             continue
         seen.add(key)
         try:
-            check_cpu_budgets(load_topology(exp.topology, params))
+            check_cpu_budgets(exp.topology_for(params))
         except SpecError as e:
             raise SpecError(f"{source}: point {p.id}: {e}") from None

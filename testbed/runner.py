@@ -35,7 +35,6 @@ from .errors import TestbedError
 from .experiment import Experiment, Point, load_experiment
 from .lifecycle import Testbed
 from .metrics import Sampler, offload_flags, sysctls_of, write_rows
-from .spec import load_topology
 
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -224,7 +223,7 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
                             "params": params, "budgets": exp.budgets, "status": "running",
                             "started": time.time()}
     _write_json(out / "point.json", info)
-    topo = load_topology(exp.topology, {k: ("none" if v is None else str(v)) for k, v in params.items()})
+    topo = exp.topology_for({k: ("none" if v is None else str(v)) for k, v in params.items()})
     info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
     service = exp.service_options(p)
     if p.balance:

@@ -268,3 +268,21 @@ def test_custom_file_and_topo_as_mininet_takes_them():
         load_custom_topology("/nonexistent/topo.py", "x", roles)
     bad = run_cli("up", "--custom", str(ROOT / "tests" / "mininet_topos.py"), check=False)
     assert bad.returncode == 2 and "--custom FILE and --topo NAME go together" in bad.stderr
+
+
+def test_an_experiment_file_can_use_a_mininet_topo():
+    """`topology: file.py:Class` with `roles:` in an experiment file; every configuration is
+    loaded and checked before anything runs."""
+    from testbed.experiment import experiment_from_dict
+    raw = {"topology": f"{ROOT / 'tests' / 'mininet_topos.py'}:TwoTier", "params": {"hosts": 2},
+           "roles": {"client": "h1", "tcpserver": "t1", "host": ["h2", "h3"]},
+           "modes": ["regular", "split"], "load": {"rates": [100]}}
+    exp = experiment_from_dict(raw, source="topo.yaml")
+    topos = [exp.topology_for({k: str(v) for k, v in exp.topology_params(p).items()}) for p in exp.points()]
+    assert [sorted(n.name for n in t.by_role("host")) for t in topos] == [["h2", "h3"]] * 2
+    with pytest.raises(SpecError, match="point .*hosts3.*h4 have no role"):
+        experiment_from_dict({**raw, "sweep": {"hosts": [2, 3]}}, source="topo.yaml")
+    with pytest.raises(SpecError, match="give roles"):
+        experiment_from_dict({k: v for k, v in raw.items() if k != "roles"}, source="topo.yaml")
+    with pytest.raises(SpecError, match="roles are for a Mininet Topo"):
+        experiment_from_dict({"topology": "cluster", "roles": {"client": "h1"}}, source="x.yaml")
