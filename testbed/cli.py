@@ -5,7 +5,7 @@
     sudo testbed exec [--name NAME] NODE -- CMD...
     sudo testbed shell [NAME]
     sudo testbed locust [--name NAME] [--port 8089] [-- LOCUST ARGS...]
-    sudo testbed capture [--name NAME] NODE [-i IFACE] [-w FILE.pcap] [-c N] [--seconds S] [FILTER...]
+    sudo testbed capture [--name NAME] NODE|LINK [-i IFACE] [-w FILE.pcap] [-c N] [--seconds S] [FILTER...]
     sudo testbed down [NAME]
     sudo testbed clean [--force]
     sudo testbed run EXPERIMENT [--quick]
@@ -109,10 +109,10 @@ def build_parser() -> argparse.ArgumentParser:
     dn.add_argument("name", nargs="?")
     dn.set_defaults(func=cmd_down)
 
-    cap = sub.add_parser("capture", help="tcpdump inside a node's namespace (outside its CPU budget)")
+    cap = sub.add_parser("capture", help="tcpdump inside a node's namespace, or on a link (outside any CPU budget)")
     cap.add_argument("--name", default=None)
-    cap.add_argument("node")
-    cap.add_argument("-i", "--interface", default="any", help="an interface of the node (default: any)")
+    cap.add_argument("node", metavar="NODE|LINK", help="a node (all its interfaces) or a link (its first end)")
+    cap.add_argument("-i", "--interface", default=None, help="with a node: one of its interfaces (default: any)")
     cap.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file (for Wireshark)")
     cap.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
     cap.add_argument("--seconds", type=float, default=None, help="stop after this long")
@@ -258,16 +258,25 @@ def cmd_capture(args: argparse.Namespace) -> int:
     if tcpdump is None:
         raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
     tb = Testbed.attach(_pick(args.name))
-    if args.node not in [n.name for n in tb.topology.nodes]:
-        raise TestbedError(f"no node {args.node!r}; nodes: {', '.join(n.name for n in tb.topology.nodes)}")
-    argv = [tcpdump, "-n", "-i", args.interface, "-U"]
+    nodes = [n.name for n in tb.topology.nodes]
+    links = {lp.link.name: lp for lp in tb.plan.links}
+    if args.node in nodes:
+        netns, iface = tb.netns(args.node), args.interface or "any"
+    elif args.node in links:
+        if args.interface:
+            raise TestbedError("capture: -i is for a node; a link is captured on its first end's interface")
+        key, iface = next(iter(links[args.node].interfaces.items()))
+        netns = tb.netns(next(n.name for n in tb.topology.nodes if n.netns_key == key))
+    else:
+        raise TestbedError(f"no node or link {args.node!r}; nodes: {', '.join(nodes)}; links: {', '.join(links)}")
+    argv = [tcpdump, "-n", "-i", iface, "-U"]
     if args.write:
         argv += ["-w", args.write]
     if args.count:
         argv += ["-c", str(args.count)]
     argv += [a for a in args.filter if a != "--"]
     # in the node's namespace but in no cgroup of it: capturing must not spend its budget
-    proc = spawn(tb.netns(args.node), [], argv, stdin=None, stdout=None, stderr=None)
+    proc = spawn(netns, [], argv, stdin=None, stdout=None, stderr=None)
     signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
     try:
         return proc.wait(timeout=args.seconds)

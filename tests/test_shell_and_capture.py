@@ -114,8 +114,18 @@ def test_capture_writes_a_pcap_of_the_nodes_traffic(tb_name, tmp_path):
         _, err = cap.communicate(timeout=30)
         assert cap.returncode == 0, err
         assert _pcap_packets(pcap) >= 3 * 6, err  # handshake, request, reply, close per curl
+        read = subprocess.run(["tcpdump", "-n", "-r", str(pcap)], capture_output=True, text=True)
+        assert read.returncode == 0 and read.stdout.count(".80:") + read.stdout.count(".80 >") >= 18, read
+        # a link by name (its first end, the client's); -c stops it
+        lcap = subprocess.Popen([sys.executable, "-m", "testbed", "capture", "--name", tb_name, "public",
+                                 "-c", "4", "-w", str(tmp_path / "public.pcap"), "icmp"], cwd=ROOT,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(1.5)
+        tb.run("client", ["ping", "-c", "3", "-i", "0.2", tb.plan.service_address], check=True)
+        _, err = lcap.communicate(timeout=20)
+        assert lcap.returncode == 0 and _pcap_packets(tmp_path / "public.pcap") == 4, err
         bad = run_cli("capture", "--name", tb_name, "nosuchnode", check=False)
-        assert bad.returncode == 2 and "no node 'nosuchnode'" in bad.stderr
+        assert bad.returncode == 2 and "no node or link 'nosuchnode'" in bad.stderr
 
 
 def test_locust_web_ui_is_reachable_from_the_machine(tb_name):
@@ -158,3 +168,10 @@ def test_locust_web_ui_is_reachable_from_the_machine(tb_name):
             out, err = proc.communicate(timeout=30)
         assert proc.returncode == 0, err
         assert "web UI: http://127.0.0.1:" in out
+        # headless, as Locust users also run it: it ends by itself and reports its requests
+        from .conftest import run_cli
+        head = run_cli("locust", "--name", tb_name, "--port", str(free_port()), "--", "--headless", "-u", "2",
+                       "-r", "2", "-t", "3s", "--only-summary", "StaticUser", timeout=90)
+        report = head.stdout + head.stderr
+        m = re.search(r"Aggregated\s+(\d+)\s+(\d+)", report)
+        assert m and int(m.group(1)) > 10 and m.group(2) == "0", report[-2000:]
