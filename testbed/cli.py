@@ -20,7 +20,6 @@ import argparse
 import json
 import logging
 import os
-import subprocess
 import sys
 from typing import Any, Sequence
 
@@ -245,94 +244,20 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_capture(args: argparse.Namespace) -> int:
-    import shutil
-    import signal
+    from .capture import capture
     from .lifecycle import Testbed
-    from .nodes import spawn
     _require_root()
-    if args.count is not None and args.count < 1:
-        raise TestbedError("capture --count must be at least 1")
-    if args.seconds is not None and not 0 < args.seconds <= 86400:
-        raise TestbedError("capture --seconds must be in (0, 86400]")
-    tcpdump = shutil.which("tcpdump")
-    if tcpdump is None:
-        raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
     tb = Testbed.attach(_pick(args.name))
-    nodes = [n.name for n in tb.topology.nodes]
-    links = {lp.link.name: lp for lp in tb.plan.links}
-    if args.node in nodes:
-        netns, iface = tb.netns(args.node), args.interface or "any"
-    elif args.node in links:
-        if args.interface:
-            raise TestbedError("capture: -i is for a node; a link is captured on its first end's interface")
-        key, iface = next(iter(links[args.node].interfaces.items()))
-        netns = tb.netns(next(n.name for n in tb.topology.nodes if n.netns_key == key))
-    else:
-        raise TestbedError(f"no node or link {args.node!r}; nodes: {', '.join(nodes)}; links: {', '.join(links)}")
-    argv = [tcpdump, "-n", "-i", iface, "-U"]
-    if args.write:
-        argv += ["-w", args.write]
-    if args.count:
-        argv += ["-c", str(args.count)]
-    argv += [a for a in args.filter if a != "--"]
-    # in the node's namespace but in no cgroup of it: capturing must not spend its budget
-    proc = spawn(netns, [], argv, stdin=None, stdout=None, stderr=None)
-    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
-    try:
-        return proc.wait(timeout=args.seconds)
-    except subprocess.TimeoutExpired:  # --seconds passed: stop it as Ctrl-C would (the file is flushed)
-        os.killpg(proc.pid, signal.SIGINT)
-        return 0 if proc.wait() in (0, -signal.SIGINT) else proc.returncode
+    return capture(tb, args.node, interface=args.interface, write=args.write, count=args.count,
+                   seconds=args.seconds, pcap_filter=[a for a in args.filter if a != "--"])
 
 
 def cmd_locust(args: argparse.Namespace) -> int:
-    import asyncio
-    import signal
-    from pathlib import Path
-    from .forward import serve_forward
+    from .locust_ui import run_locust
     from .lifecycle import Testbed
-    from .nodes import spawn, stop
     _require_root()
-    if not 1024 <= args.port <= 65535:
-        raise TestbedError("locust --port must be in [1024, 65535]")
-    root = Path(__file__).resolve().parent.parent
-    locustfile = Path(args.locustfile or root / "loadgen" / "locustfile.py").resolve()
-    if not locustfile.is_file():
-        raise TestbedError(f"locust: no locustfile {locustfile}")
     tb = Testbed.attach(_pick(args.name))
-    inner_port = 8089  # on the client node's own loopback
-    extra = [a for a in args.locust_args if a != "--"] or ["--class-picker"]
-    argv = [sys.executable, "-m", "locust", "-f", str(locustfile), "--host", tb.service_url,
-            "--web-host", "127.0.0.1", "--web-port", str(inner_port), *extra]
-    client = tb.topology.by_role("client")[0].name
-    proc = spawn(tb.netns(client), tb.cgroups.procs_files(tb.cgroup(client)), argv, stdin=subprocess.DEVNULL)
-    print(f"Locust runs in node {client} against {tb.service_url}; its web UI: http://127.0.0.1:{args.port}/ "
-          "(Ctrl-C stops it)", flush=True)
-
-    async def main() -> None:
-        fwd = asyncio.ensure_future(serve_forward(tb.netns(client), inner_port, args.port))
-        try:
-            while proc.poll() is None and not fwd.done():
-                await asyncio.sleep(0.2)
-            if fwd.done() and fwd.exception():
-                raise TestbedError(f"locust: cannot listen on 127.0.0.1:{args.port}: {fwd.exception()}")
-        finally:
-            fwd.cancel()
-
-    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # stopped as by Ctrl-C: Locust goes too
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-        if proc.poll() is None:
-            stop(proc.pid, None, timeout=5)
-    return 0
-
-
-def _raise_interrupt(*_: object) -> None:
-    raise KeyboardInterrupt
+    return run_locust(tb, args.port, args.locustfile, [a for a in args.locust_args if a != "--"])
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
