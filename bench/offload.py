@@ -13,7 +13,7 @@ By default every mode runs woken per event, and eager-accept also polling every 
 
 CPU is read from the nodes' cgroups (cpuacct), so it includes softirq work the kernel did
 in the node's processes' context (on veth a receiver's TCP processing runs in the sender's
-context: see DESIGN.md). Load is httperf, open loop, a new connection per request, at the
+context: see docs/design.md, "Facts"). Load is httperf, open loop, a new connection per request, at the
 same offered rates for every configuration (``--rates``: a moderate and a high one by
 default, since batching helps more with load), repeated ``--repeat`` times in alternation
 so the report can give the spread (min-max) beside the median.
@@ -430,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, help="one offered load (overrides --rates)")
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--repeat", type=int, default=2, help="rounds over all configurations, for the spread")
-    ap.add_argument("--file", default="/dir0/class1_5", help="URI (6 KiB by default, as in DESIGN.md)")
+    ap.add_argument("--file", default="/dir0/class1_5", help="URI (6 KiB by default, as in docs/design.md)")
     ap.add_argument("--host-cpu", type=float, default=0.3)
     ap.add_argument("--tcpserver-cpu", type=float, default=0.6)
     ap.add_argument("--modes", nargs="+", default=DEFAULT_RUN,

@@ -1,6 +1,6 @@
 """The open-loop hot path: one process sending HTTP requests at scheduled instants.
 
-Lean on purpose (DESIGN.md: Locust's HttpUser and per-request stats cost ~1.6x a bare
+Lean on purpose (docs/design.md, "Facts": Locust's HttpUser and per-request stats cost ~1.6x a bare
 socket loop, and the prototype scheduler user reached ~3,000 req/s on a core):
 
 - raw non-blocking ``_socket`` sockets driven by callbacks on gevent's event loop

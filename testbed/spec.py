@@ -46,7 +46,7 @@ NODE_NAME = re.compile(r"^[a-z][a-z0-9]{0,8}$")
 LINK_NAME = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MIN_CPU = 0.01
 MAX_LINK_MEMBERS = 253  # one /24 per link, .255 broadcast and .254 left free
-ADVISED_MIN_CPU = 0.1  # below this CFS bursts distort per-request cost (DESIGN.md)
+ADVISED_MIN_CPU = 0.1  # below this CFS bursts distort per-request cost (docs/design.md, "Facts")
 
 
 @dataclass(frozen=True)
