@@ -40,7 +40,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-MODES = ["regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
+from testbed.offload.modes import MODES as MODE_TABLE  # the one table of modes
+
+MODES = list(MODE_TABLE)
 # by default also the best-placed variant polling every 2 ms (the slides' "No Interrupts")
 DEFAULT_RUN = [*MODES, "eager-accept/poll=2000"]
 PERCALL_PORT = 9000

@@ -34,8 +34,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from testbed.offload.modes import MODES as MODE_TABLE  # the one table of modes
+
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ["regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept"]
+MODES = list(MODE_TABLE)
 # the TCP server without the control: queue and kernel backlog as deep as before, no deadline
 CONFIGS = {"control": {}, "none": {"overload_control": False, "backlog": 4096, "listen_backlog": 4096}}
 
@@ -168,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-seconds", type=float, default=6.0)
     ap.add_argument("--warmup", type=float, default=2.0)
     ap.add_argument("--repeat", type=int, default=3)
-    ap.add_argument("--none-modes", nargs="*", default=["split", "async-send", "eager-receive"],
+    ap.add_argument("--none-modes", nargs="*",
+                    default=[n for n, m in MODE_TABLE.items() if m.offloaded and not m.push_accept],
                     help="modes also run without the control (default: the pull modes, which "
                          "collapsed before it; the push modes did not)")
     ap.add_argument("--cal-step", type=float, default=4.0, help="calibration step seconds")

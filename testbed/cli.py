@@ -24,6 +24,7 @@ import sys
 from typing import Any, Sequence
 
 from .errors import TestbedError
+from .offload.modes import MODES
 from .status import print_status, status_of
 
 
@@ -61,8 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "topos = {'name': TopoClass}; pick one with --topo")
     up.add_argument("--topo", metavar="NAME[,ARG...]", help="with --custom: the Topo and its arguments")
     up.add_argument("--name", default="tb", help="testbed name (default: tb)")
-    up.add_argument("--mode", default="regular", help="regular, split, async-send, eager-receive, "
-                    "eager-accept, setup-with-accept (default: regular)")
+    up.add_argument("--mode", default="regular", help=f"{', '.join(MODES)} (default: regular)")
     up.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a topology parameter, e.g. -p hosts=4 -p host_cpu=0.25")
     up.add_argument("--subnet", default=None, help="address block (default 10.77.0.0/16)")

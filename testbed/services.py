@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from .backends.netns import NetnsBackend
 from .errors import TestbedError
 from .kernel import in_netns, pid_alive
+from .offload.modes import MODES as MODE_TABLE
 from .spec import FRONT_ROLES, SERVICE_PORT
 
 if TYPE_CHECKING:
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODES = ("regular", "split", "async-send", "eager-receive", "eager-accept", "setup-with-accept")
-OFFLOADED_MODES = MODES[1:]
+MODES = tuple(MODE_TABLE)  # names, in the table's order (testbed/offload/modes.py)
+OFFLOADED_MODES = tuple(n for n, m in MODE_TABLE.items() if m.offloaded)
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
