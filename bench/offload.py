@@ -19,7 +19,7 @@ default, since batching helps more with load), repeated ``--repeat`` times in al
 so the report can give the spread (min-max) beside the median.
 
 Equal footing: the TCP server, the host application (every mode) and HAProxy all run as
-SCHED_BATCH (``testbed.offload.server.batch_scheduling``; ``TCPS_SCHED=normal`` turns it
+SCHED_BATCH (``testbed.offload.runtime.batch_scheduling``; ``TCPS_SCHED=normal`` turns it
 off for all of them). The client namespace keeps at most 2,000 TIME_WAIT sockets
 (``net.ipv4.tcp_max_tw_buckets``, per namespace): httperf closes first, and with tens of
 thousands of client TIME_WAIT ports it stalls looking for a free port.
@@ -445,7 +445,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", type=Path, help="also write the raw results here")
     a = ap.parse_args(argv)
     if a.cmd == "_percall-host":
-        from testbed.offload.server import install_loop
+        from testbed.offload.runtime import install_loop
 
         install_loop()
         print(json.dumps(asyncio.run(_percall_host(a))), flush=True)

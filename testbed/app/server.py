@@ -361,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from testbed.offload.modes import get_mode
-    from testbed.offload.server import install_loop, read_token
+    from testbed.offload.runtime import install_loop, read_token
 
     try:
         mode = get_mode(a.mode)

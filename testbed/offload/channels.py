@@ -24,6 +24,8 @@ import socket
 from dataclasses import dataclass
 from typing import Callable
 
+from .sockfiles import unlink_stale
+
 log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
@@ -82,7 +84,7 @@ async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> a
     if spec.kind == "tcp":
         return await loop.create_server(factory, spec.host, spec.port, reuse_address=True, backlog=128)
     if spec.kind == "unix":
-        _unlink_stale(spec.path)
+        unlink_stale(spec.path)
         srv = await loop.create_unix_server(factory, spec.path, backlog=128)
         os.chmod(spec.path, 0o600)  # only root (the testbed) may attach
         return srv
@@ -104,18 +106,3 @@ async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) ->
 
 def tune_accepted(transport: asyncio.BaseTransport) -> None:
     _tune(transport)
-
-
-def _unlink_stale(path: str, kind: int = socket.SOCK_STREAM) -> None:
-    """Remove a leftover socket file, but never a socket someone is still serving on."""
-    if not os.path.exists(path):
-        return
-    probe = socket.socket(socket.AF_UNIX, kind)
-    try:
-        probe.connect(path)
-    except OSError:
-        os.unlink(path)
-    else:
-        raise OSError(f"{path} is in use by a running TCP server; stop it or choose another path")
-    finally:
-        probe.close()

@@ -65,6 +65,7 @@ from pathlib import Path
 
 from . import channels
 from . import placement as _placement
+from .runtime import install_loop, read_token
 from . import rawio
 from .polling import PollingPacer, check_period_us
 from .modes import Mode, get_mode
@@ -1246,52 +1247,6 @@ def check_overload(backlog: object, listen_backlog: object, queue_deadline: obje
     if (not isinstance(queue_deadline, (int, float)) or isinstance(queue_deadline, bool)
             or not 0 <= queue_deadline <= 3600):
         raise ValueError(f"queue_deadline must be seconds in [0, 3600] (0 = no limit), not {queue_deadline!r}")
-
-
-def read_token(path: str) -> str:
-    token = Path(path).read_text().strip()
-    if not token:
-        raise ValueError(f"token file {path} is empty")
-    return token
-
-
-def batch_scheduling() -> bool:
-    """Run this process as SCHED_BATCH (``TCPS_SCHED=normal`` keeps SCHED_OTHER).
-
-    The TCP server and its host share a core: with SCHED_OTHER every SAN write wakes the
-    peer, which preempts the writer at once, so each side runs a few frames per time slice
-    and pays a context switch per batch. A SCHED_BATCH task that wakes up does not preempt
-    the running one; each side then runs until it blocks in epoll and frames batch up.
-    The benchmark runs HAProxy and the regular host the same way (docs/performance.md).
-    """
-    if os.environ.get("TCPS_SCHED", "batch") != "batch" or not hasattr(os, "SCHED_BATCH"):
-        return False
-    try:
-        os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-    except OSError:
-        return False
-    return True
-
-
-def install_loop() -> str:
-    """Use uvloop when importable: the same loop for every mode keeps comparisons fair.
-
-    Also moves start-up objects out of the garbage collector's view and makes its young
-    generation larger: per-connection objects are freed by reference counting anyway, and
-    frequent young collections cost several percent per request (same for every mode).
-    """
-    import gc
-
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 50, 100)
-    batch_scheduling()
-    try:
-        import uvloop
-    except ImportError:
-        return "asyncio"
-    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    return "uvloop"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,7 @@ import threading
 from typing import Any, Callable
 
 from .rawio import write_buffer_limits
+from .sockfiles import unlink_stale
 
 log = logging.getLogger(__name__)
 
@@ -490,8 +491,7 @@ async def serve(path: str, name: str, factory: Callable[[], asyncio.BaseProtocol
     _check_arch()
     if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
         raise ValueError(f"shm ring size {ring_bytes}: a power of two of at least 4096 bytes")
-    from .channels import _unlink_stale
-    _unlink_stale(path, socket.SOCK_SEQPACKET)
+    unlink_stale(path, socket.SOCK_SEQPACKET)
     srv = ShmServer(asyncio.get_running_loop(), path, name, factory, ring_bytes)
     srv._listen()
     return srv
