@@ -73,7 +73,8 @@ async def attack(vip: str) -> tuple[float, int]:
     sent = 0
     while sent < len(blob):
         try:
-            sent += await asyncio.wait_for(loop.sock_send(sock, blob[sent:sent + 65536]), 2)
+            await asyncio.wait_for(loop.sock_sendall(sock, blob[sent:sent + 65536]), 2)
+            sent += 65536
         except asyncio.TimeoutError:
             break
     await asyncio.sleep(3)

@@ -161,21 +161,15 @@ SMALL_TCP_SERVER = {"host_cpu": "0.3", "tcpserver_cpu": "0.05"}
 @pytest.mark.parametrize("mode", ["eager-accept", "setup-with-accept"])
 def test_push_modes_hold_when_the_tcp_server_saturates(mode: str, tb_name: str) -> None:
     """In the push modes no ACCEPT_REQ sets the pace: the daemon gives each host at most
-    ``host_conns`` unfinished connections and queues the rest. Without that bound
-    (``host_conns: 0``) a saturated TCP server spreads its CPU over everything the kernel
-    held, and goodput at six times its capacity falls far below its capacity."""
+    ``host_conns`` unfinished connections and queues the rest, so a saturated TCP server
+    keeps serving at several times its capacity. (Measured here against ``host_conns: 0``
+    on this cluster: 826 against 781/s and 663 against 564/s at 3,000/s, so the bound is
+    not what prevents a collapse in this setting; it is checked to act and to hold.)"""
     calm_rate = 200
     with make_testbed(mode, tb_name, budget=SMALL_TCP_SERVER) as tb:
         calm, over = measure(tb, [(calm_rate, 2.0, 0.5), (OVER, 4.0, 1.5)])
         st = stats(tb)
     print(f"{mode}: {calm:.0f}/s at {calm_rate}/s, {over:.0f}/s at {OVER}/s", end="")
     assert calm > 0.8 * calm_rate, (mode, calm)
-    assert st["host_conns"] == 128 and st["queued_total"] > 0, st  # the bound acted
+    assert st["host_conns"] == 128 and st["queued_total"] > 0 and st["listener_pauses"] > 0, st  # it acted
     assert over > 1.2 * calm, f"{mode}: goodput {over:.0f}/s at {OVER}/s against {calm:.0f}/s at {calm_rate}/s"
-    with make_testbed(mode, tb_name, {"host_conns": 0}, budget=SMALL_TCP_SERVER) as tb:
-        (without,) = measure(tb, [(OVER, 4.0, 1.5)])
-        st0 = stats(tb)
-    print(f"; without the bound {without:.0f}/s")
-    assert st0["host_conns"] == 0, st0
-    assert without < 0.6 * over, (f"{mode}: without the per-host bound {without:.0f}/s at {OVER}/s, "
-                                  f"with it {over:.0f}/s: no collapse to prevent?")
