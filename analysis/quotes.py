@@ -78,7 +78,10 @@ def render(name: str) -> str:
         cap_gain = _iv(c["capacity_gain_pct"], "%", signed=True)
         if c.get("capacity_gain_verdict") == "no difference":
             cap_gain += " (no difference)"
-        row = (f"| {c['workload']} | {c['config'] or '-'} | {c['mode']} | {_iv(c['peak'])}"
+        # a shifting mix is one curve per phase: say which
+        phase = next((p for p in str(c.get("curve", "")).split(" / ") if p.startswith("phase ")), None)
+        workload = f"{c['workload']}, {phase}" if phase else c["workload"]
+        row = (f"| {workload} | {c['config'] or '-'} | {c['mode']} | {_iv(c['peak'])}"
                f"{'' if c['saturated'] else ' (not saturated)'} | {_iv(c['capacity'])} | "
                f"{gain if c['mode'] != 'regular' else '-'} | {cap_gain if c['mode'] != 'regular' else '-'} |")
         if overload:
