@@ -110,12 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     cap = sub.add_parser("capture", help="tcpdump inside a node's namespace, or on a link (outside any CPU budget)")
     cap.add_argument("--name", default=None)
+    _capture_options(cap)
     cap.add_argument("node", metavar="NODE|LINK", help="a node (all its interfaces) or a link (its first end)")
-    cap.add_argument("-i", "--interface", default=None, help="with a node: one of its interfaces (default: any)")
-    cap.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file (for Wireshark)")
-    cap.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
-    cap.add_argument("--seconds", type=float, default=None, help="stop after this long")
-    cap.add_argument("filter", nargs=argparse.REMAINDER, help="a pcap filter, e.g. tcp port 80")
+    cap.add_argument("filter", nargs=argparse.REMAINDER,
+                     help="a pcap filter, e.g. tcp port 80 (options may come before or after NODE)")
     cap.set_defaults(func=cmd_capture)
     lo = sub.add_parser("locust", help="Locust's web UI on a running testbed: Locust runs in the client "
                                        "node, its UI is forwarded to http://127.0.0.1:PORT")
@@ -243,13 +241,28 @@ def cmd_exec(args: argparse.Namespace) -> int:
     return proc.wait()
 
 
+def _capture_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-i", "--interface", default=None, help="with a node: one of its interfaces (default: any)")
+    p.add_argument("-w", "--write", metavar="FILE.pcap", help="write packets to a pcap file (for Wireshark)")
+    p.add_argument("-c", "--count", type=int, default=None, help="stop after this many packets")
+    p.add_argument("--seconds", type=float, default=None, help="stop after this long")
+
+
 def cmd_capture(args: argparse.Namespace) -> int:
     from .capture import capture
     from .lifecycle import Testbed
     _require_root()
+    # options after NODE (`capture host1 -w f.pcap tcp port 80`), as tcpdump takes them
+    after = argparse.ArgumentParser(prog="testbed capture NODE", add_help=False)
+    _capture_options(after)
+    after.set_defaults(**{k: getattr(args, k) for k in ("interface", "write", "count", "seconds")})
+    opts, words = after.parse_known_args([a for a in args.filter if a != "--"])
+    bad = [w for w in words if w.startswith("-")]
+    if bad:
+        raise TestbedError(f"capture: unknown option {bad[0]} (options: -i, -w, -c, --seconds)")
     tb = Testbed.attach(_pick(args.name))
-    return capture(tb, args.node, interface=args.interface, write=args.write, count=args.count,
-                   seconds=args.seconds, pcap_filter=[a for a in args.filter if a != "--"])
+    return capture(tb, args.node, interface=opts.interface, write=opts.write, count=opts.count,
+                   seconds=opts.seconds, pcap_filter=words)
 
 
 def cmd_locust(args: argparse.Namespace) -> int:

@@ -1,0 +1,144 @@
+"""Numbers in README and docs, written from the shipped reports' summaries, never by hand.
+
+A Markdown file quotes a shipped report through a generated block:
+
+    <!-- quote:paper-cluster -->
+    ... (written by `python -m analysis quotes --write`) ...
+    <!-- /quote:paper-cluster -->
+
+``python -m analysis quotes`` lists blocks that differ from what the summaries give (exit
+1), ``--write`` rewrites them. The test suite runs the check, and also refuses a signed
+gain (``+12%``, ``-25.3%``) written outside a block that no shipped summary contains.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+REPORTS = ROOT / "docs" / "reports"
+BLOCK = re.compile(r"(<!-- quote:(?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /quote:(?P=name) -->)", re.S)
+SIGNED_PCT = re.compile(r"(?<![\w.])[+\-−]\d+(?:\.\d+)?%")
+
+
+#: the engine's optimisation journal: A/B figures of `make bench` runs at the time, each
+#: with the command that measures it again, not results of shipped experiments
+JOURNALS = {"performance.md"}
+
+
+def documents() -> list[Path]:
+    return [ROOT / "README.md", *sorted(p for p in (ROOT / "docs").glob("*.md") if p.name not in JOURNALS)]
+
+
+def load_summary(name: str) -> dict[str, Any]:
+    path = REPORTS / name / "summary.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no shipped summary {path.relative_to(ROOT)}")
+    return json.loads(path.read_text())
+
+
+def _iv(d: dict[str, Any], unit: str = "", signed: bool = False) -> str:
+    mean, (lo, hi) = d.get("mean"), d.get("ci95") or (None, None)
+    if mean is None:
+        return "-"
+    fmt = (lambda v: f"{v:+.1f}") if signed else (lambda v: f"{v:,.0f}")
+    text = fmt(mean) + unit
+    if lo is not None and hi is not None:
+        text += f" [{fmt(lo)}, {fmt(hi)}]"
+    return text
+
+
+def _share(d: dict[str, Any]) -> str:
+    mean, (lo, hi) = d.get("mean"), d.get("ci95") or (None, None)
+    if mean is None:
+        return "-"
+    return f"{mean:.0%}" + ("" if lo is None or hi is None else f" [{lo:.0%}, {hi:.0%}]")
+
+
+def render(name: str) -> str:
+    """The Markdown table of one shipped report's headline numbers."""
+    s = load_summary(name)
+    reps = s.get("repetitions")
+    lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
+             f"{', dirty tree' if s.get('dirty') else ''}; {reps} interleaved repetition(s); budgets: "
+             f"{s.get('budgets')}; latency target {s.get('latency_target_ms')} ms). Mean [95% interval]; "
+             "gains paired by round against Regular TCP.", ""]
+    overload = any((c.get("max_load_over_capacity") or 0) >= 2.0 for c in s["curves"])
+    head = ["workload", "configuration", "mode", "peak replies/s", "capacity req/s", "peak gain", "capacity gain"]
+    if overload:
+        head += ["highest load / capacity", "goodput kept there"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in s["curves"]:
+        gain = _iv(c["peak_gain_pct"], "%", signed=True)
+        if c.get("peak_gain_verdict") == "no difference":
+            gain += " (no difference)"
+        cap_gain = _iv(c["capacity_gain_pct"], "%", signed=True)
+        if c.get("capacity_gain_verdict") == "no difference":
+            cap_gain += " (no difference)"
+        # a shifting mix is one curve per phase: say which
+        phase = next((p for p in str(c.get("curve", "")).split(" / ") if p.startswith("phase ")), None)
+        workload = f"{c['workload']}, {phase}" if phase else c["workload"]
+        row = (f"| {workload} | {c['config'] or '-'} | {c['mode']} | {_iv(c['peak'])}"
+               f"{'' if c['saturated'] else ' (not saturated)'} | {_iv(c['capacity'])} | "
+               f"{gain if c['mode'] != 'regular' else '-'} | {cap_gain if c['mode'] != 'regular' else '-'} |")
+        if overload:
+            x, kept = c.get("max_load_over_capacity"), c.get("retained_at_max_load") or {}
+            row += f" {'-' if x is None else f'{x:.1f}x'} | {_share(kept)} |"
+        lines.append(row)
+    return "\n".join(lines) + "\n"
+
+
+def _relink(text: str, doc: Path) -> str:
+    """Links in a rendered block are relative to docs/; README sits one level up."""
+    return text.replace("](reports/", "](docs/reports/") if doc.parent == ROOT else text
+
+
+def stale_blocks(write: bool = False) -> list[str]:
+    """Blocks whose text differs from their summary (rewritten when ``write``)."""
+    out = []
+    for doc in documents():
+        text = doc.read_text()
+
+        def fill(m: re.Match[str]) -> str:
+            try:
+                body = _relink(render(m["name"]), doc)
+            except FileNotFoundError as e:
+                out.append(f"{doc.relative_to(ROOT)}: {e}")
+                return m.group(0)
+            if body != m["body"]:
+                out.append(f"{doc.relative_to(ROOT)}: quote:{m['name']} differs from its summary")
+            return m.group(1) + body + m.group(4)
+
+        new = BLOCK.sub(fill, text)
+        if write and new != text:
+            doc.write_text(new)
+    return out
+
+
+def shipped_numbers() -> set[str]:
+    """Every signed gain, as rendered, in every shipped summary."""
+    found: set[str] = set()
+    for path in REPORTS.glob("*/summary.json"):
+        for c in json.loads(path.read_text()).get("curves", []):
+            for key in ("peak_gain_pct", "capacity_gain_pct"):
+                d = c.get(key) or {}
+                for v in [d.get("mean"), *(d.get("ci95") or [])]:
+                    if v is not None:
+                        found.update({f"{v:+.1f}%", f"{v:+.0f}%"})
+    return found
+
+
+def unquoted_gains() -> list[str]:
+    """Signed percentages outside quote blocks that no shipped summary holds."""
+    known = shipped_numbers()
+    out = []
+    for doc in documents():
+        text = BLOCK.sub("", doc.read_text())
+        for m in SIGNED_PCT.finditer(text):
+            if m.group(0).replace("−", "-") not in known:
+                line = text.count("\n", 0, m.start()) + 1
+                out.append(f"{doc.relative_to(ROOT)}:{line}: {m.group(0)} is in no shipped summary")
+    return out

@@ -1,0 +1,423 @@
+"""The host web application: static files and a CPU-burning dynamic endpoint.
+
+One asyncio Protocol (``HttpProtocol``) serves HTTP/1.1 keep-alive and HTTP/1.0 close,
+GET and HEAD, 404, 405 and 400 on malformed requests (parsed by httptools). The same class
+runs on kernel sockets (``regular`` mode: ``loop.create_server`` on uvloop) or on tunneled
+sockets (offloaded modes: ``hostsock``), so the comparison is the socket layer alone.
+
+Run, regular:   python -m testbed.app.server --docroot DIR --listen ADDR:PORT
+Run, offloaded: python -m testbed.app.server --docroot DIR --mode MODE --tunnel SPEC
+                    --token-file F --listen-port 80 [--host-id NAME]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from urllib.parse import unquote_to_bytes
+
+import httptools
+
+log = logging.getLogger("testbed.app.server")
+
+MAX_COST_US = 1_000_000  # a dynamic request burns at most one second
+MAX_HEADER_BYTES = 64 * 1024
+PRECOMPOSE_LIMIT = 64 * 1024  # files up to this size are served as one pre-built buffer
+# The cache holds each file once, keyed on its resolved path; request paths (spellings such
+# as "//a/./b" or "%61") only point at entries, and only so many, each short: a client
+# sending many spellings of one file cannot grow the application (it once kept 55 MB for
+# 1,000 spellings of one 12-byte file, a copy each).
+MAX_ALIASES = 10_000
+MAX_ALIAS_BYTES = 256
+STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
+          408: b"Request Timeout", 431: b"Request Header Fields Too Large"}
+HEADER_TIMEOUT = 20.0  # seconds to finish a request once it began (a byte-a-second client)
+# Requests read while our replies wait unread (the transport paused our writing) are
+# answered when it resumes. Past DEFER_PAUSE of them reading pauses too (a client that
+# pipelines without reading); MAX_DEFERRED bounds what one read already holds. Reading is
+# not paused at the first full buffer: a large reply fills it without any abuse, and
+# pausing would cost two epoll_ctl calls per such reply.
+DEFER_PAUSE = 32
+MAX_DEFERRED = 10_000
+
+
+def _head(status: int, ctype: bytes, length: int, keep_alive: bool, extra: bytes = b"") -> bytes:
+    return b"".join((
+        b"HTTP/1.1 %d %s\r\nServer: tcps-app\r\nContent-Type: %s\r\nContent-Length: %d\r\n"
+        % (status, STATUS[status], ctype, length),
+        extra,
+        b"Connection: keep-alive\r\n\r\n" if keep_alive else b"Connection: close\r\n\r\n",
+    ))
+
+
+class Entry:
+    """A cached file: the body and, for small files, whole responses ready to write."""
+
+    __slots__ = ("body", "ctype", "full", "heads")
+
+    def __init__(self, body: bytes, ctype: bytes) -> None:
+        self.body = body
+        self.ctype = ctype
+        # index: keep_alive (0/1); heads serve HEAD and large GETs
+        self.heads = (_head(200, ctype, len(body), False), _head(200, ctype, len(body), True))
+        self.full = (self.heads[0] + body, self.heads[1] + body) if len(body) <= PRECOMPOSE_LIMIT else None
+
+
+class App:
+    """Everything the connections share: the document root and its cache."""
+
+    def __init__(self, docroot: str | os.PathLike, dynamic_cost_us: int = 0,
+                 cache_bytes: int = 512 * 1024 * 1024, idle_timeout: float = 30.0,
+                 header_timeout: float = HEADER_TIMEOUT) -> None:
+        self.root = Path(docroot).resolve()
+        self.dynamic_cost_us = dynamic_cost_us
+        self.files: dict[Path, Entry] = {}  # resolved file -> its entry (charged once)
+        self.cache: dict[bytes, Entry] = {}  # request path -> entry (MAX_ALIASES at most)
+        self.cache_left = cache_bytes
+        self.idle_timeout = idle_timeout
+        self.header_timeout = header_timeout
+        self.conns: set[HttpProtocol] = set()
+        self.tick = 0
+        self.requests = 0
+        self.bad_requests = 0
+
+    def lookup(self, path: bytes) -> Entry | None:
+        e = self.cache.get(path)
+        if e is not None:
+            return e
+        if b"%" in path:
+            path_d = unquote_to_bytes(path)
+        else:
+            path_d = path
+        try:
+            rel = path_d.decode("utf-8").lstrip("/")
+        except UnicodeDecodeError:
+            return None
+        if rel == "" or "\x00" in rel:
+            return None
+        target = (self.root / rel).resolve()
+        if self.root not in target.parents:
+            return None  # outside the document root (.. or symlinks): not found
+        e = self.files.get(target)
+        if e is None:
+            try:
+                body = target.read_bytes()
+            except (OSError, ValueError):
+                return None
+            ctype = b"application/json" if target.suffix == ".json" else (
+                b"text/html" if target.suffix in (".html", ".htm") else b"application/octet-stream")
+            e = Entry(body, ctype)
+            cost = len(body) * (3 if e.full else 1)
+            if cost > self.cache_left:
+                return e  # served, not kept
+            self.cache_left -= cost
+            self.files[target] = e
+        if len(path) <= MAX_ALIAS_BYTES and len(self.cache) < MAX_ALIASES:
+            self.cache[path] = e
+        return e
+
+    def sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Once a second: close connections idle for longer than idle_timeout (aborted when
+        replies are still unsent: a client that stopped reading would hold them forever),
+        and answer 408 to requests not finished within header_timeout."""
+        self.tick += 1
+        limit = self.tick - max(1, int(self.idle_timeout))
+        late = self.tick - max(1, int(self.header_timeout))
+        for c in list(self.conns):
+            if c.last < limit:
+                t = c.transport
+                if t.get_write_buffer_size():
+                    t.abort()
+                else:
+                    t.close()
+            elif 0 <= c.began <= late and not c.closing:
+                c.reject(408, b"request timeout\n")
+        loop.call_later(1.0, self.sweep, loop)
+
+
+def burn_cpu(cost_us: int) -> int:
+    """Spend ``cost_us`` microseconds of this thread's CPU (not wall) time: stands in for CGI."""
+    end = time.thread_time_ns() + cost_us * 1000
+    n = 0
+    clock = time.thread_time_ns
+    while clock() < end:
+        for _ in range(50):
+            n += 1
+    return n
+
+
+class HttpProtocol(asyncio.Protocol):
+    """One HTTP connection; works on any asyncio Transport (kernel or tunneled)."""
+
+    __slots__ = ("app", "transport", "parser", "url", "last", "closing", "began", "pending", "wpaused",
+                 "rpaused", "deferred")
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        self.transport: asyncio.Transport = None  # type: ignore[assignment]
+        self.parser = httptools.HttpRequestParser(self)
+        self.url = b""
+        self.last = app.tick
+        self.closing = False
+        self.began = -1  # the app's tick when the request being read began; -1: none
+        self.pending = 0  # bytes read into that request past its first read
+        self.wpaused = False  # the transport's buffer is full: the client does not read
+        self.rpaused = False  # we paused reading (DEFER_PAUSE requests deferred)
+        self.deferred: collections.deque[tuple[bytes, bytes, bool]] | None = None  # read while wpaused
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.app.conns.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.app.conns.discard(self)
+        self.deferred = None
+
+    def pause_writing(self) -> None:
+        self.wpaused = True
+
+    def resume_writing(self) -> None:
+        self.wpaused = False
+        deferred = self.deferred
+        while deferred and not self.wpaused and not self.closing:
+            self.serve(*deferred.popleft())
+        if self.rpaused and not self.wpaused and not self.closing:
+            self.rpaused = False
+            self.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.last = self.app.tick
+        if self.closing:
+            return
+        # header size: count the reads that arrive while a request is unfinished (the one
+        # that began it is not counted, so the cap is MAX_HEADER_BYTES plus one read)
+        if self.began >= 0:
+            self.pending += len(data)
+            if self.pending > MAX_HEADER_BYTES:
+                self.reject(431, b"request header fields too large\n")
+                return
+        else:
+            self.pending = 0
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self.error(400)
+        except httptools.HttpParserError:
+            self.error(400)
+
+    def eof_received(self) -> bool:
+        return False  # the client is done: close our side too
+
+    # httptools callbacks
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.began = self.app.tick
+
+    def on_url(self, url: bytes) -> None:
+        self.url += url
+        if len(self.url) > MAX_HEADER_BYTES:
+            raise httptools.HttpParserError("URL too long")
+
+    def on_message_complete(self) -> None:
+        self.began = -1
+        if self.closing:
+            return
+        p = self.parser
+        if self.wpaused:  # answered once the client reads our replies again
+            deferred = self.deferred
+            if deferred is None:
+                deferred = self.deferred = collections.deque()
+            if len(deferred) >= MAX_DEFERRED:
+                self.closing = True
+                self.transport.abort()
+                return
+            deferred.append((p.get_method(), self.url, p.should_keep_alive()))
+            if len(deferred) >= DEFER_PAUSE and not self.rpaused:
+                self.rpaused = True
+                self.transport.pause_reading()
+            return
+        self.serve(p.get_method(), self.url, p.should_keep_alive())
+
+    def serve(self, method: bytes, url: bytes, ka: bool) -> None:
+        app = self.app
+        app.requests += 1
+        head = method == b"HEAD"
+        if method != b"GET" and not head:
+            self.respond(405, b"method not allowed\n", ka, extra=b"Allow: GET, HEAD\r\n")
+            return
+        q = url.find(b"?")
+        path = url if q < 0 else url[:q]
+        e = app.cache.get(path) or app.lookup(path)
+        t = self.transport
+        if e is not None:
+            if head:
+                t.write(e.heads[ka])
+            elif e.full is not None:
+                t.write(e.full[ka])
+            else:
+                t.write(e.heads[ka])
+                t.write(e.body)
+        elif path == b"/dynamic":
+            cost = app.dynamic_cost_us
+            if q >= 0:
+                try:
+                    qs = httptools.parse_url(url).query or b""
+                    for part in qs.split(b"&"):
+                        k, _, v = part.partition(b"=")
+                        if k == b"cost_us":
+                            cost = min(int(v), MAX_COST_US)
+                except (ValueError, httptools.HttpParserInvalidURLError):
+                    self.respond(400, b"bad cost_us\n", False)
+                    return
+            n = burn_cpu(cost) if cost > 0 else 0
+            self.respond(200, b"dynamic cost_us=%d work=%d\n" % (cost, n), ka, head=head)
+            return
+        else:
+            self.respond(404, b"not found\n", ka, head=head)
+            return
+        if not ka:
+            self.closing = True
+            t.close()
+
+    def respond(self, status: int, body: bytes, ka: bool, extra: bytes = b"", head: bool = False) -> None:
+        t = self.transport
+        t.write(_head(status, b"text/plain", len(body), ka, extra) + (b"" if head else body))
+        if not ka:
+            self.closing = True
+            t.close()
+
+    def error(self, status: int) -> None:
+        self.reject(status, b"bad request\n")
+
+    def reject(self, status: int, body: bytes) -> None:
+        """Answer ``status`` and close (a malformed, too large or too slow request)."""
+        self.app.bad_requests += 1
+        self.deferred = None
+        self.respond(status, body, False)
+
+
+# --- running it -------------------------------------------------------------------------------
+
+
+def _addr_port(s: str) -> tuple[str, int]:
+    host, sep, port = s.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{s!r}: expected ADDR:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+# the kernel's listen backlog in regular mode: the TCP server's default (offload/server.py),
+# so that under overload both queue as deep (issue 14: 4,096 at ~1,200 replies/s held
+# clients 3.4 s, past a 2 s client's patience)
+LISTEN_BACKLOG = 1024
+
+
+async def serve_regular(app: App, host: str, port: int, backlog: int = LISTEN_BACKLOG) -> asyncio.AbstractServer:
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: HttpProtocol(app), host, port, reuse_address=True, backlog=backlog)
+
+
+def _write_stats(path: Path, app: App, tunnels: list) -> None:
+    d = {"time": time.time(), "pid": os.getpid(), "requests": app.requests, "bad_requests": app.bad_requests,
+         "connections_open": len(app.conns), "cache_files": len(app.files),
+         "cache_paths": len(app.cache)}
+    if tunnels and tunnels[-1] is not None:
+        d["tunnel"] = tunnels[-1].counters()
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        tmp.write_text(json.dumps(d))
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("cannot write stats file %s: %s", path, e)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m testbed.app.server", description=__doc__.split("\n")[0])
+    ap.add_argument("--docroot", required=True)
+    ap.add_argument("--mode", default="regular")
+    ap.add_argument("--listen", type=_addr_port, help="regular mode: ADDR:PORT on kernel sockets")
+    ap.add_argument("--tunnel", help="offloaded modes: tcp:ADDR:PORT, unix:PATH or shm:NAME of the TCP server")
+    ap.add_argument("--token-file")
+    ap.add_argument("--listen-port", type=int, default=80)
+    ap.add_argument("--host-id", default=socket.gethostname())
+    ap.add_argument("--dynamic-cost-us", type=int, default=0)
+    ap.add_argument("--idle-timeout", type=float, default=30.0)
+    ap.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
+                    help="seconds a client has to finish a request it began (then 408)")
+    ap.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
+                    help="regular mode: the kernel's listen backlog (SYNs beyond it are dropped)")
+    ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
+    ap.add_argument("--log-level", default="INFO")
+    a = ap.parse_args(argv)
+    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    from testbed.offload.modes import get_mode
+    from testbed.offload.runtime import install_loop, read_token
+
+    try:
+        mode = get_mode(a.mode)
+        if not Path(a.docroot).is_dir():
+            raise ValueError(f"document root {a.docroot} is not a directory (make one: python -m testbed.app.docroot DIR)")
+        if mode.offloaded:
+            if not a.tunnel or not a.token_file:
+                raise ValueError(f"mode {mode.name} needs --tunnel and --token-file")
+            token = read_token(a.token_file)
+        elif not a.listen:
+            raise ValueError("regular mode needs --listen ADDR:PORT")
+    except (ValueError, OSError) as e:
+        print(f"app.server: {e}", file=sys.stderr)
+        return 2
+    loop_name = install_loop()
+    app = App(a.docroot, a.dynamic_cost_us, idle_timeout=a.idle_timeout, header_timeout=a.header_timeout)
+
+    async def run() -> None:
+        from testbed.offload import hostsock
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        loop.call_later(1.0, app.sweep, loop)
+        tunnels: list = [None]
+        if a.stats_file:
+            def stats() -> None:
+                _write_stats(a.stats_file, app, tunnels)
+                loop.call_later(0.5, stats)
+            loop.call_soon(stats)
+        if mode.offloaded:
+            task = loop.create_task(hostsock.serve_forever(
+                a.tunnel, token, mode.name, a.host_id, a.listen_port, lambda: HttpProtocol(app),
+                on_attach=lambda t: tunnels.append(t)))
+            log.info("host app %s: mode %s via %s, loop %s", a.host_id, mode.name, a.tunnel, loop_name)
+            done, _ = await asyncio.wait([task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
+            if task in done and task.exception():
+                raise task.exception()  # type: ignore[misc]
+            task.cancel()
+        else:
+            srv = await serve_regular(app, a.listen[0], a.listen[1], a.listen_backlog)
+            log.info("host app: regular mode on %s:%d, loop %s", a.listen[0], a.listen[1], loop_name)
+            await stop.wait()
+            srv.close()
+
+    try:
+        asyncio.run(run())
+    except OSError as e:
+        print(f"app.server: {e}", file=sys.stderr)
+        return 1
+    except Exception as e:  # e.g. the TCP server refused our token or mode
+        print(f"app.server: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,864 @@
+"""Host socket library: socket calls tunneled to the TCP server over one SAN channel.
+
+Three ways in, all over the same frames:
+
+- ``Tunnel.create_server(protocol_factory, port)``: like ``loop.create_server``; every
+  connection gets an asyncio ``Protocol`` and a ``TunnelTransport`` with the Transport
+  methods an application uses (write, writelines, write_eof, close, abort, pause_reading,
+  get_extra_info...). An application written as an asyncio Protocol therefore runs
+  unchanged on kernel sockets (regular mode) or tunneled sockets (offloaded modes).
+- ``Tunnel.listen(port)`` -> ``TunnelListener`` whose ``await accept()`` gives a
+  ``TunnelSocket`` with ``await recv(n)``, ``await send(b)``, ``await sendall(b)``,
+  ``shutdown()``, ``await close()``: socket calls one by one, each crossing the SAN the way
+  the mode says (``modes.py``).
+- ``BlockingTunnel``: the same socket calls from ordinary threads (the tunnel runs in a
+  background event-loop thread).
+
+The mode decides what crosses the SAN (see docs/modes.md): in ``split`` each send waits for
+SEND_DONE and close for CLOSE_DONE; in pull modes each recv is a RECV_REQ round trip; in
+push modes the TCP server sends data ahead and the host returns window credit.
+
+Under overload (issue 14) the host does no work for a client that has given up: a
+connection whose RESET is in the same batch of frames as its announcement or its data is
+never shown to the application (counted as ``stale_skipped``); a socket-API listener
+holds at most ``max_backlog`` unaccepted connections (beyond, they are closed, counted as
+``backlog_refused``) and ``accept()`` skips the ones reset while they waited. The TCP
+server bounds the rest (offload/server.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import errno
+import logging
+import threading
+from typing import Any, Callable
+
+from . import channels
+from .modes import Mode, get_mode
+from .protocol import (
+    ACCEPT_REQ,
+    ACCEPTED,
+    CLOSE,
+    CLOSE_DONE,
+    CONN_NEW,
+    CONNECT,
+    CONNECTED,
+    CREDIT,
+    DATA,
+    EOF,
+    ERROR,
+    HDR,
+    HELLO,
+    LISTEN,
+    LISTEN_OK,
+    MAX_TYPE,
+    PING,
+    PONG,
+    PROTOCOL_VERSION,
+    RECV_REQ,
+    RECV_WINDOW,
+    RESET,
+    SEND,
+    SEND_CHUNK,
+    SEND_CLOSE,
+    SEND_DONE,
+    SEND_WINDOW,
+    SHUTDOWN,
+    TYPE_NAMES,
+    WELCOME,
+    FrameDecoder,
+    Hello,
+    ProtocolError,
+    decode_peer,
+    encode_hello,
+)
+
+log = logging.getLogger("testbed.offload.hostsock")
+
+_pack = HDR.pack
+_V = PROTOCOL_VERSION
+_HALF_RECV = RECV_WINDOW // 2
+_GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
+MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
+
+
+class TunnelError(ConnectionError):
+    pass
+
+
+class TunnelTransport(asyncio.Transport):
+    """One client connection as seen by the host; the Transport API over the tunnel."""
+
+    __slots__ = (
+        "_ch", "cid", "_peer", "_port", "_protocol", "_credit", "_queue", "_qlen", "_inflight",
+        "_closing", "_closed", "_eof_pending", "_rpaused", "_rbuf", "_consumed", "_recv_out",
+        "_high", "_low", "_wpaused", "_got_eof",
+    )
+
+    def __init__(self, ch: "Tunnel", cid: int, peer: Any, port: int) -> None:
+        self._ch = ch
+        self.cid = cid
+        self._peer = peer
+        self._port = port
+        self._protocol: asyncio.BaseProtocol = None  # type: ignore[assignment]
+        self._credit = SEND_WINDOW
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._qlen = 0
+        self._inflight = 0  # split: bytes of the SEND awaiting SEND_DONE
+        self._closing = False
+        self._closed = False
+        self._eof_pending = False
+        self._rpaused = False
+        self._rbuf: list[bytes] = []
+        self._consumed = 0
+        self._recv_out = False  # pull: a RECV_REQ is outstanding
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._wpaused = False
+        self._got_eof = False
+
+    # --- Transport API -------------------------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            if type(self._peer) is bytes:  # decoded on first use: most apps never ask
+                self._peer = decode_peer(self._peer)[0]
+            return self._peer
+        if name == "sockname":
+            return ("0.0.0.0", self._port)
+        if name == "tunnel":
+            return self._ch
+        return default
+
+    def is_closing(self) -> bool:
+        return self._closing or self._closed
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closing or self._closed:
+            return
+        n = len(data)
+        if not n:
+            return
+        ch = self._ch
+        if not ch.sync_send and not self._queue and n <= self._credit and n <= SEND_CHUNK:
+            self._credit -= n
+            ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
+            return
+        self._queue.append(bytes(data))
+        self._qlen += n
+        self._pump()
+        if self._qlen > self._high and not self._wpaused:
+            self._wpaused = True
+            try:
+                self._protocol.pause_writing()
+            except Exception:  # the protocol's problem, as in asyncio
+                log.exception("pause_writing failed")
+
+    def writelines(self, list_of_data) -> None:  # type: ignore[override]
+        self.write(b"".join(list_of_data))
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closing or self._closed:
+            return
+        self._eof_pending = True
+        self._pump()
+
+    def close(self) -> None:
+        if self._closing or self._closed:
+            return
+        self._closing = True
+        self._pump()
+
+    def abort(self) -> None:
+        if self._closed:
+            return
+        self._queue.clear()
+        self._qlen = 0
+        self._closing = True
+        self._ch.emit(CLOSE, self.cid, 0)
+        self._lost(None)
+
+    def pause_reading(self) -> None:
+        self._rpaused = True
+
+    def resume_reading(self) -> None:
+        if not self._rpaused:
+            return
+        self._rpaused = False
+        buf, self._rbuf = self._rbuf, []
+        for data in buf:
+            if self._closed or self._rpaused:
+                self._rbuf[:0] = [data]
+                return
+            self._deliver(data)
+        if self._got_eof and not self._rbuf and not self._closed:
+            self._deliver_eof()
+        elif not self._ch.push_data and not self._closing:
+            self._want_read()
+
+    def is_reading(self) -> bool:
+        return not self._rpaused
+
+    def get_write_buffer_size(self) -> int:
+        return self._qlen + self._inflight
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high = 64 * 1024 if high is None else high
+        self._low = self._high // 4 if low is None else low
+
+    # --- sending -------------------------------------------------------------------
+    def _pump(self) -> None:
+        """Send queued bytes as the window (or split's one-at-a-time rule) allows."""
+        ch = self._ch
+        q = self._queue
+        if ch.sync_send:
+            if self._inflight:
+                return
+            if q:
+                # one SEND at a time; writes made meanwhile ride together in the next one
+                data = b"".join(q) if len(q) > 1 else q[0]
+                q.clear()
+                chunk, rest = data[:SEND_CHUNK], data[SEND_CHUNK:]
+                if rest:
+                    q.append(rest)
+                self._qlen = len(rest)
+                self._inflight = len(chunk)
+                ch.emit(SEND, self.cid, 0, chunk)
+                return
+        else:
+            while q and self._credit > 0:
+                data = q.popleft()
+                n = min(len(data), self._credit, SEND_CHUNK)
+                if n < len(data):
+                    q.appendleft(data[n:])
+                    data = data[:n]
+                self._credit -= n
+                self._qlen -= n
+                ch.emit_send(self.cid, data)
+            if q:
+                return
+        if self._wpaused and self._qlen <= self._low:
+            self._wpaused = False
+            try:
+                self._protocol.resume_writing()
+            except Exception:
+                log.exception("resume_writing failed")
+        if self._eof_pending and not q:
+            self._eof_pending = False
+            ch.emit(SHUTDOWN, self.cid, 0)
+        if self._closing and not q and not self._closed:
+            if ch.sync_send:
+                if not self._inflight:
+                    self._closed = True
+                    ch.emit(CLOSE, self.cid, 1)  # CLOSE_DONE ends it
+            else:
+                ch.emit_close(self.cid)
+                self._lost(None)
+
+    def _send_done(self, n: int) -> None:
+        self._inflight = 0
+        self._pump()
+
+    def _credit_back(self, n: int) -> None:
+        self._credit += n
+        if self._queue:
+            self._pump()
+
+    # --- receiving -----------------------------------------------------------------
+    def _want_read(self) -> None:
+        if not self._recv_out and not self._rpaused and not self._closing and not self._closed:
+            self._recv_out = True
+            self._ch.emit(RECV_REQ, self.cid, RECV_WINDOW)
+
+    def _deliver(self, data: bytes) -> None:
+        if self._rpaused:
+            self._rbuf.append(data)
+            return
+        self._protocol.data_received(data)  # type: ignore[attr-defined]
+        if self._ch.push_data:
+            self._account(len(data))
+
+    def _account(self, n: int) -> None:
+        """Push modes: the application took n bytes; give window back by halves."""
+        self._consumed += n
+        if self._consumed >= _HALF_RECV and not self._closed:
+            self._ch.emit(CREDIT, self.cid, self._consumed)
+            self._consumed = 0
+
+    def _on_data(self, data: bytes) -> None:
+        self._recv_out = False
+        self._deliver(data)
+        if not self._ch.push_data:
+            self._want_read()
+
+    def _on_eof(self) -> None:
+        self._recv_out = False
+        self._got_eof = True
+        if self._rpaused:
+            return
+        self._deliver_eof()
+
+    def _deliver_eof(self) -> None:
+        self._got_eof = False
+        keep = self._protocol.eof_received()  # type: ignore[attr-defined]
+        if not keep:
+            self.close()
+
+    def _lost(self, exc: Exception | None) -> None:
+        if self._closed and self.cid not in self._ch.conns:
+            return
+        self._closed = True
+        self._closing = True
+        ch = self._ch
+        ch.conns.pop(self.cid, None)
+        # connection_lost comes later, as in asyncio; one callback for all of a batch
+        if not ch.lost:
+            ch.loop.call_soon(ch.report_lost)
+        ch.lost.append((self, exc))
+
+
+class TunnelListener:
+    """A LISTEN on the TCP server: auto-accepts into a protocol factory, or queues for accept()."""
+
+    def __init__(self, ch: "Tunnel", port: int, factory: Callable[[], asyncio.BaseProtocol] | None,
+                 accept_ahead: int) -> None:
+        self.ch = ch
+        self.port = port
+        self.factory = factory
+        self.accept_ahead = accept_ahead  # pull accept: ACCEPT_REQs kept outstanding
+        self.outstanding = 0
+        self.backlog: collections.deque[TunnelSocket] = collections.deque()
+        self.waiters: collections.deque[asyncio.Future] = collections.deque()
+        self.closed = False
+        self.max_backlog = MAX_BACKLOG  # socket API: unaccepted connections held at most
+
+    def _refill(self) -> None:
+        if self.ch.push_accept or self.closed or not self.ch.attached:
+            return
+        while self.outstanding < self.accept_ahead:
+            self.outstanding += 1
+            self.ch.emit(ACCEPT_REQ, 0, self.port)
+
+    def _on_conn(self, tr: TunnelTransport, first: bytes) -> None:
+        ch = self.ch
+        if self.factory is not None:
+            proto = self.factory()
+            tr._protocol = proto
+            ch.conns[tr.cid] = tr
+            proto.connection_made(tr)
+            if first:
+                tr._deliver(first)
+            elif not ch.push_data:
+                tr._want_read()
+        else:
+            sock = TunnelSocket(tr)
+            ch.conns[tr.cid] = tr
+            if first:
+                sock._proto.data_received(first)
+                tr._account(len(first))
+            while self.waiters:
+                w = self.waiters.popleft()
+                if not w.done():
+                    w.set_result(sock)
+                    return
+            if len(self.backlog) >= self.max_backlog:  # nobody accepts: do not pile them up
+                ch.backlog_refused += 1
+                tr.abort()
+                return
+            self.backlog.append(sock)
+
+    async def accept(self) -> "TunnelSocket":
+        """One connection; in pull-accept modes this is the ACCEPT_REQ round trip."""
+        while self.backlog:
+            sock = self.backlog.popleft()
+            if not sock.tr._closed:
+                return sock
+            self.ch.stale_skipped += 1  # reset while it waited: its client is gone
+        fut = self.ch.loop.create_future()
+        self.waiters.append(fut)
+        if not self.ch.push_accept and self.outstanding < len(self.waiters):
+            self.outstanding += 1
+            self.ch.emit(ACCEPT_REQ, 0, self.port)
+        return await fut
+
+    def close(self) -> None:
+        self.closed = True
+        self.ch.listeners.pop(self.port, None)
+
+
+class _SockProtocol(asyncio.Protocol):
+    """Buffers one connection's bytes for TunnelSocket's recv()."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.eof = False
+        self.exc: Exception | None = None
+        self.waiter: asyncio.Future | None = None
+        self.lost: asyncio.Future | None = None
+
+    def _wake(self) -> None:
+        w = self.waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        self._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self._wake()
+        return True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.eof = True
+        self.exc = exc
+        self._wake()
+        if self.lost is not None and not self.lost.done():
+            self.lost.set_result(None)
+
+
+class TunnelSocket:
+    """Socket calls on one tunneled connection (asyncio)."""
+
+    def __init__(self, tr: TunnelTransport) -> None:
+        self.tr = tr
+        self._proto = _SockProtocol()
+        tr._protocol = self._proto
+        tr._rpaused = True  # pull modes: a RECV_REQ goes out only when recv() asks
+
+    @property
+    def peer(self) -> Any:
+        return self.tr.get_extra_info("peername")
+
+    async def recv(self, n: int = 65536) -> bytes:
+        p = self._proto
+        tr = self.tr
+        if not p.buf and tr._rbuf:  # pushed ahead (eager receive): no wait at all
+            tr.resume_reading()
+            tr._rpaused = True
+        while not p.buf and not p.eof:
+            if tr._closed:
+                break
+            p.waiter = tr._ch.loop.create_future()
+            tr.resume_reading()
+            try:
+                await p.waiter
+            finally:
+                p.waiter = None
+                if not tr._closed:
+                    tr._rpaused = True
+        if p.buf:
+            data = bytes(p.buf[:n])
+            del p.buf[:n]
+            return data
+        if p.exc is not None and not isinstance(p.exc, TunnelError):
+            raise p.exc
+        return b""
+
+    async def send(self, data: bytes) -> int:
+        """AsyncSend and later: returns at once (completion arrives later as credit);
+        split: returns when the TCP server has written the bytes (SEND_DONE)."""
+        tr = self.tr
+        if tr._closed or tr._closing:
+            raise BrokenPipeError(errno.EPIPE, "connection closed")
+        tr.write(data)
+        ch = tr._ch
+        if ch.sync_send or tr._qlen:
+            while (tr._inflight or tr._qlen) and not tr._closed:
+                fut = ch.loop.create_future()
+                ch.drain_waiters.setdefault(tr.cid, []).append(fut)
+                await fut
+        return len(data)
+
+    sendall = send
+
+    def shutdown(self) -> None:
+        self.tr.write_eof()
+
+    async def close(self) -> None:
+        tr = self.tr
+        if tr._closed:
+            return
+        self._proto.lost = tr._ch.loop.create_future()
+        tr.close()
+        await self._proto.lost
+
+
+class Tunnel(asyncio.Protocol):
+    """The host's end of one SAN channel: frames in, frames out (batched per iteration)."""
+
+    def __init__(self, mode: Mode, token: str, host_id: str) -> None:
+        self.mode = mode
+        self.sync_send = mode.sync_send
+        self.push_data = mode.push_data
+        self.push_accept = mode.push_accept
+        self.token = token
+        self.host_id = host_id
+        self.loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.decoder = FrameDecoder()
+        self.out: list[bytes] = []
+        self.flush_pending = False
+        self.conns: dict[int, TunnelTransport] = {}
+        self.listeners: dict[int, TunnelListener] = {}
+        self.attached = False
+        self.welcome: asyncio.Future = self.loop.create_future()
+        self.closed: asyncio.Future = self.loop.create_future()
+        self.requests: dict[int, asyncio.Future] = {}
+        self.next_req = 0
+        self.drain_waiters: dict[int, list[asyncio.Future]] = {}
+        self.lost: list[tuple[TunnelTransport, Exception | None]] = []  # connection_lost due
+        # where in ``out`` the last SEND's header is, and for which connection: a CLOSE
+        # right behind it turns it into one SEND_CLOSE frame
+        self.last_send_at = -1
+        self.last_send_cid = 0
+        # SAN messages by frame type, both directions: what the modes change
+        self.sent = [0] * (MAX_TYPE + 1)
+        self.received = [0] * (MAX_TYPE + 1)
+        self.stale_skipped = 0  # connections (or their data) dropped: reset in the same batch
+        self.backlog_refused = 0
+
+    # --- channel -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.transport = transport
+        self.emit(HELLO, 0, 0, encode_hello(Hello(self.token, self.host_id, self.mode.name)))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.attached = False
+        err = TunnelError(f"SAN channel to the TCP server lost: {exc or 'closed'}")
+        for tr in list(self.conns.values()):
+            tr._lost(err)
+        self.conns.clear()
+        for fut in list(self.requests.values()):
+            if not fut.done():
+                fut.set_exception(err)
+        for ws in self.drain_waiters.values():
+            for w in ws:
+                if not w.done():
+                    w.set_result(None)
+        self.drain_waiters.clear()
+        for ls in self.listeners.values():
+            ls.outstanding = 0
+            for w in ls.waiters:
+                if not w.done():
+                    w.set_exception(err)
+            ls.waiters.clear()
+        if not self.welcome.done():
+            self.welcome.set_exception(err)
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+    def report_lost(self) -> None:
+        lost, self.lost = self.lost, []
+        for tr, exc in lost:
+            proto = tr._protocol
+            tr._protocol = _GONE  # no transport <-> protocol cycle left for the collector
+            try:
+                proto.connection_lost(exc)
+            except Exception:  # the application's bug, as in asyncio
+                log.exception("connection_lost of %r failed", proto)
+
+    def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
+        out = self.out
+        out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
+        if payload:
+            out.append(payload)
+        self.sent[ftype] += 1
+        if not self.flush_pending:
+            self.flush_pending = True
+            self.loop.call_soon(self.flush)
+
+    def emit_send(self, cid: int, data: bytes) -> None:
+        self.last_send_at = len(self.out)
+        self.last_send_cid = cid
+        self.emit(SEND, cid, 0, data)
+
+    def emit_close(self, cid: int) -> None:
+        """CLOSE without CLOSE_DONE; merged into the SEND before it when that is the last frame."""
+        out = self.out
+        at = self.last_send_at
+        if self.last_send_cid == cid and at + 2 == len(out) and at >= 0:
+            out[at] = _pack(len(out[at + 1]), _V, SEND_CLOSE, 0, cid, 0)
+            self.sent[SEND] -= 1
+            self.sent[SEND_CLOSE] += 1
+            self.last_send_cid = 0
+            return
+        self.emit(CLOSE, cid, 0)
+
+    def flush(self) -> None:
+        self.flush_pending = False
+        self.last_send_cid = 0
+        out = self.out
+        if out and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(b"".join(out))
+        out.clear()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as e:
+            log.error("TCP server sent an invalid frame stream (%s); dropping the channel", e)
+            self.transport.abort()  # type: ignore[union-attr]
+            return
+        conns = self.conns
+        received = self.received
+        # connections reset further on in this batch: their clients are gone, so neither
+        # their announcement nor their bytes reach the application (one set per batch)
+        resets = {f[1] for f in frames if f[0] == RESET} if len(frames) > 1 else None
+        for ftype, cid, arg, payload in frames:
+            received[ftype] += 1
+            if ftype == DATA:
+                tr = conns.get(cid)
+                if tr is not None:
+                    if resets and cid in resets:
+                        continue
+                    tr._on_data(payload)
+            elif ftype == CONN_NEW or ftype == ACCEPTED:
+                if resets and cid in resets:
+                    self._skip_new(arg, ftype)
+                    continue
+                self._new_conn(cid, arg, payload, ftype)
+            elif ftype == CREDIT:
+                tr = conns.get(cid)
+                if tr is not None:
+                    tr._credit_back(arg)
+                    self._wake_drain(cid, tr)
+            elif ftype == SEND_DONE:
+                tr = conns.get(cid)
+                if tr is not None:
+                    tr._send_done(arg)
+                    self._wake_drain(cid, tr)
+            elif ftype == EOF:
+                tr = conns.get(cid)
+                if tr is not None:
+                    tr._on_eof()
+            elif ftype == RESET:
+                tr = conns.get(cid)
+                if tr is not None:
+                    tr._lost(None if arg == 0 else ConnectionResetError(arg, "client connection reset"))
+                    self._wake_drain(cid, tr)
+            elif ftype == CLOSE_DONE:
+                tr = conns.get(cid)
+                if tr is not None:
+                    tr._lost(None)
+            elif ftype == WELCOME:
+                self.attached = True
+                if not self.welcome.done():
+                    self.welcome.set_result(payload)
+            elif ftype in (LISTEN_OK, CONNECTED):
+                req = cid if ftype == LISTEN_OK else arg
+                fut = self.requests.pop(req, None)
+                if fut is not None and not fut.done():
+                    fut.set_result((cid, payload))
+            elif ftype == ERROR:
+                msg = bytes(payload).decode(errors="replace")
+                fut = self.requests.pop(cid, None) if cid else None
+                if fut is not None and not fut.done():
+                    fut.set_exception(OSError(arg, msg))
+                else:
+                    log.error("TCP server error %d: %s", arg, msg)
+                    if not self.welcome.done():
+                        self.welcome.set_exception(TunnelError(f"TCP server refused this host: {msg}"))
+            elif ftype == PING:
+                self.emit(PONG, 0, arg)
+            elif ftype == PONG:
+                pass
+            else:
+                log.error("TCP server sent a %s frame, which hosts never get; dropping the channel",
+                          TYPE_NAMES.get(ftype))
+                self.transport.abort()  # type: ignore[union-attr]
+                return
+
+    def _wake_drain(self, cid: int, tr: TunnelTransport) -> None:
+        ws = self.drain_waiters.get(cid)
+        if ws and (tr._closed or (not tr._inflight and not tr._qlen)):
+            del self.drain_waiters[cid]
+            for w in ws:
+                if not w.done():
+                    w.set_result(None)
+
+    def _skip_new(self, port: int, ftype: int) -> None:
+        """A connection announced and reset in one batch: only the accept bookkeeping."""
+        self.stale_skipped += 1
+        ls = self.listeners.get(port)
+        if ls is None or ftype != ACCEPTED:
+            return
+        if ls.outstanding:
+            ls.outstanding -= 1
+        if ls.factory is not None:
+            ls._refill()
+        elif ls.outstanding < len(ls.waiters):  # accept() still waits: ask again
+            ls.outstanding += 1
+            self.emit(ACCEPT_REQ, 0, port)
+
+    def _new_conn(self, cid: int, port: int, payload: bytes, ftype: int) -> None:
+        off = 3 + payload[0] if payload else 0
+        if off < 3 or len(payload) < off:
+            log.error("bad connection announcement for connection %d", cid)
+            self.emit(CLOSE, cid, 0)
+            return
+        peer = payload[:off]
+        ls = self.listeners.get(port)
+        if ls is None:
+            self.emit(CLOSE, cid, 0)
+            return
+        if ftype == ACCEPTED and ls.outstanding:
+            ls.outstanding -= 1
+        tr = TunnelTransport(self, cid, peer, port)
+        ls._on_conn(tr, payload[off:] if len(payload) > off else b"")
+        if ls.factory is not None:
+            ls._refill()
+
+    # --- calls ---------------------------------------------------------------------
+    def _request(self, ftype: int, arg: int, payload: bytes = b"") -> asyncio.Future:
+        self.next_req += 1
+        fut = self.loop.create_future()
+        self.requests[self.next_req] = fut
+        self.emit(ftype, self.next_req, arg, payload)
+        return fut
+
+    async def create_server(self, factory: Callable[[], asyncio.BaseProtocol], port: int,
+                            accept_ahead: int = 32, peer_addresses: bool = False) -> TunnelListener:
+        """Like loop.create_server. Without ``peer_addresses`` get_extra_info("peername")
+        is None: the TCP server then saves a getpeername call per connection."""
+        ls = TunnelListener(self, port, factory, accept_ahead)
+        self.listeners[port] = ls
+        await self._request(LISTEN, port, b"\x01" if peer_addresses else b"")
+        ls._refill()
+        return ls
+
+    async def listen(self, port: int) -> TunnelListener:
+        ls = TunnelListener(self, port, None, 0)
+        self.listeners[port] = ls
+        await self._request(LISTEN, port, b"\x01")
+        return ls
+
+    async def connect(self, host: str, port: int) -> TunnelSocket:
+        """Ask the TCP server to open a connection (e.g. to a file server) for this host."""
+        cid, payload = await self._request(CONNECT, port, host.encode())
+        peer, _ = decode_peer(payload)
+        tr = TunnelTransport(self, cid, peer, 0)
+        self.conns[cid] = tr
+        return TunnelSocket(tr)
+
+    def counters(self) -> dict[str, Any]:
+        return {
+            "frames_sent": {TYPE_NAMES[i]: n for i, n in enumerate(self.sent) if n},
+            "frames_received": {TYPE_NAMES[i]: n for i, n in enumerate(self.received) if n},
+            "connections_open": len(self.conns),
+            "stale_skipped": self.stale_skipped,
+            "backlog_refused": self.backlog_refused,
+        }
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.flush()
+            self.transport.close()
+
+
+async def open_tunnel(spec: str | channels.ChannelSpec, token: str, mode: str | Mode,
+                      host_id: str = "host", timeout: float = 5.0) -> Tunnel:
+    """Attach to a TCP server once: connect, HELLO, wait for WELCOME (or its refusal)."""
+    cs = channels.parse(spec) if isinstance(spec, str) else spec
+    m = get_mode(mode) if isinstance(mode, str) else mode
+    if not m.offloaded:
+        raise ValueError("mode 'regular' does not use a tunnel")
+    _, tun = await channels.connect(cs, lambda: Tunnel(m, token, host_id))
+    assert isinstance(tun, Tunnel)
+    try:
+        await asyncio.wait_for(asyncio.shield(tun.welcome), timeout)
+    except BaseException:
+        tun.close()
+        raise
+    return tun
+
+
+async def serve_forever(spec: str, token: str, mode: str, host_id: str, port: int,
+                        factory: Callable[[], asyncio.BaseProtocol],
+                        on_attach: Callable[[Tunnel], None] | None = None,
+                        retry_max: float = 1.0) -> None:
+    """Serve ``port`` through the TCP server; re-attach after it (or the SAN) goes away."""
+    delay = 0.05
+    while True:
+        try:
+            tun = await open_tunnel(spec, token, mode, host_id)
+            await tun.create_server(factory, port)
+        except (OSError, asyncio.TimeoutError, TunnelError) as e:
+            if isinstance(e, TunnelError) and "refused" in str(e):
+                raise
+            log.info("TCP server at %s not reachable (%s); retrying in %.2fs", spec, e, delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, retry_max)
+            continue
+        delay = 0.05
+        log.info("attached to the TCP server at %s as %s (mode %s, port %d)", spec, host_id, mode, port)
+        if on_attach:
+            on_attach(tun)
+        await tun.closed
+        log.warning("lost the TCP server at %s; re-attaching", spec)
+
+
+class BlockingTunnel:
+    """Socket calls from ordinary threads; the tunnel lives in a background loop thread."""
+
+    def __init__(self, spec: str, token: str, mode: str, host_id: str = "host") -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tcps-tunnel", daemon=True)
+        self._thread.start()
+        self.tunnel: Tunnel = self._call(open_tunnel(spec, token, mode, host_id))
+
+    def _call(self, coro: Any, timeout: float | None = None) -> Any:
+        fut: concurrent.futures.Future = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def listen(self, port: int) -> "BlockingListener":
+        return BlockingListener(self, self._call(self.tunnel.listen(port)))
+
+    def connect(self, host: str, port: int) -> "BlockingSocket":
+        return BlockingSocket(self, self._call(self.tunnel.connect(host, port)))
+
+    def close(self) -> None:
+        self._loop.call_soon_threadsafe(self.tunnel.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(2)
+
+
+class BlockingListener:
+    def __init__(self, bt: BlockingTunnel, ls: TunnelListener) -> None:
+        self._bt = bt
+        self._ls = ls
+
+    def accept(self, timeout: float | None = None) -> "BlockingSocket":
+        return BlockingSocket(self._bt, self._bt._call(self._ls.accept(), timeout))
+
+
+class BlockingSocket:
+    def __init__(self, bt: BlockingTunnel, s: TunnelSocket) -> None:
+        self._bt = bt
+        self._s = s
+
+    def recv(self, n: int = 65536, timeout: float | None = None) -> bytes:
+        return self._bt._call(self._s.recv(n), timeout)
+
+    def send(self, data: bytes) -> int:
+        return self._bt._call(self._s.send(data))
+
+    sendall = send
+
+    def shutdown(self) -> None:
+        self._bt._loop.call_soon_threadsafe(self._s.shutdown)
+
+    def close(self) -> None:
+        self._bt._call(self._s.close())

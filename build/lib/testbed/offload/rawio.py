@@ -1,0 +1,456 @@
+"""Client sockets without per-connection event-loop machinery: the TCP server's fast path.
+
+Client connections are plain non-blocking sockets in one epoll set of our own, itself
+watched by the asyncio loop, so the daemon decides when and how much it accepts and
+reads. That is what polling (``polling.py``) needs: the event loop's own listener accepts
+about one connection per loop iteration. Written to cut the per-transport setup of the
+event loop (a transport object, TCP_NODELAY and address look-ups, an epoll registration,
+a wake-up before the first read), it measured no cheaper than uvloop's C transports
+(docs/performance.md, "Round two"); ``--client-io asyncio`` keeps those for comparison.
+What it does:
+
+- the listener is accepted in a loop; an accepted socket is read at once (with
+  TCP_DEFER_ACCEPT its request is already there), before any epoll registration;
+- TCP_NODELAY is set once on the listener (Linux copies it to accepted sockets);
+- a response is written directly, and only a socket that could not take it all is
+  watched for writability;
+- closing the socket is the only clean-up (the kernel drops it from the epoll set).
+
+The owner can ``pause()`` the listener (overload control: connections then wait in the
+kernel's listen backlog, and SYNs beyond it are dropped, which clients see as retries),
+and a protocol may define ``connection_ready()``, called once the first read is done (so
+a connection its client already reset or closed can be told apart before it costs more).
+
+``RawTransport`` implements the part of ``asyncio.Transport`` the daemon's protocols use
+(write, write_eof, close, abort, pause/resume_reading, write-buffer limits with
+pause/resume_writing), with asyncio's semantics: callbacks are never re-entered from the
+method that caused them, except ``connection_lost``, which ``close``/``abort`` call
+directly once the socket is gone (the daemon's protocols expect and allow that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import select
+import socket
+from collections.abc import Callable
+from typing import Any
+
+log = logging.getLogger("testbed.offload.rawio")
+
+_EPOLLIN = select.EPOLLIN
+_EPOLLOUT = select.EPOLLOUT
+_EPOLLBAD = select.EPOLLERR | select.EPOLLHUP
+_DONTWAIT = socket.MSG_DONTWAIT
+_READ_SIZE = 65536
+_ACCEPTS_PER_WAKE = 128
+_EVENTS_PER_WAKE = 512
+# accept() errors that mean "resources are short, try again later" (as asyncio treats them)
+_ACCEPT_RETRY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
+# a closed transport's protocol: drops the transport <-> protocol reference cycle, so
+# connections are freed by reference counting, not by the (costly) cyclic collector
+GONE = asyncio.Protocol()
+
+
+def write_buffer_limits(high: int | None, low: int | None) -> tuple[int, int]:
+    """asyncio's rule for a transport's write-buffer limits: (high, low), checked."""
+    if high is None:
+        high = 64 * 1024 if low is None else 4 * low
+    if low is None:
+        low = high // 4
+    if not high >= low >= 0:
+        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
+    return high, low
+
+
+class Poller:
+    """One epoll set for all client sockets, watched by the running asyncio loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.ep = select.epoll()
+        self.handlers: dict[int, Any] = {}  # fd -> object with _event(mask)
+        loop.add_reader(self.ep.fileno(), self._poll)
+
+    def _poll(self) -> None:
+        handlers = self.handlers
+        for fd, ev in self.ep.poll(0, _EVENTS_PER_WAKE):
+            h = handlers.get(fd)
+            if h is not None:
+                try:
+                    h._event(ev)
+                except Exception:  # one connection's bug ends that connection, not the server
+                    log.exception("error handling events %#x on fd %d; closing it", ev, fd)
+                    if isinstance(h, RawTransport):
+                        h.abort()
+
+    def register(self, fd: int, mask: int, handler: Any) -> None:
+        self.handlers[fd] = handler
+        self.ep.register(fd, mask)
+
+    def modify(self, fd: int, mask: int) -> None:
+        self.ep.modify(fd, mask)
+
+    def forget(self, fd: int) -> None:
+        """Before closing a registered fd: closing alone drops it from the set, but not
+        from our table, and the number may be reused at once."""
+        self.handlers.pop(fd, None)
+
+    def unregister(self, fd: int) -> None:
+        self.handlers.pop(fd, None)
+        try:
+            self.ep.unregister(fd)
+        except OSError:
+            pass
+
+    def close(self) -> None:
+        self.loop.remove_reader(self.ep.fileno())
+        self.ep.close()
+
+
+class RawListener:
+    """A listening TCP socket whose connections become ``RawTransport``s.
+
+    ``factory()`` returns the protocol for each connection; its ``connection_made`` runs
+    first, then ``data_received`` with the bytes already waiting, if any.
+    """
+
+    def __init__(self, poller: Poller, host: str, port: int, factory: Callable[[], asyncio.Protocol],
+                 backlog: int = 4096) -> None:
+        self.poller = poller
+        self.factory = factory
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+            sock.bind((host, port))
+            sock.listen(backlog)
+            sock.setblocking(False)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+        self.sockets = [sock]  # as asyncio.Server has
+        self.family = family
+        self.fd = sock.fileno()
+        self.retry: asyncio.TimerHandle | None = None
+        self.paused = False  # by the owner (pause/resume), apart from the retry timer
+        poller.register(self.fd, _EPOLLIN, self)
+
+    def _event(self, ev: int) -> None:
+        accept = self.sock._accept  # (fd, address), no socket object: we make a cheaper one
+        new = socket.socket
+        family = self.family
+        factory = self.factory
+        poller = self.poller
+        for _ in range(_ACCEPTS_PER_WAKE):
+            if self.paused:  # a protocol's connection_made may pause us mid-loop
+                return
+            try:
+                fd, addr = accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionAbortedError:
+                continue
+            except OSError as e:
+                if e.errno in _ACCEPT_RETRY:
+                    # out of descriptors or memory: stop accepting for a second rather than
+                    # spin; connections wait in the kernel's backlog
+                    log.warning("accept: %s; pausing the listener for 1 s", e)
+                    self._pause(1.0)
+                    return
+                raise
+            sock = new(family, socket.SOCK_STREAM, 0, fd)
+            RawTransport(poller, sock, fd, addr, factory())
+
+    def pause(self) -> None:
+        """Stop accepting until ``resume()``: new connections wait in the kernel's backlog."""
+        if self.paused or self.fd < 0:
+            return
+        self.paused = True
+        if self.retry is None:
+            self.poller.modify(self.fd, 0)
+
+    def resume(self) -> None:
+        if not self.paused or self.fd < 0:
+            return
+        self.paused = False
+        if self.retry is None:
+            self.poller.modify(self.fd, _EPOLLIN)
+
+    def _pause(self, seconds: float) -> None:
+        self.poller.modify(self.fd, 0)
+        self.retry = self.poller.loop.call_later(seconds, self._resume)
+
+    def _resume(self) -> None:
+        self.retry = None
+        if self.fd >= 0 and not self.paused:
+            self.poller.modify(self.fd, _EPOLLIN)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        if self.retry is not None:
+            self.retry.cancel()
+        self.poller.unregister(self.fd)
+        self.sock.close()
+        self.fd = -1
+
+
+class RawTransport(asyncio.Transport):
+    """One accepted client socket (see the module docstring for the contract)."""
+
+    __slots__ = ("poller", "sock", "fd", "peer", "_protocol", "_mask", "_registered", "_wbuf",
+                 "_wlen", "_closing", "_closed", "_eof_pending", "_reading", "_high", "_low",
+                 "_wpaused", "_hup")
+
+    def __init__(self, poller: Poller, sock: socket.socket, fd: int, peer: Any,
+                 protocol: asyncio.Protocol) -> None:
+        self.poller = poller
+        self.sock = sock
+        self.fd = fd
+        self.peer = peer
+        self._protocol = protocol
+        self._mask = 0
+        self._registered = False
+        self._wbuf: list[bytes] = []
+        self._wlen = 0
+        self._closing = False
+        self._closed = False
+        self._eof_pending = False  # write_eof after the buffered bytes
+        self._reading = True
+        self._high = 64 * 1024
+        self._low = 16 * 1024
+        self._wpaused = False
+        self._hup = False  # error/hang-up seen while not reading
+        try:
+            protocol.connection_made(self)
+            # the request is usually in already (TCP_DEFER_ACCEPT, or a quick client): read
+            # it before paying for a registration that would only report it
+            if self._reading and not self._closed:
+                self._read()
+            if not self._closed:
+                ready = getattr(protocol, "connection_ready", None)
+                if ready is not None:
+                    ready()
+        except Exception:  # as in Poller._poll: this connection ends, the server goes on
+            log.exception("error setting up the connection from %s; closing it", peer)
+            self.abort()
+            return
+        if not self._closed and not self._registered:
+            self._want()
+
+    # --- epoll bookkeeping ---------------------------------------------------------------
+    def _set_mask(self, mask: int) -> None:
+        if self._registered:
+            if mask != self._mask:
+                self.poller.modify(self.fd, mask)
+        else:
+            self.poller.register(self.fd, mask, self)
+            self._registered = True
+        self._mask = mask
+
+    def _want(self) -> None:
+        mask = (_EPOLLIN if self._reading and not self._closing else 0) | (_EPOLLOUT if self._wlen else 0)
+        if self._hup and not mask & _EPOLLIN and self._registered:
+            # a hang-up is reported whatever the mask: leave the set until we read again
+            self.poller.unregister(self.fd)
+            self._registered = False
+            self._mask = 0
+            return
+        self._set_mask(mask)
+
+    def _event(self, ev: int) -> None:
+        if ev & (_EPOLLOUT | _EPOLLBAD) and self._wlen:
+            self._flush()  # after an error or reset the send fails and the transport ends
+            if self._closed:
+                return
+        if ev & (_EPOLLIN | _EPOLLBAD):
+            if self._reading and not self._closing:
+                self._read()
+            elif ev & _EPOLLBAD:
+                self._hup = True
+                self._want()
+
+    # --- reading -------------------------------------------------------------------------
+    def _read(self) -> None:
+        try:
+            data = self.sock.recv(_READ_SIZE, _DONTWAIT)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:  # reset, broken pipe...: this connection ends
+            self._fatal(e)
+            return
+        if data:
+            self._protocol.data_received(data)
+            return
+        # EOF: stop reading; the protocol decides whether our side closes too
+        self._reading = False
+        keep_open = self._protocol.eof_received()
+        if self._closed:
+            return
+        if not keep_open:
+            self.close()
+        elif not self._closing:
+            self._want()
+
+    def pause_reading(self) -> None:
+        if self._reading and not self._closed:
+            self._reading = False
+            if self._registered:
+                self._want()
+
+    def resume_reading(self) -> None:
+        if self._reading or self._closed or self._closing:
+            return
+        self._reading = True
+        self._hup = False
+        self._want()
+
+    def is_reading(self) -> bool:
+        return self._reading and not self._closed
+
+    # --- writing -------------------------------------------------------------------------
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if self._closed or self._closing or self._eof_pending or not data:
+            return
+        if not self._wlen:
+            try:
+                n = self.sock.send(data, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:  # reset, broken pipe...: this connection ends
+                self._fatal(e)
+                return
+            if n == len(data):
+                return
+            data = data[n:]
+        self._wbuf.append(bytes(data))
+        self._wlen += len(data)
+        self._want()  # adds EPOLLOUT (a syscall only when the mask changes)
+        if not self._wpaused and self._wlen > self._high:
+            self._wpaused = True
+            self._protocol.pause_writing()
+
+    def writelines(self, list_of_data) -> None:  # type: ignore[override]
+        self.write(b"".join(list_of_data))
+
+    def _flush(self) -> None:
+        buf = self._wbuf
+        while buf:
+            try:
+                n = self.sock.send(buf[0], _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as e:  # reset, broken pipe...: this connection ends
+                self._fatal(e)
+                return
+            self._wlen -= n
+            if n == len(buf[0]):
+                buf.pop(0)
+            else:
+                buf[0] = buf[0][n:]
+                break
+        if self._wpaused and self._wlen <= self._low:
+            self._wpaused = False
+            self._protocol.resume_writing()
+            if self._closed:
+                return
+        if self._wlen:
+            return
+        if self._closing:
+            self._finish(None)
+            return
+        if self._eof_pending:
+            self._eof_pending = False
+            self._shutdown_write()
+        self._want()
+
+    def can_write_eof(self) -> bool:
+        return True
+
+    def write_eof(self) -> None:
+        if self._closed or self._closing or self._eof_pending:
+            return
+        if self._wlen:
+            self._eof_pending = True
+        else:
+            self._shutdown_write()
+
+    def _shutdown_write(self) -> None:
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+
+    def get_write_buffer_size(self) -> int:
+        return self._wlen
+
+    def get_write_buffer_limits(self) -> tuple[int, int]:
+        return self._low, self._high
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._high, self._low = write_buffer_limits(high, low)
+        if not self._wpaused and self._wlen > self._high:
+            self._wpaused = True
+            self._protocol.pause_writing()
+
+    # --- closing -------------------------------------------------------------------------
+    def is_closing(self) -> bool:
+        return self._closing or self._closed
+
+    def close(self) -> None:
+        if self._closing or self._closed:
+            return
+        if not self._wlen:
+            self._finish(None)
+            return
+        self._closing = True  # the buffered bytes go out first, then the socket closes
+        self._reading = False
+        self._want()
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._finish(None)
+
+    def _fatal(self, exc: BaseException) -> None:
+        if not self._closed:
+            self._finish(exc if isinstance(exc, Exception) else None)
+
+    def _finish(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._closing = True
+        self._wbuf = []
+        self._wlen = 0
+        if self._registered:
+            self.poller.forget(self.fd)  # close() below drops it from the epoll set
+            self._registered = False
+        self.sock.close()
+        protocol = self._protocol
+        self._protocol = GONE
+        try:
+            protocol.connection_lost(exc)
+        except Exception:  # one connection's bug must not end the server
+            log.exception("connection_lost of %r failed", protocol)
+
+    # --- the rest of the Transport interface --------------------------------------------
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "peername":
+            return self.peer
+        if name == "socket":
+            return self.sock
+        if name == "sockname":
+            try:
+                return self.sock.getsockname()
+            except OSError:
+                return default
+        return default
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self._protocol = protocol  # type: ignore[assignment]
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        return self._protocol

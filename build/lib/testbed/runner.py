@@ -1,0 +1,403 @@
+"""The experiment runner: every point of the matrix on a fresh testbed, results on disk.
+
+    results/<run-id>/
+      manifest.json          experiment, versions, commit, kernel, cgroups, sysctls, seeds, machine
+      experiment.yaml        the description as run
+      points/<point-id>/     point.json (status), load/ (the load generator's steps.csv,
+                             requests.parquet, summary.json), samples.parquet, logs/
+      steps.parquet, samples.parquet, points.parquet   tidy tables for analysis.load()
+
+A point is written as soon as it ends; Ctrl-C or a crash keeps every finished point
+(and the steps of the one interrupted), tears the testbed down, and ``--resume RUN_DIR``
+runs only what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import logging
+import os
+import platform
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from dataclasses import replace
+from typing import Any
+
+from . import cgroups as cg
+from .errors import TestbedError
+from .experiment import Experiment, Point, load_experiment
+from .lifecycle import Testbed
+from .metrics import Sampler, offload_flags, sysctls_of, write_rows
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+#: cores used on the machine outside the testbed's cgroups above which a step is `interfered`
+MAX_FOREIGN_CPU = 0.25
+RECORDED_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range",
+                    "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_congestion_control",
+                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait")
+
+
+def run_experiment_cli(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "experiment.yaml").exists():
+            raise TestbedError(f"{run_dir} is not a run directory (no experiment.yaml)")
+        manifest = json.loads((run_dir / "manifest.json").read_text())
+        exp = load_experiment(str(run_dir / "experiment.yaml"), quick=manifest.get("quick", False))
+    else:
+        exp = load_experiment(args.experiment, quick=args.quick)
+        run_dir = new_run_dir(Path(args.results), exp.name)
+    code = run_experiment(exp, run_dir, quick=args.quick)
+    if not args.no_report and any((run_dir / "points").glob("*/load/**/steps.csv")):
+        from analysis.report import summary_of, write_report
+        report = write_report(run_dir)  # also for an interrupted run: what was measured
+        print(summary_of(run_dir))
+        print(f"report: {report}")
+    return code
+
+
+def new_run_dir(results: Path, name: str) -> Path:
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = results / f"{name}-{stamp}"
+    run_dir.mkdir(parents=True, exist_ok=False)
+    return run_dir
+
+
+def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
+    """Run every point not yet done; returns 0 when all are done, 130 when interrupted,
+    1 when some failed (named on stderr; the others are measured and kept)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "experiment.yaml").exists():
+        import yaml
+        (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.raw, sort_keys=False))
+    manifest = write_manifest(exp, run_dir, quick)
+    remove_orphans()
+    points = exp.points()
+    todo = [p for p in points if point_status(run_dir, p) != "done"]
+    total_s = sum(point_seconds(exp, p.workload) + 8 for p in todo)
+    print(f"experiment {exp.name}: {len(points)} points, {len(points) - len(todo)} already done, "
+          f"about {total_s / 60:.1f} min to go -> {run_dir}")
+    interrupted = False
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+    try:
+        started = time.monotonic()
+        for i, p in enumerate(todo, start=1):
+            left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
+            print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
+                  f"about {left / 60:.1f} min left)", flush=True)
+            wait_for_quiet(float(manifest["fidelity"].get("max_foreign_cpu", MAX_FOREIGN_CPU)))
+            status = run_point(exp, p, run_dir)
+            print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
+    except KeyboardInterrupt:
+        interrupted = True
+        print("interrupted: finished points are kept; resume with "
+              f"`sudo testbed run --resume {run_dir} {exp.name}`", file=sys.stderr)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        manifest["finished"] = time.time()
+        manifest["points"] = {p.id: point_status(run_dir, p) for p in points}
+        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        from analysis.tables import build_tables
+        try:
+            build_tables(run_dir)
+        except Exception as e:  # tables can be rebuilt by analysis.load later
+            log.warning("could not build tables: %s", e)
+    if interrupted:
+        return 130
+    failed = [pid for pid, status in manifest["points"].items() if status == "failed"]
+    if failed:
+        shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
+        print(f"{len(failed)} of {len(points)} points failed: {shown} "
+              f"(their errors: points/<id>/point.json)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def remove_orphans() -> None:
+    """Tear down testbeds left by a runner that crashed or was killed (its pid is gone)."""
+    from .kernel import pid_alive
+    from .lifecycle import teardown
+    from .state import StateStore, list_testbeds
+    for name in list_testbeds():
+        try:
+            owner = StateStore(name).load().get("owner") or {}
+        except TestbedError:
+            continue
+        if owner.get("by") == "runner" and not pid_alive(owner["pid"], owner.get("start_time")):
+            teardown(name)
+            print(f"removed testbed {name} left by a runner that died (pid {owner['pid']})")
+
+
+def busy_cores(seconds: float = 1.0) -> float:
+    """Cores busy with tasks (user, nice, system, steal) over ``seconds``, machine-wide."""
+    from .metrics import read_proc_stat
+
+    def busy() -> tuple[int, int]:
+        c = read_proc_stat()["cpu"]
+        return c["user"] + c["nice"] + c["system"] + c["steal"], sum(c.values())
+    b0, t0 = busy()
+    time.sleep(seconds)
+    b1, t1 = busy()
+    ncpu = os.cpu_count() or 1
+    return (b1 - b0) / max(t1 - t0, 1) * ncpu
+
+
+def wait_for_quiet(limit: float, patience_s: float = 15.0) -> None:
+    """Between points nothing of ours runs: wait (up to ``patience_s``) while something else
+    keeps the machine busier than the interference threshold, rather than measure into it.
+    Steps that still overlap other work are flagged ``interfered`` by the analysis."""
+    end = time.monotonic() + patience_s
+    used = busy_cores()
+    if used <= limit:
+        return
+    print(f"    the machine is busy ({used:.2f} cores used by other programs); waiting up to "
+          f"{patience_s:.0f} s for it to calm down", flush=True)
+    while time.monotonic() < end:
+        used = busy_cores()
+        if used <= limit:
+            return
+    print(f"    still busy ({used:.2f} cores): measuring anyway; steps it overlaps will be flagged "
+          "interfered", flush=True)
+
+
+def _raise_interrupt(*_: object) -> None:
+    raise KeyboardInterrupt
+
+
+def point_seconds(exp: Experiment, workload: str | None = None) -> float:
+    """About how long one point's load runs (for progress and time-outs)."""
+    load = exp.load
+    if workload == "shifting":
+        return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
+    workloads = [workload] if workload else [w for w in exp.workloads if w != "shifting"]
+    longest = max((len(exp.rates_for(w)) for w in workloads), default=1)
+    return longest * (load["step_seconds"] + load["warmup_seconds"]) + 5
+
+
+def point_dir(run_dir: Path, p: Point) -> Path:
+    return run_dir / "points" / p.id
+
+
+def point_status(run_dir: Path, p: Point) -> str:
+    try:
+        return json.loads((point_dir(run_dir, p) / "point.json").read_text()).get("status", "unknown")
+    except (OSError, ValueError):
+        return "missing"
+
+
+def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path) -> list[str]:
+    load = exp.load
+    argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", p.workload,
+            "--rates", ",".join(f"{r:g}" for r in exp.rates_for(p.workload)),
+            "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
+            "--processes", str(load.get("processes", 1)), "--out", str(out),
+            "--seed", str(exp.seed + p.repetition),
+            "--latency-target-ms", f"{exp.latency_target_ms:g}"]
+    if load.get("keepalive"):
+        argv.append("--keepalive")
+    if load.get("poisson"):
+        argv.append("--poisson")
+    if p.workload == "mixed" and "mix" in load:
+        argv += ["--mix", str(load["mix"])]
+    if "dynamic_cost_us" in load:
+        argv += ["--dynamic-cost-us", str(load["dynamic_cost_us"])]
+    return argv
+
+
+def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
+    out = point_dir(run_dir, p)
+    if out.exists():
+        shutil.rmtree(out)  # a point cut short is measured again from its start
+    (out / "load").mkdir(parents=True)
+    params = exp.topology_params(p)
+    info: dict[str, Any] = {"point": p.id, "mode": p.mode, "workload": p.workload,
+                            "repetition": p.repetition, "config": p.config, "balance": p.balance,
+                            "params": params, "budgets": exp.budgets, "status": "running",
+                            "started": time.time()}
+    _write_json(out / "point.json", info)
+    topo = exp.topology_for({k: ("none" if v is None else str(v)) for k, v in params.items()})
+    info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
+    service = exp.service_options(p)
+    if p.balance:
+        service["balance"] = p.balance
+    info["service"] = service
+    name = f"r{os.getpid() % 100000}"
+    sampler: Sampler | None = None
+    from .kernel import pid_start_time
+    tb = Testbed(topo, name, mode=p.mode, start_services=True, service_options=service, backend=exp.backend)
+    tb.extra["owner"] = {"by": "runner", "pid": os.getpid(), "start_time": pid_start_time(os.getpid())}
+    try:
+        with tb:
+            info["offloads"] = offload_flags(tb)
+            info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
+            info["service_url"] = tb.service_url
+            info["cfs_period_us"] = cg.detect().limits(tb.cgroup(topo.nodes[0].name))["period_us"]
+            _write_json(out / "point.json", info)
+            with Sampler(tb, interval=1.0) as sampler:
+                code = drive_load(tb, exp, p, out, prefix="    ")
+            info["loadgen_exit"] = code
+            info["status"] = "done" if code == 0 else "failed"
+            if code != 0:
+                info["error"] = _tail(out / "loadgen.log")
+            _collect(tb, out)
+    except KeyboardInterrupt:
+        info["status"] = "interrupted"
+        raise
+    except TestbedError as e:
+        info["status"] = "failed"
+        info["error"] = str(e)
+        print(f"    failed: {e}", file=sys.stderr)
+    finally:
+        if sampler is not None and sampler.rows:
+            write_rows(sampler.rows, out / "samples.parquet")
+        info["finished"] = time.time()
+        _write_json(out / "point.json", info)
+    return info["status"]
+
+
+def drive_load(tb: Testbed, exp: Experiment, p: Point, out: Path, prefix: str = "") -> int:
+    """Run the sweep inside the client node; the ``shifting`` workload runs one mixed-load
+    phase after another (the static share changing) while the testbed keeps running."""
+    if p.workload != "shifting":
+        return run_loadgen(tb, exp, loadgen_argv(exp, p, tb.service_url, out / "load"), out, prefix)
+    for i, phase in enumerate(exp.phases):
+        phase_exp = copy.copy(exp)
+        phase_exp.load = {**exp.load, "rates": [float(phase["rate"])], "step_seconds": float(phase["seconds"]),
+                          "mix": phase["mix"]}
+        argv = loadgen_argv(phase_exp, replace(p, workload="mixed"), tb.service_url, out / "load" / f"phase{i}")
+        print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase['mix']}, "
+              f"{phase['rate']} req/s for {phase['seconds']} s", flush=True)
+        code = run_loadgen(tb, phase_exp, argv, out, prefix)
+        if code != 0:
+            return code
+    return 0
+
+
+def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix: str) -> int:
+    """Run one load-generator invocation in the client node, relaying its progress lines."""
+    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
+    proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
+                    stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
+    deadline = time.monotonic() + timeout
+    with open(out / "loadgen.log", "a") as logf:
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                logf.write(line)
+                print(prefix + line.rstrip(), flush=True)
+                if time.monotonic() > deadline:
+                    raise TimeoutError
+            return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
+        except (TimeoutError, subprocess.TimeoutExpired):
+            logf.write(f"runner: load generator exceeded {timeout:.0f} s; stopped\n")
+            return 124
+        finally:
+            if proc.poll() is None:
+                from .nodes import stop
+                stop(proc.pid, None, timeout=3)
+
+
+def _collect(tb: Testbed, out: Path) -> None:
+    logs = out / "logs"
+    logs.mkdir(exist_ok=True)
+    for f in tb.store.logs.glob("*.log"):
+        shutil.copy2(f, logs / f.name)
+    for f in [*tb.store.dir.glob("*.json"), *tb.store.dir.glob("*.jsonl")]:
+        if f.name != "state.json":
+            shutil.copy2(f, logs / f.name)
+
+
+def _tail(path: Path, lines: int = 10) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=str))
+    os.replace(tmp, path)
+
+
+def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any]:
+    path = run_dir / "manifest.json"
+    if path.exists():
+        manifest = json.loads(path.read_text())
+        manifest.setdefault("resumed", []).append(time.time())
+    else:
+        manifest = {"experiment": exp.name, "source": exp.source, "quick": quick,
+                    "description": exp.description, "budgets": exp.budgets,
+                    "started": time.time(), "seed": exp.seed, "repetitions": exp.repetitions,
+                    "order_seed": exp.seed if exp.order_seed is None else exp.order_seed,
+                    "order": [p.id for p in exp.points()],
+                    "latency_target_ms": exp.latency_target_ms,
+                    "load": exp.load, "topology": exp.topology, "params": exp.params,
+                    "sweep": exp.sweep, "modes": exp.modes, "workloads": exp.workloads,
+                    "fidelity": {"min_idle": 0.05, "max_foreign_cpu": MAX_FOREIGN_CPU, **exp.fidelity},
+                    **environment()}
+    path.write_text(json.dumps(manifest, indent=2, default=str))
+    return manifest
+
+
+def environment() -> dict[str, Any]:
+    """What a reader needs to reproduce or doubt a result: code, software, kernel, machine."""
+    def cmd(*argv: str) -> str:
+        try:
+            return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, timeout=10).stdout.strip()
+        except OSError:
+            return ""
+    versions = {"python": platform.python_version()}
+    from importlib.metadata import PackageNotFoundError, version
+    for pkg in ("pyroute2", "locust", "gevent", "uvloop", "httptools", "pandas", "pyarrow", "matplotlib"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            versions[pkg] = None
+    cpu_model = ""
+    try:
+        cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    except OSError:
+        pass
+    from .kernel import read_sysctl
+    return {
+        "irq_time_accounting": irq_time_accounting(),
+        "versions": versions,
+        "commit": cmd("git", "rev-parse", "HEAD"), "dirty": bool(cmd("git", "status", "--porcelain")),
+        "kernel": platform.release(), "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model,
+                                                  "arch": platform.machine(), "hostname": platform.node(),
+                                                  "mem_kb": _meminfo_kb()},
+        "cgroup_version": cg.detect().version,
+        "host_sysctls": {k: read_sysctl(k) for k in RECORDED_SYSCTLS},
+        "clock": "time.time() epoch seconds; 1 s metric samples",
+    }
+
+
+def irq_time_accounting() -> bool | None:
+    """CONFIG_IRQ_TIME_ACCOUNTING: without it softirq time is charged to whoever runs."""
+    import gzip
+    candidates = [Path("/proc/config.gz"), Path(f"/boot/config-{platform.release()}")]
+    for path in candidates:
+        try:
+            text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+        except OSError:
+            continue
+        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in text
+    return None  # the kernel's configuration is not readable here
+
+
+def _meminfo_kb() -> int | None:
+    try:
+        with open("/proc/meminfo") as f:
+            return int(f.readline().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None

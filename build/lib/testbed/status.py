@@ -1,0 +1,70 @@
+"""A running testbed's status: its recorded state with live counters, and the table ``status`` prints."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+
+def status_of(name: str) -> dict[str, Any]:
+    """The state ``up`` recorded, with each node's CPU used so far, which processes are
+    alive, the TCP servers' live counters and the balancer's split."""
+    from . import cgroups
+    from .kernel import pid_alive
+    from .state import StateStore
+    state = StateStore(name).load()
+    groups = cgroups.detect()
+    for node, info in state["nodes"].items():
+        group = f"tcps-{name}/{node}"
+        try:
+            u = groups.usage(group)
+            info["cpu_used_s"] = round(u.total_s, 3)
+            info["throttled_s"] = round(u.throttled_s, 3)
+        except OSError:
+            info["cpu_used_s"] = None
+    for p in state.get("processes", []):
+        p["alive"] = pid_alive(p["pid"], p.get("start_time"))
+    stats = {}
+    run_dir = StateStore(name).dir
+    for f in run_dir.glob("stats-*.json"):
+        try:
+            stats[f.stem[len("stats-"):]] = json.loads(f.read_text())
+        except ValueError:
+            pass
+    state["tcpserver_stats"] = stats
+    balance = run_dir / "balance.json"
+    if balance.exists():
+        try:
+            state["balance"] = json.loads(balance.read_text())
+        except ValueError:
+            pass
+    return state
+
+
+def print_status(state: dict[str, Any]) -> None:
+    """The human form of ``status_of``: one row per node, then warnings and hints."""
+    print(f"testbed {state['name']}: topology {state['topology']['name']}, mode {state['mode']}, "
+          f"backend {state.get('backend', 'netns')}, cgroup v{state['cgroup_version']}, "
+          f"built in {state['build_seconds'] * 1000:.0f} ms")
+    rows = [("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")]
+    for node, info in state["nodes"].items():
+        addrs = " ".join(f"{a}({l})" for l, a in info["addresses"].items())
+        cpu = "unlimited" if info["cpu"] is None else f"{info['cpu']:g}"
+        pids = ",".join(str(p["pid"]) for p in state.get("processes", []) if p["node"] == node)
+        rows.append((node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    for r in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for p in state.get("processes", []):
+        if not p.get("alive", True):
+            print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")
+    if state.get("balance"):
+        b = state["balance"]
+        print(f"balance: {b.get('knob')} split {b.get('split')} (network side's share), policy {b.get('policy')}, "
+              f"{b.get('moves', 0)} moves")
+    if "docroot" in state:
+        print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
+        print(f"document root: {state['docroot']}")
+    print(f"reach it:  sudo testbed exec client -- curl -s {state['service_url']}manifest.json")
+    print("           sudo testbed exec host1 -- ip -br addr")
+    print(f"stop it:   sudo testbed down {state['name']}")
