@@ -70,8 +70,14 @@ def test_an_installed_package_finds_its_topologies_and_experiments(tmp_path):
     """A wheel (not the editable install) carries the shipped YAML files: imported from an
     unpacked wheel, far from the repository, the package lists and loads them."""
     import zipfile
+    src = tmp_path / "src"  # built from a copy: setuptools writes build/ into the tree it builds
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, src / name)
+    for pkg in ("testbed", "loadgen", "analysis"):
+        shutil.copytree(ROOT / pkg, src / pkg, ignore=shutil.ignore_patterns("__pycache__"))
     build = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                            "-w", str(tmp_path / "dist"), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "-w", str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=300)
     assert build.returncode == 0, build.stderr
     (wheel,) = (tmp_path / "dist").glob("*.whl")
     names = zipfile.ZipFile(wheel).namelist()

@@ -1,9 +1,0 @@
-import sys
-
-from ._venv import ensure_environment
-
-ensure_environment("testbed", ("pyroute2", "yaml"))
-
-from .cli import main  # noqa: E402
-
-sys.exit(main())
