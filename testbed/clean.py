@@ -18,12 +18,9 @@ from . import PREFIX
 from . import cgroups as cg
 from .backends.netns import NetnsBackend
 from .kernel import list_netns
-from .lifecycle import _child_groups, teardown
+from .lifecycle import _child_groups, shm_files, teardown
 from .nodes import kill_pids
 from .state import NAME, run_root
-
-SHM_DIR = Path("/dev/shm")
-
 
 @dataclass
 class CleanResult:
@@ -43,7 +40,7 @@ def clean_all(force: bool = False) -> CleanResult:
     groups = cg.detect()
     strays = ([("netns", n) for n in list_netns(f"{PREFIX}-")]
               + [("cgroup", g) for g in groups.list_groups(f"{PREFIX}-")]
-              + [("file", str(f)) for f in _shm_files(f"{PREFIX}-")])
+              + [("file", str(f)) for f in shm_files(f"{PREFIX}-")])
     if not force:
         res.left_alone.extend(f"{kind} {n}" for kind, n in strays)
         return res
@@ -64,13 +61,6 @@ def _try(res: CleanResult, what: str, action) -> None:  # type: ignore[no-untype
         action()
     except Exception as e:  # report it, clean the rest
         res.failed.append(f"{what}: {e}")
-
-
-def _shm_files(prefix: str) -> list[Path]:
-    """Regular files and sockets only: a directory there is not something we make."""
-    if not SHM_DIR.is_dir():
-        return []
-    return sorted(f for f in SHM_DIR.glob(f"{prefix}*") if not f.is_dir() and not f.is_symlink())
 
 
 def _unlink(res: CleanResult, f: Path) -> None:

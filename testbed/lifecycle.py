@@ -299,15 +299,22 @@ def teardown(name: str) -> list[str]:
             Path(n).unlink(missing_ok=True)
     # the shm channel's socket and rings (services: shm:tcps-<name>-<front>), left behind
     # when their processes were killed; testbed names hold no '-', so this prefix is ours
-    shm = Path("/dev/shm")
-    for f in sorted(shm.glob(f"{PREFIX}-{name}-*")) if shm.is_dir() else []:
-        if not f.is_dir() and not f.is_symlink():
-            f.unlink(missing_ok=True)
-            removed.append(f"file {f}")
+    for f in shm_files(f"{PREFIX}-{name}-"):
+        f.unlink(missing_ok=True)
+        removed.append(f"file {f}")
     if store.dir.exists():
         import shutil
         shutil.rmtree(store.dir, ignore_errors=True)
     return removed
+
+
+def shm_files(prefix: str) -> list[Path]:
+    """Files and sockets in /dev/shm named with ``prefix``: a directory or a link there is
+    not something we make."""
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        return []
+    return sorted(f for f in shm.glob(f"{prefix}*") if not f.is_dir() and not f.is_symlink())
 
 
 def _child_groups(groups: cg.Cgroups, parent: str) -> list[str]:
