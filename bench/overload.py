@@ -1,6 +1,6 @@
 """Goodput past saturation, per mode, with and without the TCP server's overload control.
 
-Issue 14: measured open loop (two 0.1-CPU nodes, static load, a new connection per
+Before the control: measured open loop (two 0.1-CPU nodes, static load, a new connection per
 request), the modes in which hosts pull connections kept a sixth to two fifths of their
 goodput at 2.5x capacity, while Regular TCP kept 0.9-1.07. This benchmark measures, for
 every mode, goodput (replies completed per second, the sweep's ``reply_rate_avg``) at
@@ -11,7 +11,7 @@ about 2.5x the mode's capacity against its peak:
 2. ``--repeat`` rounds; in each, every configuration in turn (``regular``, then per
    offloaded mode ``control`` = the daemon's defaults and, for ``--none-modes``, ``none``
    = ``--overload-control off --backlog 4096 --listen-backlog 4096``, the daemon before
-   issue 14), each in a fresh testbed, offered C then 2.5C: peak = the larger
+   the control), each in a fresh testbed, offered C then 2.5C: peak = the larger
    goodput of the two, ratio = goodput at 2.5C / peak.
 
 The load is the project's generator (``python -m loadgen sweep``, its 5 s request
@@ -148,7 +148,7 @@ def report(res: dict) -> str:
         lines.append(f"{key:<28}{res['capacity'][mode]:>7.0f}{fmt(peaks):>22}{fmt(over):>22}{_stats(ratios):>22}"
                      f"{str(ts.get('shed', '-')):>8}{str(ts.get('stale', '-')):>8}"
                      f"{str(ts.get('listener_pauses', '-')):>8}{bound}")
-    lines.append("\ndone when: every mode's ratio >= 0.90 with the control (issue 14). shed/stale/pauses: "
+    lines.append("\ndone when: every mode's ratio >= 0.90 with the control (docs/limits.md, "Overload"). shed/stale/pauses: "
                  "the TCP server's counters after the last round's run.")
     return "\n".join(lines)
 
