@@ -142,3 +142,13 @@ def test_the_controllers_moves_are_seen_in_the_analysis():
     assert "within 5% of the best fixed split on steady load: MET" in goals and "3.6 points to spare" in goals
     # shifting: 960 / 800 = 1.2 >= 1.1: 10.0 points to spare
     assert "10% above every fixed split on the shifting mix: MET" in goals and "10.0 points to spare" in goals
+
+
+def test_report_html_escapes_what_a_run_wrote():
+    """A point's error text or a node's name is text on the page, never markup (the
+    templates autoescape), and a flagged row carries its mark."""
+    from analysis.render import table
+    html = str(table(pd.DataFrame([{"point": "p<1>", "error": "<script>alert(1)</script> & more"}]),
+                     table_id="points", flag_col="error"))
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt; &amp; more" in html
+    assert "p&lt;1&gt;" in html and '<tr class="flagged">' in html and "⚑" in html
