@@ -398,9 +398,10 @@ def accounting_note(runs: list[Any]) -> str:
         return base + ("This kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): that work shows "
                        "as softirq time in /proc/stat and is charged to no cgroup, neither the TCP server's nor "
                        "the sender's.")
-    return base + ("Whether this kernel accounts IRQ time is not known (the report was built on another kernel): "
-                   "without it, that NAT and forwarding work is charged to the sender processes (client and "
-                   "host), not to the TCP server's cgroup.")
+    return base + ("Whether this kernel accounts IRQ time is not known (the run did not record it, and the "
+                   "report was built on another kernel or cannot read its configuration): without it, that "
+                   "NAT and forwarding work is charged to the sender processes (client and host), not to the "
+                   "TCP server's cgroup.")
 
 
 # --------------------------------------------------------------------------- entry points

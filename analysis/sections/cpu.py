@@ -78,9 +78,9 @@ def softirq_text(runs: list[RunInfo]) -> str:
         head = ("This kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): softirq time shows "
                 "in /proc/stat's softirq column and is not charged to the cgroups. ")
     else:
-        head = ("Whether this kernel accounts IRQ time separately is not known (the report was built on "
-                "another kernel than the run); without it, softirq work is charged to the cgroup of "
-                "whichever process was running. ")
+        head = ("Whether this kernel accounts IRQ time separately is not known (the run did not record it "
+                "and the report was built on another kernel or cannot read its configuration); without it, "
+                "softirq work is charged to the cgroup of whichever process was running. ")
     return head + ("The per-CPU softirq columns from /proc/stat are shown beside the node CPU, and "
                    "'µs/reply all CPUs' counts every busy CPU cycle of the machine, which no accounting "
                    "can move between nodes, but it includes the load generator and anything else that "
