@@ -1,21 +1,20 @@
-"""The balancing part of the report (issue 8): how the adaptive host/TCP-server balance did
-against every fixed split and against Regular TCP.
+"""The balancing results: how the adaptive host/TCP-server balance did against every
+fixed split and against Regular TCP (the balancing experiment, ``paper-balance``; its
+goals are the constants below).
 
     from analysis.balance import balance_summary
     print(balance_summary("results/paper-balance-<time>"))
 
 A run has balance points when the ``balance`` column of its points is set (``fixed:S``,
 ``adaptive[:...]``) or its ``balance`` table (the controller's decisions) is not empty.
-Per workload the report gets:
+Per workload the report's balancing section (``analysis.sections.balancing``) shows:
 
-- a figure: reply rate per 1 s bin over the point's time (replies completed in the bin,
-  from ``requests.parquet``: status 1-399 and no error), one line per point, the split
-  (the network side's share, from the decisions) on a second y axis, the offered load and
-  the measured windows shaded, phase boundaries of the shifting workload marked;
+- a figure (``analysis.balance_figure``): reply rate over each point's time with the
+  split on a second axis;
 - a table: the best fixed split, the adaptive result, their ratio, Regular TCP and the
   adaptive's ratio to it, the controller's moves, reversals and final split; and the
   same per point;
-- sentences against the goals of issue 8.
+- sentences against the balancing goals, each met or missed with its margin.
 
 The *result* of a point on a steady workload (static, dynamic, ...) is its peak faithful
 reply rate, exactly as the report's gain table computes it (``frames.prepare``); on the
@@ -25,9 +24,8 @@ phases included, and said so). Repetitions are averaged.
 
 from __future__ import annotations
 
-import html
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,8 @@ import numpy as np
 import pandas as pd
 
 from .frames import REGULAR, Prepared
+from .render import num as _num
+from .run import EmptyRun, RunInfo, irq_time_accounting_of, prepare_runs
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ def _norm(balance: Any) -> str:
 # --------------------------------------------------------------------------- results per point
 
 
-@dataclass
+@dataclass(frozen=True)
 class PointResult:
     """One curve of a workload: a point (averaged over repetitions)."""
     workload: str
@@ -152,21 +152,22 @@ def _shifting_results(prep: Prepared, workload: str) -> list[PointResult]:
     return out
 
 
-def _controller(balance: pd.DataFrame | None, res: PointResult) -> None:
-    """Moves, reversals and final split of the point's controller (mean over repetitions)."""
+def _controller(balance: pd.DataFrame | None, res: PointResult) -> PointResult:
+    """``res`` with its controller's moves, reversals and final split (mean over repetitions)."""
     if balance is None or balance.empty or "point" not in balance:
-        return
+        return res
     rows = balance[balance["point"].isin(res.points)]
     if rows.empty:
-        return
+        return res
     last = rows.sort_values("t").groupby("point").tail(1)
-    res.moves = float(last["moves"].mean()) if "moves" in last else float("nan")
-    res.reversals = float(last["reversals"].mean()) if "reversals" in last else float("nan")
-    res.final_split = float(last["split"].mean()) if "split" in last else float("nan")
-    res.knob = str(rows["knob"].iloc[0]) if "knob" in rows else ""
+    nan = float("nan")
+    return replace(res, moves=float(last["moves"].mean()) if "moves" in last else nan,
+                   reversals=float(last["reversals"].mean()) if "reversals" in last else nan,
+                   final_split=float(last["split"].mean()) if "split" in last else nan,
+                   knob=str(rows["knob"].iloc[0]) if "knob" in rows else "")
 
 
-@dataclass
+@dataclass(frozen=True)
 class Comparison:
     """One workload and group (run/configuration) and offload mode: the policies side by side."""
     workload: str
@@ -205,8 +206,7 @@ def comparisons(prep: Prepared | None, balance: pd.DataFrame | None,
         order.sort(key=lambda w: workloads.index(w) if w in workloads else len(workloads))
     for wl in order:
         results = _shifting_results(prep, wl) if wl == SHIFTING else _steady_results(prep, wl)
-        for r in results:
-            _controller(balance, r)
+        results = [_controller(balance, r) for r in results]
         for group in dict.fromkeys(r.group for r in results):
             mine = [r for r in results if r.group == group]
             regular = next((r for r in mine if r.mode == REGULAR), None)
@@ -224,10 +224,6 @@ def comparisons(prep: Prepared | None, balance: pd.DataFrame | None,
 # --------------------------------------------------------------------------- tables
 
 
-def _num(v: float, digits: int = 0) -> str:
-    return "-" if v is None or np.isnan(v) else f"{v:,.{digits}f}"
-
-
 def _ratio(a: float | None, b: float | None) -> float:
     if a is None or b is None or np.isnan(a) or np.isnan(b) or b <= 0:
         return float("nan")
@@ -239,7 +235,7 @@ def _what(c: Comparison) -> str:
 
 
 def summary_table(comps: list[Comparison]) -> pd.DataFrame:
-    """One row per workload (group, offload mode) and adaptive policy: the table of issue 8."""
+    """One row per workload (group, offload mode) and adaptive policy: the balancing table."""
     rows = []
     for c in comps:
         best = c.best_fixed
@@ -298,7 +294,7 @@ def _pct(x: float) -> str:
 
 
 def goal_sentences(comps: list[Comparison], runs: list[Any]) -> list[str]:
-    """The goals of issue 8, each met or missed with its margin."""
+    """The balancing goals, each met or missed with its margin."""
     out: list[str] = []
     params = {}
     for r in runs:
@@ -387,248 +383,28 @@ def _equal_nodes_sentence(c: Comparison, a: PointResult, params: dict[str, Any],
 
 
 def accounting_note(runs: list[Any]) -> str:
-    from .report import irq_time_accounting
-    irq = {irq_time_accounting(r.manifest) for r in runs}
+    irq = {irq_time_accounting_of(r.manifest) for r in runs}
     base = ("Where the pass-through path's kernel work is charged: connections the TCP server does not "
             "terminate are DNATed by an nftables rule and forwarded in the TCP-server node's kernel, in softirq "
             "context. ")
-    if irq == {"n"}:
+    if irq == {False}:
         return base + ("This kernel has no IRQ time accounting (CONFIG_IRQ_TIME_ACCOUNTING is not set), so that "
                        "NAT and forwarding work is charged to the cgroup of whichever process was running on the "
                        "CPU when the packet was sent, in practice the sender processes (the client's load "
                        "generator and the host's application), not to the TCP server's cgroup. The TCP server's "
                        "measured CPU (and so the controller's network-side pressure) understates what "
                        "pass-through costs; the host's and the client's overstate it.")
-    if irq == {"y"}:
+    if irq == {True}:
         return base + ("This kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): that work shows "
                        "as softirq time in /proc/stat and is charged to no cgroup, neither the TCP server's nor "
                        "the sender's.")
-    return base + ("Whether this kernel accounts IRQ time is not known (the report was built on another kernel): "
-                   "without it, that NAT and forwarding work is charged to the sender processes (client and "
-                   "host), not to the TCP server's cgroup.")
-
-
-# --------------------------------------------------------------------------- the figure
-
-
-def _point_replies(point_dir: Path) -> tuple[np.ndarray, list[tuple[int, float]]]:
-    """(completion times of the point's successful replies, [(phase, first intended time)] per
-    load-generator run: one for a sweep, one per phase of the shifting workload)."""
-    import pyarrow.parquet as pq
-    dones, spans = [], []
-    for f in sorted((point_dir / "load").glob("**/requests.parquet")):
-        t = pq.read_table(f, columns=["intended", "done", "status", "error"]).to_pandas()
-        if t.empty:
-            continue
-        err = t["error"].astype(object).where(t["error"].notna(), "").astype(str)
-        ok = (err == "") & (t["status"] > 0) & (t["status"] < 400) & t["done"].notna()
-        dones.append(t.loc[ok, "done"].to_numpy(dtype=float))
-        name = f.parent.name
-        phase = int(name[5:]) if name.startswith("phase") and name[5:].isdigit() else -1
-        spans.append((phase, float(t["intended"].min())))
-    return (np.concatenate(dones) if dones else np.zeros(0)), sorted(spans, key=lambda s: s[1])
-
-
-class _Clock:
-    """Maps each point's epoch times onto one axis on which every point's load-generator runs
-    (phases) start together: a phase starts at the same x for every point, late enough that
-    no point's previous phase runs into it."""
-
-    def __init__(self, spans: dict[str, list[tuple[int, float]]]):
-        self.spans = {p: s for p, s in spans.items() if s}
-        n = max((len(s) for s in self.spans.values()), default=0)
-        self.starts = [0.0] * n
-        for k in range(1, n):
-            gaps = [s[k][1] - s[k - 1][1] for s in self.spans.values() if len(s) > k]
-            self.starts[k] = self.starts[k - 1] + max(gaps)
-        self.phases = [next((s[k][0] for s in self.spans.values() if len(s) > k), -1) for k in range(n)]
-
-    def x(self, point: str, t: np.ndarray) -> np.ndarray:
-        s = self.spans.get(point)
-        t = np.asarray(t, dtype=float)
-        if not s:
-            return np.full(t.shape, np.nan)
-        los = np.array([lo for _, lo in s])
-        k = np.clip(np.searchsorted(los, t, side="right") - 1, 0, len(los) - 1)
-        return t - los[k] + np.array(self.starts)[k]
-
-
-def _label(r: PointResult) -> str:
-    return "Regular TCP" if r.mode == REGULAR else f"{r.mode}:{r.balance}" if r.balance else r.mode
-
-
-def draw_workload(c: Comparison, run: Any, prep: Prepared, out: Path, name: str) -> str:
-    """Reply rate over time per point (repetition 1) with the split on a second y axis."""
-    from . import figures
-    plt = figures.plt
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
-
-    fig, ax = plt.subplots(figsize=(12, 5.4))
-    ax2 = ax.twinx()
-    balance = run.tables.get("balance")
-    results = c.all()
-    fixed_cmap = plt.get_cmap("viridis")
-    handles: list[Any] = []
-    first_rep = {}
-    st = prep.steps
-    for r in results:
-        reps = st[st["point"].isin(r.points)].sort_values("repetition")
-        first_rep[id(r)] = reps["point"].iloc[0] if not reps.empty else (r.points[0] if r.points else None)
-    replies, spans = {}, {}
-    for r in results:
-        point = first_rep[id(r)]
-        if point is not None:
-            replies[point], spans[point] = _point_replies(run.dir / "points" / point)
-    clock = _Clock(spans)
-    xmax = 0.0
-    for r in results:
-        point = first_rep[id(r)]
-        if point is None or point not in clock.spans:
-            continue
-        if r.mode == REGULAR:
-            color, lw, z = "black", 1.6, 4
-        elif r.kind == "adaptive":
-            color, lw, z = ("tab:red", "tab:purple", "tab:brown")[c.adaptive.index(r) % 3], 2.4, 6
-        elif r.kind == "fixed":
-            n = max(len(c.fixed) - 1, 1)
-            color, lw, z = fixed_cmap(0.1 + 0.75 * c.fixed.index(r) / n), 1.4, 3
-        else:
-            color, lw, z = "tab:gray", 1.2, 2
-        x = clock.x(point, replies[point])
-        x = x[x >= 0]
-        if len(x):
-            counts = np.bincount(np.floor(x).astype(np.int64)).astype(float)
-            ax.plot(np.arange(len(counts)) + 0.5, counts, color=color, linewidth=lw, zorder=z, marker="o",
-                    markersize=2.5)
-            xmax = max(xmax, float(len(counts)))
-        handles.append(Line2D([], [], color=color, linewidth=lw, label=f"{_label(r)}: replies/s"))
-        # the split: the controller's decisions (a fixed policy logs its constant split too)
-        if balance is not None and not balance.empty and "point" in balance:
-            dec = balance[balance["point"] == point].sort_values("t")
-            if not dec.empty:
-                style = dict(linewidth=2.0, linestyle="--") if r.kind == "adaptive" else \
-                    dict(linewidth=1.0, linestyle=":")
-                ax2.step(clock.x(point, dec["t"].to_numpy(dtype=float)), dec["split"].to_numpy(dtype=float),
-                         where="post", color=color, zorder=z, alpha=0.9, **style)  # type: ignore[arg-type]
-                handles.append(Line2D([], [], color=color, label=f"{_label(r)}: split (right axis)",
-                                      **style))  # type: ignore[arg-type]
-    # offered load and measured windows of the adaptive point (else the first), phase starts
-    ref = next((first_rep[id(r)] for r in c.adaptive if first_rep[id(r)] in clock.spans), None) or \
-        next((first_rep[id(r)] for r in results if first_rep[id(r)] in clock.spans), None)
-    if ref is not None:
-        rs = st[st["point"] == ref].sort_values("t_start")
-        warm = float((run.manifest.get("load") or {}).get("warmup_seconds", 0) or 0)
-        for _, s in rs.iterrows():
-            a_, b_ = clock.x(ref, np.array([float(s["t_start"]), float(s["t_end"])]))
-            ax.axvspan(a_, b_, color="tab:blue", alpha=0.06, linewidth=0)
-            ax.hlines(float(s["offered"]), a_ - warm, b_, colors="grey", linestyles="--", linewidth=1.0)
-        handles.append(Line2D([], [], color="grey", linestyle="--", linewidth=1.0,
-                              label="offered load" + ("" if ref == first_rep[id(results[0])] and not c.adaptive
-                                                      else " (adaptive point's schedule)")))
-        handles.append(Patch(color="tab:blue", alpha=0.15, label="measured window"))
-    if c.workload == SHIFTING and clock.starts:
-        mixes = _phase_mixes(run)
-        for phase, x0 in zip(clock.phases, clock.starts):
-            if phase < 0:
-                continue
-            ax.axvline(x0, color="dimgrey", linewidth=1.4)
-            mix = f"\nstatic share {mixes[phase]:g}" if phase < len(mixes) else ""
-            ax.text(x0 + 0.1, 0.98, f"phase {phase}{mix}", transform=ax.get_xaxis_transform(),
-                    va="top", ha="left", fontsize=8, color="dimgrey")
-        handles.append(Line2D([], [], color="dimgrey", linewidth=1.4, label="phase start"))
-    ax.set_xlim(-0.5, max(xmax, 1.0) + 0.5)
-    ax.set_ylim(bottom=0, top=max(ax.get_ylim()[1], 1.0) * (1.15 if c.workload == SHIFTING else 1.05))
-    ax2.set_ylim(-0.03, 1.05)
-    ax.set_xlabel("seconds since the point's load started" + (" (each phase aligned on its start)"
-                                                              if c.workload == SHIFTING else "")
-                  + "; repetition 1")
-    ax.set_ylabel("replies/s (1 s bins, replies completed in the bin)")
-    ax2.set_ylabel("split: the network side's share (work the TCP server terminates)")
-    ax.set_title(f"reply rate over time and the split: {c.group} ({c.mode})")
-    ax.grid(alpha=0.3)
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.08, 1.0))
-    return figures._finish(fig, out, name)
-
-
-def _phase_mixes(run: Any) -> list[float]:
-    ph = run.manifest.get("phases")
-    if not ph:
-        try:
-            import yaml
-            ph = (yaml.safe_load((run.dir / "experiment.yaml").read_text()) or {}).get("phases")
-        except Exception:  # no yaml, no file: the phases are still marked, without their mix
-            ph = None
-    try:
-        return [float(p["mix"]) for p in ph or []]
-    except (TypeError, KeyError, ValueError):
-        return []
+    return base + ("Whether this kernel accounts IRQ time is not known (the run did not record it, and the "
+                   "report was built on another kernel or cannot read its configuration): without it, that "
+                   "NAT and forwarding work is charged to the sender processes (client and host), not to the "
+                   "TCP server's cgroup.")
 
 
 # --------------------------------------------------------------------------- entry points
-
-
-def _slug(s: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in s).strip("-").lower() or "x"
-
-
-def sections(runs: list[Any], prep: Prepared | None, out: Path) -> list[str]:
-    """The report's "Balancing host and TCP server" section (empty when no run balanced)."""
-    from .report import html_table
-    runs = [r for r in runs if has_balance(r)]
-    if not runs:
-        return []
-    parts = ["<h2 id='balancing'>Balancing host and TCP server</h2>",
-             "<p>Beyond the paper (issue 8): the split is the network side's share (work split: the share of "
-             "new connections the TCP server terminates, the rest passed through its node's kernel to the host's "
-             "kernel TCP). Each offload point ran one policy: a fixed split, or the adaptive controller. "
-             "A point's result is its <b>peak faithful reply rate</b> on a steady workload (as in the gain "
-             "table above) and the <b>mean reply rate over the phases' measured windows</b> on the shifting "
-             "mix.</p>"]
-    for run in runs:
-        run_prep = prep
-        if prep is not None and len(runs) > 1:
-            run_prep = _subset(prep, run.name)
-        comps = comparisons(run_prep, run.tables.get("balance"), run.manifest.get("workloads"))
-        if len(runs) > 1:
-            parts.append(f"<h3>{html.escape(run.name)}</h3>")
-        if not comps:
-            parts.append("<p><i>No step of a balance point was measured: nothing to compare.</i></p>")
-            continue
-        parts.append("<div class='note result'>" + "<br>".join(
-            html.escape(s) for s in goal_sentences(comps, [run])) + "</div>")
-        parts.append(f"<div class='note'>{html.escape(accounting_note([run]))}</div>")
-        parts.append(html_table(summary_table(comps), table_id=_id("balance", run, runs)))
-        for c in comps:
-            key = f"balance_{_slug(run.name) + '_' if len(runs) > 1 else ''}{_slug(c.group)}_{_slug(c.mode)}"
-            parts.append(f"<h3>{html.escape(c.group)} ({html.escape(c.mode)})</h3>")
-            try:
-                png = draw_workload(c, run, run_prep, out, key + ".png")  # type: ignore[arg-type]
-                caption = ("Reply rate per 1 s bin (solid) for each point, from its requests; the split "
-                           "(right axis): dashed for the adaptive controller's decisions, dotted for fixed "
-                           "splits; grey dashes: offered load; shaded: the measured windows"
-                           + ("; vertical lines: phase starts." if c.workload == SHIFTING else ".")
-                           + " Only the first repetition is drawn.")
-                parts.append(f'<figure><img src="{html.escape(png)}" alt="{html.escape(key)}">'
-                             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
-            except Exception:  # a broken figure must not cost the section
-                log.exception("balance figure %s failed", key)
-                import matplotlib.pyplot as plt
-                plt.close("all")
-                parts.append(f"<p><i>figure {html.escape(key)} could not be drawn (see the log)</i></p>")
-            parts.append(html_table(points_table(c), table_id=f"{key.replace('_', '-')}-points"))
-    return parts
-
-
-def _id(base: str, run: Any, runs: list[Any]) -> str:
-    return base if len(runs) == 1 else f"{base}-{_slug(run.name)}"
-
-
-def _subset(prep: Prepared, run_name: str) -> Prepared:
-    from dataclasses import replace
-    keep = lambda df: df[df["run"] == run_name] if "run" in df else df  # noqa: E731
-    return replace(prep, steps=keep(prep.steps), curves=keep(prep.curves), peaks=keep(prep.peaks),
-                   saturation=keep(prep.saturation))
 
 
 def summary_for(run: Any, prep: Prepared | None) -> str:
@@ -652,7 +428,6 @@ def summary_for(run: Any, prep: Prepared | None) -> str:
 
 def balance_summary(run_dir: str | Path) -> str:
     """The balancing results of a run as text ('' when the run has no balance points)."""
-    from .report import EmptyRun, RunInfo, prepare_runs
     run = RunInfo.load(run_dir)
     if not has_balance(run):
         return ""

@@ -27,15 +27,16 @@ one repetition there is no interval: the verdict follows the point estimate and 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .frames import REGULAR, Prepared, cpu_at_saturation
+from .frames import REGULAR, Prepared, cpu_at_saturation, of_run
 from .intervals import mean_ci, paired_gain_pct
-from .utilization import first_bottleneck, roles_of
+from .run import roles_of
+from .utilization import first_bottleneck
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
@@ -319,18 +320,11 @@ def inic_claims(run: _Run) -> list[Claim]:
 ARCHITECTURES = {"cluster": cluster_claims, "multihost": cluster_claims, "smp": smp_claims, "inic": inic_claims}
 
 
-def _of_run(prep: Prepared, name: str) -> Prepared:
-    """One run's curves out of a comparison's frames."""
-    keep = lambda df: df[df["run"] == name] if "run" in df else df  # noqa: E731
-    return replace(prep, steps=keep(prep.steps), curves=keep(prep.curves), peaks=keep(prep.peaks),
-                   saturation=keep(prep.saturation))
-
-
 def claims_table(runs: list[Any], prep: Prepared) -> pd.DataFrame:
     """Every claim of the runs' architectures the data can speak to, as a table."""
     rows: list[dict[str, str]] = []
     for r in runs:
-        sub = _of_run(prep, r.name) if len(runs) > 1 else prep
+        sub = of_run(prep, r.name) if len(runs) > 1 else prep
         fn = ARCHITECTURES.get(str(r.manifest.get("topology")))
         if fn is None or sub.saturation.empty:
             continue
@@ -341,21 +335,3 @@ def claims_table(runs: list[Any], prep: Prepared) -> pd.DataFrame:
                 row = {"run": r.name, **row}
             rows.append(row)
     return pd.DataFrame(rows)
-
-
-def section(runs: list[Any], prep: Prepared, html_table: Callable[..., str]) -> list[str]:
-    """The report's section; ``html_table`` is the report's table renderer."""
-    table = claims_table(runs, prep)
-    parts = ["<h2 id='claims'>The paper against this testbed</h2>",
-             "<div class='note'>Each claim the paper makes for this architecture that the run can speak to, "
-             "the measured counterpart and a verdict computed from the data: <i>reproduced</i> (the paper's "
-             "sign, 95% interval over paired repetitions excluding no effect; for what saturates first, the "
-             "named resource), <i>not reproduced</i>, <i>no difference</i> (the interval contains no effect), "
-             "or <i>reproduced only when the TCP server's CPU comes on top</i> (a gain with the TCP server's CPU "
-             "added to the host's that, by server-side CPU per reply, would be a loss at the same total CPU). "
-             "With one repetition there is no interval and the verdict says so.</div>"]
-    if table.empty:
-        parts.append("<p><i>No claim of the paper applies to this run's architecture and curves.</i></p>")
-        return parts
-    parts.append(html_table(table, table_id="claims", flag_col="-"))
-    return parts

@@ -16,7 +16,9 @@ from typing import Any
 import pandas as pd
 
 from .frames import Prepared
-from .report import RunInfo, build_report, html_table
+from .render import render
+from .report import build_report
+from .sections.registry import Report, Section
 
 
 def peaks_by_run(prep: Prepared | None) -> pd.DataFrame:
@@ -33,12 +35,12 @@ def peaks_by_run(prep: Prepared | None) -> pd.DataFrame:
     return wide.rename(columns={"config_label": "configuration", "mode_label": "mode"})
 
 
-def _side_by_side(runs: list[RunInfo], prep: Prepared | None) -> list[str]:
-    budgets = ", ".join(f"{r.name}: {r.manifest.get('budgets')}" for r in runs)
-    return ["<h2>Runs side by side</h2>",
-            "<p>Peak faithful reply rate per mode and run, gain against the same run's Regular TCP in "
-            f"brackets; ⚑ = the peak comes from flagged steps only. Budgets: {budgets}.</p>",
-            html_table(peaks_by_run(prep), table_id="side-by-side")]
+def _side_by_side(report: Report) -> Any:
+    budgets = ", ".join(f"{r.name}: {r.manifest.get('budgets')}" for r in report.runs)
+    return render("sections/side_by_side.html", peaks=peaks_by_run(report.prep), budgets=budgets)
+
+
+SIDE_BY_SIDE = Section("side-by-side", 100, html=_side_by_side, needs_steps=False)
 
 
 def default_out(run_dirs: list[str | Path]) -> Path:
@@ -51,4 +53,4 @@ def compare(run_dirs: list[str | Path], out_dir: str | Path | None = None) -> tu
     if len(run_dirs) < 1:
         raise ValueError("compare needs at least one run directory")
     out = Path(out_dir) if out_dir else default_out(run_dirs)
-    return build_report(run_dirs, out, extra=_side_by_side)
+    return build_report(run_dirs, out, extra=[SIDE_BY_SIDE])

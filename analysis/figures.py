@@ -74,7 +74,7 @@ def _facets(prep: Prepared, ncols_max: int = 2) -> tuple[plt.Figure, list[plt.Ax
     return fig, flat[:n], workloads
 
 
-def _finish(fig: plt.Figure, out: Path, name: str) -> str:
+def finish(fig: plt.Figure, out: Path, name: str) -> str:
     fig.tight_layout()
     fig.savefig(out / name, dpi=DPI)
     plt.close(fig)
@@ -117,7 +117,7 @@ def reply_rate(prep: Prepared, out: Path) -> str:
                     Line2D([], [], color="grey", linestyle=":",
                            label=f"knee: reply rate < {KNEE_FRACTION:.0%} of offered from here on")] + _flag_legend()
         ax.legend(handles=handles, fontsize=7, loc="upper left")
-    return _finish(fig, out, "reply_rate.png")
+    return finish(fig, out, "reply_rate.png")
 
 
 def _wrap(curve: str) -> str:
@@ -147,7 +147,7 @@ def cpu_breakdown(prep: Prepared, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(sat) * max(len(nodes), 1) * 0.6 + 3), 5.2))
     if sat.empty or not nodes:
         ax.text(0.5, 0.5, "no CPU samples at saturation", ha="center", va="center", transform=ax.transAxes)
-        return _finish(fig, out, "cpu_breakdown.png")
+        return finish(fig, out, "cpu_breakdown.png")
     cmap = plt.get_cmap("tab10")
     width = 0.8 / len(nodes)
     x = np.arange(len(sat))
@@ -176,7 +176,7 @@ def cpu_breakdown(prep: Prepared, out: Path) -> str:
                 Patch(facecolor="white", edgecolor="black", hatch="//", label="flagged step")]
     ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, out, "cpu_breakdown.png")
+    return finish(fig, out, "cpu_breakdown.png")
 
 
 def cpu_per_request(prep: Prepared, out: Path, ncpus: int | None) -> str:
@@ -187,7 +187,7 @@ def cpu_per_request(prep: Prepared, out: Path, ncpus: int | None) -> str:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.3 * len(sat) + 3), 5.0))
     if sat.empty:
         ax.text(0.5, 0.5, "no CPU samples at saturation", ha="center", va="center", transform=ax.transAxes)
-        return _finish(fig, out, "cpu_per_request.png")
+        return finish(fig, out, "cpu_per_request.png")
     cmap = plt.get_cmap("tab10")
     x = np.arange(len(sat))
     bottom = np.zeros(len(sat))
@@ -209,7 +209,7 @@ def cpu_per_request(prep: Prepared, out: Path, ncpus: int | None) -> str:
     ax.set_title("total server-side CPU per request (stacked by node)")
     ax.legend(fontsize=7)
     ax.grid(axis="y", alpha=0.3)
-    return _finish(fig, out, "cpu_per_request.png")
+    return finish(fig, out, "cpu_per_request.png")
 
 
 def latency(prep: Prepared, out: Path) -> str:
@@ -238,7 +238,7 @@ def latency(prep: Prepared, out: Path) -> str:
             ax.grid(alpha=0.3, which="both")
             handles, _ = ax.get_legend_handles_labels()
             ax.legend(handles=handles + _flag_legend(), fontsize=7)
-    return _finish(fig, out, "latency.png")
+    return finish(fig, out, "latency.png")
 
 
 def errors(prep: Prepared, out: Path) -> str:
@@ -276,7 +276,7 @@ def errors(prep: Prepared, out: Path) -> str:
         ax2.text(0.5, 0.5, "no per-kind error columns", ha="center", va="center", transform=ax2.transAxes)
     ax2.set_title("errors by kind, all steps")
     ax2.set_xlabel("requests")
-    return _finish(fig, out, "errors.png")
+    return finish(fig, out, "errors.png")
 
 
 def gain(prep: Prepared, out: Path) -> str:
@@ -286,7 +286,7 @@ def gain(prep: Prepared, out: Path) -> str:
     fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(sat) + 3), 4.6))
     if sat.empty:
         ax.text(0.5, 0.5, "no steps", ha="center", va="center", transform=ax.transAxes)
-        return _finish(fig, out, "gain.png")
+        return finish(fig, out, "gain.png")
     styles = _styles(prep)
     x = np.arange(len(sat))
     for k, (_, s) in enumerate(sat.iterrows()):
@@ -313,7 +313,7 @@ def gain(prep: Prepared, out: Path) -> str:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(handles=[Patch(facecolor="white", edgecolor="black", hatch="//",
                              label="no faithful step: peak from flagged steps")], fontsize=7)
-    return _finish(fig, out, "gain.png")
+    return finish(fig, out, "gain.png")
 
 
 OVERLOAD_FROM = 2.0  # the overload figure is drawn when some curve went this far past capacity
@@ -346,7 +346,7 @@ def overload(prep: Prepared, out: Path) -> str | None:
         ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower left")
-    return _finish(fig, out, "overload.png")
+    return finish(fig, out, "overload.png")
 
 
 def draw_all(prep: Prepared, out: Path, ncpus: int | None) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""Where each node's time goes, drawn the way the paper draws it, and the report section
-that shows it (issue 13).
+"""Where each node's time goes, drawn the way the paper draws it (the section that shows
+these figures is ``analysis.sections.nodes``).
 
 Figures (PNG, at most ~1,600 px wide: small multiples in a grid of up to three columns,
 one panel per mode, rather than one wide axis):
@@ -15,18 +15,13 @@ one panel per mode, rather than one wide axis):
 - ``inic_util.png`` (runs with ``nic`` nodes): NIC, host and I/O link utilization against
   offered load, one column per NIC:host ratio and one row per mode, Regular TCP's host as
   a grey reference in every panel.
-
-``sections(runs, prep, out)`` returns the report's HTML: the rules, the per-curve table
-of what saturated first and where the time went at saturation, the figures, every step's
-bottleneck, and "The paper against this testbed" (``claims``).
 """
 
 from __future__ import annotations
 
-import html
 import logging
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 
@@ -38,8 +33,8 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
 
 from .frames import REGULAR, Prepared  # noqa: E402
-from .utilization import (SATURATED_UTIL, first_bottleneck, link_names, mode_order, node_names,  # noqa: E402
-                          roles_of)
+from .run import roles_of  # noqa: E402
+from .utilization import SATURATED_UTIL, link_names, mode_order, node_names  # noqa: E402
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +47,7 @@ LETTER = {"host": "H", "tcpserver": "T", "nic": "N", "link": "L", "generator": "
 SPLIT = (("user", "tab:blue"), ("system", "tab:orange"), ("softirq", "tab:red"))
 
 
-def _role(node: str, roles: dict[str, str]) -> str:
+def node_role(node: str, roles: dict[str, str]) -> str:
     if node in roles:
         return roles[node]
     return "client" if node == "client" else ("nic" if node.startswith("nic") else
@@ -61,8 +56,8 @@ def _role(node: str, roles: dict[str, str]) -> str:
 
 def _node_color(node: str, roles: dict[str, str], nodes: list[str]) -> Any:
     """The role's color; several nodes of one role (multihost) get shades of it."""
-    role = _role(node, roles)
-    same = [n for n in nodes if _role(n, roles) == role]
+    role = node_role(node, roles)
+    same = [n for n in nodes if node_role(n, roles) == role]
     base = matplotlib.colors.to_rgb(ROLE_COLORS.get(role, "black"))
     if len(same) <= 1:
         return base
@@ -144,8 +139,8 @@ def node_utilization(prep: Prepared, out: Path, roles: dict[str, str]) -> list[s
     against offered load, a panel per mode."""
     nodes = node_names(prep.steps)
     links = link_names(prep.steps)
-    server = [n for n in nodes if _role(n, roles) != "client"]
-    clients = [n for n in nodes if _role(n, roles) == "client"]
+    server = [n for n in nodes if node_role(n, roles) != "client"]
+    clients = [n for n in nodes if node_role(n, roles) == "client"]
     knees = _knees(prep)
     names = []
     for i, (title, curves) in enumerate(_panel_sets(prep)):
@@ -186,7 +181,7 @@ def node_utilization(prep: Prepared, out: Path, roles: dict[str, str]) -> list[s
             ax.grid(alpha=0.3)
         fig.suptitle(f"Utilization (solid) and idle share (dotted) of each node's budget — {title}", fontsize=10)
         legend = [Line2D([], [], color=_node_color(n, roles, nodes), marker="o", markersize=3,
-                         label=f"{n} ({_role(n, roles)})") for n in server]
+                         label=f"{n} ({node_role(n, roles)})") for n in server]
         legend += [Line2D([], [], color="black", linestyle=":", label="idle share"),
                    Line2D([], [], color="grey", linewidth=0.8, label="generator CPU (cores of its cpuset)")]
         if links:
@@ -203,10 +198,10 @@ def node_utilization(prep: Prepared, out: Path, roles: dict[str, str]) -> list[s
 def smp_cpu(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     """CPU split (user, system, softirq, idle) of the network processors (TCP server) and the
     application processors (host) against offered load; one row per curve."""
-    nodes = [n for n in node_names(prep.steps) if _role(n, roles) in ("tcpserver", "host")]
-    nodes = sorted(nodes, key=lambda n: (_role(n, roles) != "tcpserver", n))
+    nodes = [n for n in node_names(prep.steps) if node_role(n, roles) in ("tcpserver", "host")]
+    nodes = sorted(nodes, key=lambda n: (node_role(n, roles) != "tcpserver", n))
     st = prep.steps
-    net = [f"budget_{n}" for n in nodes if _role(n, roles) == "tcpserver" and f"budget_{n}" in st]
+    net = [f"budget_{n}" for n in nodes if node_role(n, roles) == "tcpserver" and f"budget_{n}" in st]
     net_budget = st[net].apply(pd.to_numeric, errors="coerce").sum(axis=1) if net else pd.Series(0.0, index=st.index)
     # per mode, fewer network processors first (one, then two, as the paper shows them)
     key = {c: (mode_order(m), float(b)) for c, m, b in zip(st["curve"], st["mode_label"], net_budget)}
@@ -218,7 +213,7 @@ def smp_cpu(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
             ax = axes[r * len(nodes) + c]
             cols = [f"split_{k}_{n}" for k, _ in SPLIT] + [f"capacity_{n}", f"cpu_{n}", f"budget_{n}"]
             df = per_offered(cdf, cols)
-            what = "network processors" if _role(n, roles) == "tcpserver" else "application processors"
+            what = "network processors" if node_role(n, roles) == "tcpserver" else "application processors"
             budget = df.get(f"budget_{n}", pd.Series(dtype=float))
             cfg = cdf["config_label"].iloc[0]
             ax.set_title(f"{cdf['mode_label'].iloc[0]}" + (f" ({cfg})" if cfg else "") + f"\n{n} = {what}"
@@ -250,8 +245,8 @@ def inic_util(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     ratio (configuration), a row per offloaded mode; Regular TCP's host in grey."""
     st = prep.steps
     nodes = node_names(st)
-    nics = [n for n in nodes if _role(n, roles) == "nic"]
-    hosts = [n for n in nodes if _role(n, roles) == "host"]
+    nics = [n for n in nodes if node_role(n, roles) == "nic"]
+    hosts = [n for n in nodes if node_role(n, roles) == "host"]
     links = link_names(st)
     configs = sorted({c for c, m in zip(st["config_label"], st["mode_label"]) if m != REGULAR}) or [""]
     modes = sorted(dict.fromkeys(m for m in st["mode_label"] if m != REGULAR), key=mode_order)
@@ -288,7 +283,7 @@ def inic_util(prep: Prepared, out: Path, roles: dict[str, str]) -> str:
     fig.suptitle("I-NIC: NIC, host and I/O link utilization against offered load, per NIC:host ratio",
                  fontsize=10)
     legend = [Line2D([], [], color=_node_color(n, roles, nodes), marker="o", markersize=3,
-                     label=f"{n} ({_role(n, roles)})") for n in nics + hosts]
+                     label=f"{n} ({node_role(n, roles)})") for n in nics + hosts]
     legend += [Line2D([], [], color=ROLE_COLORS["link"], linestyle="--", label="I/O link (of its rate)"),
                Line2D([], [], color="grey", linestyle="-.", label="Regular TCP's host"),
                Line2D([], [], linestyle="none", marker="$N$", color="black",
@@ -316,144 +311,3 @@ def draw_all(prep: Prepared, out: Path, runs: list[Any]) -> dict[str, str]:
             log.exception("figure %s failed", key)
             plt.close("all")
     return figs
-
-
-# --------------------------------------------------------------------------- report
-
-
-def _pct(v: Any) -> str:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return "-"
-    return "-" if np.isnan(f) else f"{f * 100:.0f}%"
-
-
-def bottleneck_table(prep: Prepared, roles: dict[str, str]) -> pd.DataFrame:
-    """Per curve: what saturated first and at which offered rate, and at the saturation
-    step (mean over repetitions) each server-side node's busy/idle share of its budget,
-    its user/system/softirq split (shares of the budget) and the links' utilization."""
-    st = prep.steps
-    nodes = [n for n in node_names(st) if _role(n, roles) != "client"]
-    links = link_names(st)
-    peaks = prep.peaks
-    rows = []
-    for curve, cdf in st.groupby("curve", sort=False):
-        kind, where, rate = first_bottleneck(cdf)
-        row: dict[str, Any] = {"curve": curve, "saturated first": kind + (f" ({where})" if where and
-                                                                          kind != "generator" else ""),
-                               "at offered": "-" if rate != rate else f"{rate:,.0f}"}
-        pk = peaks[peaks["curve"] == curve] if not peaks.empty else peaks
-        for n in nodes:
-            if pk.empty or f"busy_{n}" not in pk:
-                continue
-            cap = pd.to_numeric(pk[f"capacity_{n}"], errors="coerce")
-            split = "/".join(_pct((pd.to_numeric(pk.get(f"split_{k}_{n}"), errors="coerce") / cap).mean())
-                             for k, _ in SPLIT)
-            row[f"{n} busy (idle)"] = (f"{_pct(pd.to_numeric(pk[f'busy_{n}'], errors='coerce').mean())} "
-                                       f"({_pct(pd.to_numeric(pk[f'idle_{n}'], errors='coerce').mean())})")
-            row[f"{n} usr/sys/sirq"] = split
-        for l in links:
-            if not pk.empty and f"linkutil_{l}" in pk:
-                row[f"link {l}"] = _pct(pd.to_numeric(pk[f"linkutil_{l}"], errors="coerce").mean())
-        if not pk.empty and "bottleneck" in pk:
-            row["at saturation step"] = ", ".join(sorted(set(pk["bottleneck"].astype(str))))
-        rows.append(row)
-    return pd.DataFrame(rows)
-
-
-def steps_bottleneck_table(prep: Prepared, roles: dict[str, str]) -> pd.DataFrame:
-    """Every step: offered, replies, each server-side node's busy share, links, bottleneck."""
-    st = prep.steps
-    nodes = [n for n in node_names(st) if _role(n, roles) != "client"]
-    cols = {"curve": "curve", "repetition": "rep", "offered": "offered", "reply_rate": "replies/s"}
-    cols.update({f"busy_{n}": f"{n} busy" for n in nodes})
-    cols.update({f"linkutil_{l}": f"link {l}" for l in link_names(st)})
-    cols.update({"bottleneck": "bottleneck", "bottleneck_at": "at", "flags": "flags"})
-    out = st[[c for c in cols if c in st]].rename(columns=cols).copy()
-    for c in out.columns:
-        if c.endswith(" busy") or c.startswith("link "):
-            out[c] = out[c].map(_pct)
-        elif out[c].dtype.kind == "f":
-            out[c] = out[c].map(lambda v: "-" if pd.isna(v) else f"{v:,.0f}")
-    return out
-
-
-def _figure(name: str, caption: str) -> str:
-    return (f'<figure><img src="{html.escape(name)}" alt="{html.escape(name)}">'
-            f"<figcaption>{caption}</figcaption></figure>")
-
-
-def softirq_rule(runs: list[Any]) -> str:
-    """The rule ``utilization`` applied, in words, for the runs' kernels (the manifest's
-    ``irq_time_accounting``: true, false, or unknown, taken as false)."""
-    irq = {r.manifest.get("irq_time_accounting") for r in runs}
-    if irq == {True}:
-        return ("This run's kernel accounts IRQ time separately (CONFIG_IRQ_TIME_ACCOUNTING=y): softirq "
-                "time is charged to no cgroup, so a node's softirq share below comes <b>on top</b> of its "
-                "cgroup CPU and is not limited by its quota.")
-    head = ("This run's kernel has no IRQ time accounting (CONFIG_IRQ_TIME_ACCOUNTING unset)" if irq == {False}
-            else "Whether this run's kernel accounts IRQ time is not known; taken as not")
-    return (head + ": softirq work was charged, as system time, to the cgroup of whichever process was "
-            "running on that CPU. A node's softirq share is the softirq /proc/stat counted on its cpuset's "
-            "CPUs, shared among the nodes there in proportion to their system time, and carved out of its "
-            "system time. It is softirq that ran <i>on</i> the node's CPUs, not network work done "
-            "<i>for</i> it: a veth receive runs on the sender's CPU.")
-
-
-def sections(runs: list[Any], prep: Prepared | None, out: Path, table: Callable[..., str]) -> list[str]:
-    """The report's HTML for issue 13: node time, bottlenecks and the paper's claims.
-    ``table(df, table_id=...)`` renders a table as the rest of the report does (the report
-    passes its own, so this module does not import the report)."""
-    if prep is None:
-        return []
-    parts: list[str] = []
-    try:
-        parts += _node_section(runs, prep, Path(out), table)
-    except Exception:  # it must not cost the user the rest of the report
-        log.exception("the node-time section failed")
-        parts.append("<h2>Where each node's time goes</h2><p><i>could not be built (see the log)</i></p>")
-    try:
-        from . import claims
-        parts += claims.section(runs, prep, table)
-    except Exception:
-        log.exception("the claims section failed")
-        parts.append("<h2>The paper against this testbed</h2><p><i>could not be built (see the log)</i></p>")
-    return parts
-
-
-def _node_section(runs: list[Any], prep: Prepared, out: Path, html_table: Callable[..., str]) -> list[str]:
-    parts = ["<h2 id='nodes'>Where each node's time goes, and what saturates first</h2>"]
-    if "bottleneck" not in prep.steps:
-        parts.append("<p class='note'>The steps table predates the per-node columns: rebuild it with "
-                     "<code>python -m analysis tables RUN</code>, then the report.</p>")
-        return parts
-    roles = roles_of(runs)
-    parts.append(
-        "<div class='note'><b>Utilization</b> is a node's CPU (its cgroup, exact) over its budget (the CFS "
-        "quota; a node without one, over the CPUs of its cpuset); <b>idle</b> is the rest of the budget. "
-        "<b>Bottleneck</b> of a step: <i>generator</i> when the step is generator-bound; otherwise, when "
-        f"the step is saturated and the busiest server-side budget or rate-limited link is at least "
-        f"{SATURATED_UTIL:.0%} used, that node's role (host, tcpserver, nic) or <i>link</i>; otherwise "
-        "<i>none</i>. A curve's <b>saturated first</b> is the bottleneck at its lowest offered rate that "
-        "names a server-side resource (over repetitions, the most common answer).</div>")
-    parts.append(f"<div class='note'><b>Softirq</b>: {softirq_rule(runs)}</div>")
-    parts.append("<p>Per curve: what saturated first; at the saturation step (mean over repetitions) each "
-                 "node's share of its budget busy (idle), split into user/system/softirq, and each "
-                 "rate-limited link's utilization.</p>")
-    parts.append(html_table(bottleneck_table(prep, roles), table_id="bottleneck"))
-    figs = draw_all(prep, out, runs)
-    for key in sorted(k for k in figs if k.startswith("node_util")):
-        parts.append(_figure(figs[key], "Each server-side node's utilization of its budget (solid) and "
-                             "idle share (dotted) against offered load, per mode; letters along the top "
-                             "name what saturated at that step."))
-    if "smp_cpu" in figs:
-        parts.append(_figure(figs["smp_cpu"], "SMP: the network processors' (TCP server) and application "
-                             "processors' (host) budgets split into user, system, softirq and idle against "
-                             "offered load: with one network processor, which idles?"))
-    if "inic_util" in figs:
-        parts.append(_figure(figs["inic_util"], "I-NIC: NIC, host and I/O link utilization per NIC:host "
-                             "ratio; which saturates first?"))
-    parts.append("<details><summary>every step's bottleneck</summary>"
-                 + html_table(steps_bottleneck_table(prep, roles), table_id="step-bottlenecks") + "</details>")
-    return parts

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -161,7 +161,7 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     steps["config_label"] = [", ".join(f"{c[len('config_'):]}={_fmt_value(row[c])}" for c in cfg_cols
                                        if not (isinstance(row[c], float) and np.isnan(row[c])))
                              for _, row in steps[cfg_cols].iterrows()] if cfg_cols else ""
-    # phases of a shifting workload (issue 8) are compared phase by phase, like configurations
+    # phases of a shifting workload (the balancing experiment) are compared phase by phase, like configurations
     phase = steps["phase"] if "phase" in steps else pd.Series([None] * len(steps), index=steps.index)
     steps["phase_label"] = ["" if p is None or (isinstance(p, float) and np.isnan(p)) else f"phase {int(p)}"
                             for p in phase]
@@ -311,6 +311,13 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
     sat["ratio_lo"] = 1.0 + sat["gain_ci_lo"] / 100.0
     sat["ratio_hi"] = 1.0 + sat["gain_ci_hi"] / 100.0
     return sat
+
+
+def of_run(prep: Prepared, run: str) -> Prepared:
+    """One run's frames out of a comparison's (``prepare`` over several runs)."""
+    keep = lambda df: df[df["run"] == run] if "run" in df else df  # noqa: E731
+    return replace(prep, steps=keep(prep.steps), curves=keep(prep.curves), peaks=keep(prep.peaks),
+                   saturation=keep(prep.saturation))
 
 
 def cpu_at_saturation(prep: Prepared) -> pd.DataFrame:

@@ -29,7 +29,8 @@ from .published import DATA_FILES
 
 def publish(run_dir: str | Path, dest: str | Path) -> Path:
     """Copy a run's tables into ``dest`` and build its report there; returns index.html."""
-    from .report import RunInfo, build_report
+    from .report import build_report
+    from .run import RunInfo
 
     run_dir, dest = Path(run_dir), Path(dest)
     run = RunInfo.load(run_dir)  # builds the tidy tables when the run has none yet

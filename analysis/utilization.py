@@ -1,4 +1,4 @@
-"""Where each node's time goes, per step, and what saturated first (issue 13).
+"""Where each node's time goes, per step, and what saturated first (the paper's per-node figures).
 
 ``add_columns(steps, samples, point)`` is called once per point from
 ``tables.step_metrics``, over the same measured windows as the node CPU columns. It adds,
@@ -59,7 +59,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .frames import KNEE_FRACTION, REGULAR, roles_from
+from .frames import KNEE_FRACTION, REGULAR
+from .run import irq_time_accounting_of
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ def links_of(point: dict[str, Any], manifest: dict[str, Any]) -> dict[str, dict[
 
 def softirq_charged_to_cgroups(manifest: dict[str, Any]) -> bool:
     """True unless the run's kernel is known to account IRQ time separately."""
-    return manifest.get("irq_time_accounting") is not True
+    return irq_time_accounting_of(manifest) is not True
 
 
 def add_columns(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any],
@@ -252,16 +253,6 @@ def _bottleneck(st: pd.Series, resources: list[tuple[str, str, float]]) -> dict[
 
 
 # --------------------------------------------------------------------------- per curve
-
-
-def roles_of(runs: list[Any]) -> dict[str, str]:
-    """node -> role over report runs (their samples, then each point's nodes)."""
-    roles: dict[str, str] = {}
-    for r in runs:
-        roles.update(roles_from(r.tables))
-        for p in r.points:
-            roles.update({n: v.get("role", "") for n, v in (p.get("nodes") or {}).items()})
-    return roles
 
 
 def mode_order(mode: str) -> tuple[int, str]:

@@ -11,6 +11,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import platform
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -183,3 +184,17 @@ def is_root() -> bool:
 
 def errno_name(e: OSError) -> str:
     return errno.errorcode.get(e.errno or 0, str(e.errno))
+
+
+def irq_time_accounting() -> bool | None:
+    """CONFIG_IRQ_TIME_ACCOUNTING of the running kernel (None when its configuration is not
+    readable): without it softirq time is charged to the cgroup of whoever runs, so the
+    runner records it and the report says where a node's kernel work was counted."""
+    import gzip
+    for path in (Path("/proc/config.gz"), Path(f"/boot/config-{platform.release()}")):
+        try:
+            text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
+        except OSError:
+            continue
+        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in text
+    return None

@@ -368,7 +368,7 @@ def environment() -> dict[str, Any]:
         cpu_model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     except OSError:
         pass
-    from .kernel import read_sysctl
+    from .kernel import irq_time_accounting, read_sysctl
     return {
         "irq_time_accounting": irq_time_accounting(),
         "versions": versions,
@@ -380,19 +380,6 @@ def environment() -> dict[str, Any]:
         "host_sysctls": {k: read_sysctl(k) for k in RECORDED_SYSCTLS},
         "clock": "time.time() epoch seconds; 1 s metric samples",
     }
-
-
-def irq_time_accounting() -> bool | None:
-    """CONFIG_IRQ_TIME_ACCOUNTING: without it softirq time is charged to whoever runs."""
-    import gzip
-    candidates = [Path("/proc/config.gz"), Path(f"/boot/config-{platform.release()}")]
-    for path in candidates:
-        try:
-            text = gzip.open(path, "rt").read() if path.suffix == ".gz" else path.read_text()
-        except OSError:
-            continue
-        return "CONFIG_IRQ_TIME_ACCOUNTING=y" in text
-    return None  # the kernel's configuration is not readable here
 
 
 def _meminfo_kb() -> int | None:

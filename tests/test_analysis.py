@@ -2,7 +2,9 @@
 in headless Chromium, resume after an interrupted run, and a comparison of the two.
 
 No result table here is written by hand: every number comes from a run on namespaces
-(hence root). The two runs together take well under a minute on this machine.
+(hence root). The two runs together take well under a minute on this machine. The rules
+behind the numbers (peak, capacity, knee, gains) are checked on fixed tables with
+hand-worked answers in test_analysis_rules.
 """
 
 from __future__ import annotations
@@ -161,22 +163,6 @@ def test_report_cli_prints_summary(tiny_run: Path) -> None:
     assert re.search(r"regular\s", proc.stdout) and "eager-accept" in proc.stdout
     assert "peak replies/s" in proc.stdout and "budgets: extra" in proc.stdout
     assert str(tiny_run / "report" / "index.html") in proc.stdout
-
-
-def test_summary_numbers_match_the_steps(tiny_run: Path) -> None:
-    """The peak in the gain table is the highest faithful reply rate of each mode's steps."""
-    import analysis
-    from analysis.report import RunInfo, prepare_runs
-    steps = analysis.load(tiny_run)["steps"]
-    assert set(steps["mode"]) == {"regular", "eager-accept"} and len(steps) == 4
-    prep = prepare_runs([RunInfo.load(tiny_run)])
-    for _, s in prep.saturation.iterrows():
-        mode = steps[steps["mode"] == s["mode_label"]]
-        mine = mode[mode["faithful"]] if mode["faithful"].any() else mode  # all flagged: all steps
-        assert s["peak_mean"] == pytest.approx(mine["reply_rate_avg"].max())
-    reg = prep.saturation.set_index("mode_label")
-    assert reg.loc["eager-accept", "ratio_to_regular"] == pytest.approx(
-        reg.loc["eager-accept", "peak_mean"] / reg.loc["regular", "peak_mean"])
 
 
 def test_resume_runs_only_the_missing_points(resumed_run: tuple[Path, dict, str]) -> None:

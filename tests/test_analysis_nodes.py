@@ -1,4 +1,4 @@
-"""Per-node time, bottlenecks, their figures and the paper's claims (issue 13), on
+"""Per-node time, bottlenecks, their figures and the paper's claims, on
 synthetic points: cumulative 1 s samples of a model server (each node spends a fixed CPU
 time per reply, replies are capped by the first budget to run out), passed through
 ``tables.step_metrics`` exactly as a run's raw files are. Seconds, no root.
@@ -15,7 +15,8 @@ import pytest
 
 from analysis import claims, figures_nodes, utilization
 from analysis.frames import prepare
-from analysis.report import RunInfo, html_table
+from analysis.run import RunInfo
+from analysis.sections import SECTIONS, Report
 from analysis.tables import step_metrics
 
 STEP_S = 5.0
@@ -203,8 +204,9 @@ def test_cluster_figures_sections_and_claims(tmp_path):
         for mode in ("regular", "split", "async-send"):
             parts.append(cluster_point(mode, rep=rep, noise=0.01, seed=rep * 10 + len(mode)))
     runs, prep = _run(tmp_path, pd.concat(parts, ignore_index=True), "cluster")
-    html = "\n".join(figures_nodes.sections(runs, prep, tmp_path, html_table))
-    assert "node_util_0.png" in html and "id='claims'" in html and 'id="bottleneck"' in html
+    report = Report(runs=runs, prep=prep, out=tmp_path, figs={})
+    html = "\n".join(str(SECTIONS[name].html(report)) for name in ("nodes", "claims"))
+    assert "node_util_0.png" in html and 'id="claims"' in html and 'id="bottleneck"' in html
     w, h = _png_size(tmp_path / "node_util_0.png")
     assert w <= 1600, w
     table = claims.claims_table(runs, prep)

@@ -1,0 +1,179 @@
+"""The report's summary: the result in words, negative results stated as plainly as
+positive ones, and the gain table (peak and capacity at the latency target per curve, their
+gains over Regular TCP of the same run, workload and configuration, paired by round).
+
+The terminal summary (``analysis.report.summary_text``) prints the same table and sentences.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ..frames import KNEE_FRACTION, REGULAR, Prepared, cpu_at_saturation
+from ..render import num as _num
+from ..render import render
+from ..run import RunInfo
+from .registry import Report, Section, register
+
+
+def summary_table(prep: Prepared) -> pd.DataFrame:
+    """The headline table, one row per curve: peak reply rate and capacity at the latency
+    target (mean and 95% interval over repetitions), and their gains over Regular TCP of
+    the same run, workload and configuration, paired by round."""
+    sat = prep.saturation
+    if sat.empty:
+        return pd.DataFrame()
+    cpu = cpu_at_saturation(prep).set_index("curve")
+    rows = []
+    for _, s in sat.iterrows():
+        flags = cpu.loc[s["curve"], "flags"] if s["curve"] in cpu.index else ""
+        is_reg = s["mode_label"] == REGULAR or s["baseline"] is None
+        rows.append({
+            "group": s["group"] or "-",
+            "mode": s["mode_label"],
+            "peak replies/s": _num(s["peak_mean"]) + _ci(s["peak_ci_lo"], s["peak_ci_hi"])
+            + ("" if s["saturated"] else " (≥, not saturated)"),
+            "capacity req/s": _capacity(s),
+            "reps": int(s["repetitions"]),
+            "knee at": _num(s["knee_offered"]) if not np.isnan(s["knee_offered"]) else "none",
+            "vs regular of": "-" if is_reg else (s["baseline"] or "-"),
+            "peak gain": "-" if is_reg else _gain(s, "gain"),
+            "capacity gain": "-" if is_reg else _gain(s, "capacity_gain"),
+            "server CPU µs/reply": _num(cpu.loc[s["curve"], "cpu_us_per_reply_servers"])
+            if s["curve"] in cpu.index and "cpu_us_per_reply_servers" in cpu else "-",
+            "flagged steps": int(s["flagged_steps"]),
+            "flags": ("peak from flagged steps; " if not s["all_faithful"] else "") + (flags or ""),
+        })
+    return pd.DataFrame(rows)
+
+
+def _ci(lo: Any, hi: Any, digits: int = 0) -> str:
+    return "" if pd.isna(lo) or pd.isna(hi) else f" [{_num(lo, digits)}, {_num(hi, digits)}]"
+
+
+def _capacity(s: pd.Series) -> str:
+    if pd.isna(s["capacity_mean"]):
+        return f"< {_num(s['lowest_offered'])} (no step met the target)"
+    text = _num(s["capacity_mean"]) + _ci(s["capacity_ci_lo"], s["capacity_ci_hi"])
+    if s["capacity_reps"] < s["repetitions"]:
+        text += f" ({int(s['capacity_reps'])} of {int(s['repetitions'])} reps met it)"
+    return text
+
+
+def _gain(s: pd.Series, prefix: str) -> str:
+    """'+12.3% [+4.1, +20.5]' or '+2.0% [-3.1, +7.2] no difference'."""
+    mean, v = s[f"{prefix}_pct"], s[f"{prefix}_verdict"]
+    if pd.isna(mean):
+        return "-"
+    text = f"{mean:+.1f}%"
+    if not pd.isna(s[f"{prefix}_ci_lo"]):
+        text += f" [{s[f'{prefix}_ci_lo']:+.1f}, {s[f'{prefix}_ci_hi']:+.1f}]"
+    if v == "no difference":
+        text += " no difference"
+    elif v.startswith("one repetition"):
+        text += " (1 rep)"
+    return text
+
+
+def targets(runs: list[RunInfo]) -> str:
+    vals = sorted({float(r.manifest.get("latency_target_ms", 200.0)) for r in runs})
+    return ", ".join(f"{v:g} ms" for v in vals)
+
+
+
+def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
+    """The result in words, negative results stated as plainly as positive ones."""
+    out = []
+    sat = prep.saturation
+    budgets = {r.manifest.get("budgets", "extra") for r in runs}
+    budget_note = " and ".join(f"budgets: {b}" for b in sorted(budgets))
+    cpu = cpu_at_saturation(prep)
+    cpu_of = dict(zip(cpu["curve"], cpu["cpu_us_per_reply_servers"])) \
+        if not cpu.empty and "cpu_us_per_reply_servers" in cpu else {}
+    reg_curve = {g: c for g, c, m in zip(sat["group"], sat["curve"], sat["mode_label"]) if m == REGULAR}
+    for group, df in sat.groupby("group", sort=False):
+        where = f"[{group}] " if group else ""
+        others = df[df["mode_label"] != REGULAR]
+        for _, s in others.iterrows():
+            if s["baseline"] is None or pd.isna(s["regular_peak"]):
+                out.append(f"{where}{s['mode_label']}: no Regular TCP curve to compare with "
+                           f"(peak {s['peak_mean']:.0f} replies/s).")
+                continue
+            against = "" if s["baseline"] == group else " (base configuration)"
+            if not s["saturated"] and not s["regular_saturated"]:
+                out.append(f"{where}{s['mode_label']}: neither it nor Regular TCP{against} saturated within the "
+                           f"offered range (peaks {s['peak_mean']:.0f} and {s['regular_peak']:.0f} replies/s): "
+                           "no gain or loss can be measured; offer more load.")
+                continue
+            pct = s["gain_pct"]
+            reps = int(s["gain_pairs"])
+            if s["gain_verdict"] == "no difference":
+                text = (f"{where}{s['mode_label']}: no difference in peak throughput against Regular TCP{against} "
+                        f"(gain {pct:+.1f}%, 95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over "
+                        f"{reps} paired rounds; peaks {s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; "
+                        f"{budget_note}).")
+            else:
+                verb = "raised" if pct > 0 else "lowered"
+                interval = (f"95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over {reps} paired rounds"
+                            if reps > 1 else "one repetition: no interval, so the sign is not established")
+                text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
+                        f"against Regular TCP{against} with the same app and event loop "
+                        f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; {interval}; {budget_note}).")
+            if not pd.isna(s.get("capacity_gain_pct")):
+                text += (f" Capacity at the latency target: {_gain(s, 'capacity_gain')} "
+                         f"({_num(s['capacity_mean'])} vs {_num(s['regular_capacity'])} req/s).")
+            caveats = []
+            if not s["saturated"]:
+                caveats.append(f"{s['mode_label']} did not saturate (its peak is a lower bound)")
+            if not s["regular_saturated"]:
+                caveats.append("Regular TCP did not saturate (its peak is a lower bound)")
+            if not s["all_faithful"]:
+                caveats.append("its peak comes from flagged steps only")
+            if caveats:
+                text += " Caveat: " + "; ".join(caveats) + "."
+            c, base = cpu_of.get(s["curve"], np.nan), cpu_of.get(reg_curve.get(s["baseline"]), np.nan)
+            if c > 0 and base > 0:
+                text += (f" It used {c:.0f} µs of server-side CPU per reply against Regular TCP's {base:.0f} µs: "
+                         f"at the same total CPU (if CPU-bound) it would reach {base / c:.2f}x Regular TCP's "
+                         f"rate ({'a gain' if base > c else 'a loss'} of {abs(base / c - 1) * 100:.0f}%).")
+            out.append(text)
+        measurable = others[others["saturated"] | (others["regular_saturated"] == True)]  # noqa: E712
+        measurable = measurable[measurable["regular_peak"].notna()]
+        if len(measurable) > 1:
+            best = measurable.loc[measurable["peak_mean"].idxmax()]
+            out.append(f"{where}Highest offloaded peak: {best['mode_label']} "
+                       f"({_gain(best, 'gain')} against Regular TCP).")
+    for _, s in sat[sat["overload_x"] >= 2.0].iterrows():
+        lo, hi = s["retained_ci_lo"], s["retained_ci_hi"]
+        ci = "" if pd.isna(lo) else f" [{lo:.0%}, {hi:.0%}]"
+        out.append(f"[{s['group'] or s['workload']}] {s['mode_label']}: at {s['overload_x']:.1f}x its capacity it "
+                   f"kept {s['retained_mean']:.0%}{ci} of its peak goodput.")
+    bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
+    total = sum(len(r.points) for r in runs)
+    if bad:
+        out.append(f"{len(bad)} of {total} points did not finish ("
+                   + ", ".join(f"{pt}: {st}" for _, pt, st in bad)
+                   + "): their curves are missing or have fewer repetitions; see Points.")
+    n_flag = int((~prep.steps["faithful"]).sum())
+    n_int = int(prep.steps["interfered"].sum())
+    if n_int:
+        out.append(f"{n_int} of {len(prep.steps)} steps were interfered: programs outside the testbed used more "
+                   "than the fidelity threshold's CPU while they ran (foreign_cpu); measure again on a quiet "
+                   "machine before quoting them.")
+    if n_flag:
+        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed or "
+                   "interfered) and marked in every figure and table; peaks use faithful steps only where any exist.")
+    return out
+
+
+def html(report: Report) -> Any:
+    if report.prep is None:
+        return render("sections/summary.html", prep=None)
+    return render("sections/summary.html", prep=report.prep, sentences=summary_sentences(report.prep, report.runs),
+                  summary=summary_table(report.prep), targets=targets(report.runs), knee_fraction=KNEE_FRACTION)
+
+
+register(Section("summary", 10, html=html, needs_steps=False))
