@@ -148,7 +148,7 @@ def report(res: dict) -> str:
         lines.append(f"{key:<28}{res['capacity'][mode]:>7.0f}{fmt(peaks):>22}{fmt(over):>22}{_stats(ratios):>22}"
                      f"{str(ts.get('shed', '-')):>8}{str(ts.get('stale', '-')):>8}"
                      f"{str(ts.get('listener_pauses', '-')):>8}{bound}")
-    lines.append("\ndone when: every mode's ratio >= 0.90 with the control (docs/limits.md, "Overload"). shed/stale/pauses: "
+    lines.append("\ndone when: every mode's ratio >= 0.90 with the control (docs/limits.md, Overload). shed/stale/pauses: "
                  "the TCP server's counters after the last round's run.")
     return "\n".join(lines)
 
