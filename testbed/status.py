@@ -8,14 +8,21 @@ from typing import Any
 
 def status_of(name: str) -> dict[str, Any]:
     """The state ``up`` recorded, with each node's CPU used so far, which processes are
-    alive, the TCP servers' live counters and the balancer's split."""
+    alive, which of the backend's namespaces and links are still there, the TCP servers'
+    live counters and the balancer's split."""
     from . import cgroups
+    from .backends import make_backend
+    from .backends.base import BuiltTopology
     from .kernel import pid_alive
+    from .names import cgroup_name
     from .state import StateStore
     state = StateStore(name).load()
     groups = cgroups.detect()
+    built = BuiltTopology.from_dict(state.get("network", {}))
+    network = make_backend(state.get("backend", "netns"), name).status(built)
+    state["network"] = {**built.to_dict(), "missing": list(network.missing)}
     for node, info in state["nodes"].items():
-        group = f"tcps-{name}/{node}"
+        group = cgroup_name(name, node)
         try:
             u = groups.usage(group)
             info["cpu_used_s"] = round(u.total_s, 3)
@@ -55,6 +62,9 @@ def print_status(state: dict[str, Any]) -> None:
     widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
     for r in rows:
         print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    for gone in state.get("network", {}).get("missing", []):
+        print(f"warning: {gone} of this testbed is gone (removed by hand?); `sudo testbed down "
+              f"{state['name']}` and up again")
     for p in state.get("processes", []):
         if not p.get("alive", True):
             print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")

@@ -21,7 +21,7 @@ from testbed import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
 from testbed.kernel import pid_alive
 from testbed.lifecycle import Testbed
-from testbed.services import http_get
+from testbed.starter import http_get
 from testbed.spec import load_topology, topology_from_dict
 from testbed.spec_mininet import (from_mininet, is_mininet_ref, load_custom_topology, load_mininet_topology,
                                   parse_roles)
