@@ -228,8 +228,7 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: st
     by_front: dict[str, list[str]] = {}
     if mode == "regular":
         for host in hosts:
-            by_front_of = fronts_of(topo, addresses, host)
-            for front in by_front_of:
+            for front in fronts_of(topo, addresses, host):
                 by_front.setdefault(front, []).append(host)
             # the public port is the app's here: the listen_backlog option bounds its queue
             backlog = ("--listen-backlog", str(opts["listen_backlog"])) if opts.get("listen_backlog") else ()
