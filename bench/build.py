@@ -100,9 +100,10 @@ def time_netns_backend(topo: Topology, name: str) -> tuple[float, float]:
     from testbed.backends.netns import NetnsBackend
     plan = plan_addresses(topo)
     t0 = time.perf_counter()
-    built = NetnsBackend(name).build(topo, plan)
+    backend = NetnsBackend(name)
+    built = backend.build(topo, plan)
     t1 = time.perf_counter()
-    NetnsBackend.teardown(built.namespaces)
+    backend.teardown(("netns", ns) for ns in built.namespaces)
     return t1 - t0, time.perf_counter() - t1
 
 

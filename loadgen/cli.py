@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import sys
 from pathlib import Path
@@ -84,6 +85,16 @@ def _fmt_row(row: dict[str, Any], steps: int) -> str:
             f"p99 {p99 if p99 == p99 else float('nan'):.2f} ms  gen cpu {row['gen_cpu_max']:.0%}{flag}")
 
 
+def sweep_display() -> Any:
+    """Steps done and time left on stderr, refreshed by the sweep's own once-a-second tick;
+    the step rows printed to a terminal stdout appear above it."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TextColumn
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[left]}"),
+                    TextColumn("{task.fields[now]}"), console=Console(file=sys.stderr, soft_wrap=True),
+                    auto_refresh=False, redirect_stdout=sys.stdout.isatty(), redirect_stderr=False)
+
+
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .schedule import ScheduleError, parse_rates
     from .sweep import Sweep, SweepConfig, SweepError
@@ -98,21 +109,28 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                           master_bind=a.master_bind, master_port=a.master_port, worker_wait_s=a.worker_wait,
                           locust_events=a.locust_events, pause_s=a.pause,
                           latency_target_ms=a.latency_target_ms)
-        tty = sys.stderr.isatty() and not a.quiet
+        # a live display only for a person at a terminal; pipes and files get the step rows alone
+        display = sweep_display() if sys.stderr.isatty() and not a.quiet else None
+        task = display.add_task("", total=len(rates) * a.step_seconds, left="", now="") if display else None
 
         def on_tick(p: dict[str, Any]) -> None:
-            if tty:
-                sys.stderr.write(f"\r  step {p['step'] + 1}/{p['steps']}  {p['rate']:.0f}/s  "
-                                 f"t={p['elapsed']:.0f}/{p['step_seconds']:.0f}s  sent {p['sent_1s']}/s  "
-                                 f"replies {p['replies_1s']}/s  errors {p['errors_1s']}/s  "
-                                 f"in flight {p['inflight']}   ")
-                sys.stderr.flush()
+            if display is None or task is None:
+                return
+            within = min(p["elapsed"], p["step_seconds"])
+            left = (p["steps"] - p["step"]) * p["step_seconds"] - within
+            display.update(task, completed=p["step"] * p["step_seconds"] + within,
+                           description=f"step {p['step'] + 1}/{p['steps']}  {p['rate']:.0f}/s",
+                           left=f"{left:.0f} s left",
+                           now=f"sent {p['sent_1s']}/s  replies {p['replies_1s']}/s  "
+                               f"errors {p['errors_1s']}/s  in flight {p['inflight']}")
+            display.refresh()  # no refresh thread: the sweep's timing runs on gevent
 
         def on_step(row: dict[str, Any]) -> None:
-            if tty:
-                sys.stderr.write("\r\x1b[K")
+            if display is not None and task is not None:
+                left = (len(rates) - row["step"] - 1) * a.step_seconds
+                display.update(task, completed=(row["step"] + 1) * a.step_seconds, left=f"{left:.0f} s left")
             if not a.quiet:
-                print(_fmt_row(row, len(rates)), flush=True)
+                print(_fmt_row(row, len(rates)), flush=True)  # above the display, if there is one
 
         sweep = Sweep(cfg, on_step=on_step, on_tick=on_tick)
         sweep.prepare()
@@ -121,7 +139,8 @@ def cmd_sweep(a: argparse.Namespace) -> int:
                   f"{sweep.target.url}, {a.workload}, {a.processes} process(es), "
                   f"{'keep-alive' if a.keepalive else 'new connection per request'}, "
                   f"{'Poisson' if a.poisson else 'fixed'} gaps -> {a.out}", flush=True)
-        summary = sweep.run()
+        with display or contextlib.nullcontext():
+            summary = sweep.run()
     except (ScheduleError, SweepError) as e:
         print(f"loadgen: {e}", file=sys.stderr)
         _say_kept(a.out)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from . import PREFIX
 from . import cgroups as cg
-from .backends.netns import NetnsBackend
+from .backends.base import remove_namespaces
 from .kernel import list_netns
 from .lifecycle import _child_groups, shm_files, teardown
 from .nodes import kill_pids
@@ -46,7 +46,7 @@ def clean_all(force: bool = False) -> CleanResult:
         return res
     for kind, n in strays:
         if kind == "netns":
-            _try(res, f"netns {n}", lambda n=n: res.removed.extend(f"netns {x}" for x in NetnsBackend.teardown([n])))
+            _try(res, f"netns {n}", lambda n=n: res.removed.extend(f"netns {x}" for x in remove_namespaces([n])))
         elif kind == "cgroup":
             _try(res, f"cgroup {n}", lambda n=n: _remove_group(res, groups, n))
         else:

@@ -23,6 +23,7 @@ import os
 import sys
 from typing import Any, Sequence
 
+from .backends import BACKENDS
 from .errors import TestbedError
 from .offload.modes import MODES
 from .status import print_status, status_of
@@ -71,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--knob", default=None, choices=("work", "cpu", "place"),
                     help="what --balance moves (default: cpu on smp, work otherwise; place: the TCP "
                     "server answers a share of static requests itself)")
-    up.add_argument("--backend", default="netns", choices=("netns", "mininet"),
+    up.add_argument("--backend", default="netns", choices=BACKENDS,
                     help="how nodes and links are built (default: netns, via pyroute2)")
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
     up.add_argument("--seed", type=int, default=1, help="document root seed")

@@ -311,6 +311,9 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         if raw["balance_knob"] not in KNOBS:
             raise SpecError(f"{source}: balance_knob must be one of {', '.join(KNOBS)}, not {raw['balance_knob']!r}")
         service["balance_knob"] = raw["balance_knob"]
+    from .backends import BACKENDS
+    if str(raw.get("backend", "netns")) not in BACKENDS:
+        raise SpecError(f"{source}: backend must be one of {', '.join(BACKENDS)}, not {raw['backend']!r}")
     roles = _roles(raw.get("roles"), str(raw.get("topology", "cluster")), source)
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),

@@ -6,6 +6,11 @@
 Building journals every kernel object before creating it and the state lives under
 /run/tcps/<name>/, so ``Testbed.attach(name)`` works from another shell, and ``down``
 (or ``clean`` after a crash) removes everything by exact name.
+
+The nodes and links come from a backend (backends/base.py, chosen by name in
+backends/__init__.py); the processes of the mode from a service plan (services.py),
+computed before anything is built so that bad options cost nothing, and carried out by
+starter.py once the nodes and their cgroups exist.
 """
 
 from __future__ import annotations
@@ -21,35 +26,18 @@ from pyroute2 import IPRoute
 
 from . import PREFIX
 from . import cgroups as cg
-from .backends.netns import NetnsBackend, netns_name
+from .backends import backend_of_journal, make_backend
+from .backends.base import BuiltTopology
 from .errors import SpecError, TestbedError
 from .kernel import is_root
+from .names import cgroup_name, netns_name, shm_prefix
 from .nodes import ProcessRecord, kill_pids, record, spawn, stop
+from .services import plan_services
 from .spec import DEFAULT_SUBNET, SERVICE_PORT, Topology, check_cpu_budgets, plan_addresses
+from .starter import start
 from .state import StateStore
 
 log = logging.getLogger(__name__)
-
-
-def backend_class(name: str) -> type:
-    """The backend that builds namespaces and links: ``netns`` (pyroute2) or ``mininet``.
-
-    A backend has ``__init__(testbed, journal)`` and ``build(topology, plan)``, creates
-    every node's namespace under /run/netns/<prefix>-<testbed>-<node> (so processes,
-    routes and metrics work the same on both), and journals what it creates: ``netns``
-    names, ``pid`` entries ("PID:STARTTIME") for helper processes it leaves running, and
-    ``link`` names of interfaces it makes in the root namespace (deleted by exact name).
-    """
-    if name == "netns":
-        return NetnsBackend
-    if name == "mininet":
-        from .backends.mininet import MininetBackend
-        return MininetBackend
-    raise TestbedError(f"unknown backend {name!r}: netns or mininet")
-
-
-def cgroup_name(testbed: str, node: str | None = None) -> str:
-    return f"{PREFIX}-{testbed}" + (f"/{node}" if node else "")
 
 
 def require_root() -> None:
@@ -87,12 +75,13 @@ class Testbed:
         self.topology = topology
         self.name = name
         self.backend = backend
-        backend_class(backend)  # a clear error now for an unknown or missing backend
+        self.store = StateStore(name)
+        self.network = make_backend(backend, name, journal=self.store.journal)  # unknown: an error now
+        self.built = BuiltTopology()
         self.mode = mode
         self.subnet = subnet
         self.start_services = start_services
         self.service_options = dict(service_options or {})
-        self.store = StateStore(name)
         self.plan = plan_addresses(topology, subnet)
         self.cgroups = cg.detect()
         self.processes: list[ProcessRecord] = []
@@ -117,18 +106,18 @@ class Testbed:
                                f"`sudo testbed down {self.name}` first, or pick --name")
         check_subnet_free(self.subnet)
         self._check_names_free()
+        services = (plan_services(self.name, self.topology, self.plan, self.mode, self.service_options,
+                                  self.store.dir) if self.start_services else None)
         t0 = time.monotonic()
         self.store.create()
         self.store.save(self._state(building=True))
         try:
-            builder = backend_class(self.backend)(self.name, journal=self.store.journal)
-            builder.build(self.topology, self.plan)
+            self.built = self.network.build(self.topology, self.plan)
             self._make_cgroups()
             self.build_seconds = time.monotonic() - t0
             self.save()
-            if self.start_services:
-                from .services import start_services
-                start_services(self)
+            if services is not None:
+                start(self, services)
                 self.save()
         except BaseException:
             self.down()
@@ -227,6 +216,7 @@ class Testbed:
             }
         return {
             "name": self.name, "building": building, "mode": self.mode, "backend": self.backend,
+            "network": self.built.to_dict(),
             "topology": self.topology.to_dict(), "subnet": self.subnet,
             "service_address": self.plan.service_address, "service_url": self.service_url,
             "addresses": sorted(self.plan.all_addresses()),
@@ -251,6 +241,7 @@ class Testbed:
                  mode=state.get("mode", "regular"), subnet=state.get("subnet", DEFAULT_SUBNET),
                  backend=state.get("backend", "netns"))
         tb.processes = [ProcessRecord(**p) for p in state.get("processes", [])]
+        tb.built = BuiltTopology.from_dict(state.get("network", {}))
         tb.extra = {k: v for k, v in state.items() if k not in tb._state()}
         tb.build_seconds = state.get("build_seconds", 0.0)
         return tb
@@ -283,13 +274,10 @@ def teardown(name: str) -> list[str]:
             if pids:
                 kill_pids(pids)
                 removed.extend(f"process {p}" for p in pids)
-    namespaces = [n for kind, n in journal if kind == "netns"]
-    namespaces += [n["netns"] for n in state.get("nodes", {}).values() if n["netns"] not in namespaces]
-    removed.extend(f"netns {n}" for n in NetnsBackend.teardown(namespaces))
-    links = [n for kind, n in journal if kind == "link"]  # root-namespace bridges (mininet)
-    if links:
-        from .backends.mininet import MininetBackend
-        removed.extend(f"link {n}" for n in MininetBackend.teardown_links(links))
+    # the nodes' namespaces as the state names them too, should the journal have lost a line
+    network = [*journal, *(("netns", n["netns"]) for n in state.get("nodes", {}).values())]
+    backend = make_backend(backend_of_journal(state.get("backend"), journal), name)
+    removed.extend(backend.teardown(network))
     for parent in cgroup_parents:
         if any(d.exists() for d in groups.dirs(parent)):
             groups.remove(parent)
@@ -297,9 +285,9 @@ def teardown(name: str) -> list[str]:
     for kind, n in journal:
         if kind == "file":
             Path(n).unlink(missing_ok=True)
-    # the shm channel's socket and rings (services: shm:tcps-<name>-<front>), left behind
-    # when their processes were killed; testbed names hold no '-', so this prefix is ours
-    for f in shm_files(f"{PREFIX}-{name}-"):
+    # the shm channel's socket and rings (names.shm_channel_name), left behind when their
+    # processes were killed; testbed names hold no '-', so this prefix is ours
+    for f in shm_files(shm_prefix(name)):
         f.unlink(missing_ok=True)
         removed.append(f"file {f}")
     if store.dir.exists():

@@ -10,11 +10,16 @@
 A point is written as soon as it ends; Ctrl-C or a crash keeps every finished point
 (and the steps of the one interrupted), tears the testbed down, and ``--resume RUN_DIR``
 runs only what is missing.
+
+Progress: on a terminal, a rich progress display (points done, the current point, time
+left counting down); in a pipe or a file, one ``[i/n] POINT ...`` line as each point
+starts and ends, so logs stay greppable.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import datetime as dt
 import json
@@ -89,13 +94,21 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         started = time.monotonic()
-        for i, p in enumerate(todo, start=1):
-            left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
-            print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
-                  f"about {left / 60:.1f} min left)", flush=True)
-            wait_for_quiet(float(manifest["fidelity"].get("max_foreign_cpu", MAX_FOREIGN_CPU)))
-            status = run_point(exp, p, run_dir)
-            print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
+        display = points_display() if sys.stdout.isatty() else None
+        with display or contextlib.nullcontext():
+            task = display.add_task("", total=len(todo), left_s=total_s, since=started) if display else None
+            for i, p in enumerate(todo, start=1):
+                left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
+                if display is not None and task is not None:
+                    display.update(task, description=p.id, completed=i - 1, left_s=left, since=time.monotonic())
+                else:
+                    print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
+                          f"about {left / 60:.1f} min left)", flush=True)
+                wait_for_quiet(float(manifest["fidelity"].get("max_foreign_cpu", MAX_FOREIGN_CPU)))
+                status = run_point(exp, p, run_dir)
+                print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
+            if display is not None and task is not None:
+                display.update(task, completed=len(todo), left_s=0)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: finished points are kept; resume with "
@@ -119,6 +132,22 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
               f"(their errors: points/<id>/point.json)", file=sys.stderr)
         return 1
     return 0
+
+
+def points_display() -> Any:
+    """A rich progress display for a terminal: the point running, points done of all, the
+    time left (the estimate made as the point started, counting down) and the time spent.
+    Lines printed meanwhile appear above it."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
+    from rich.text import Text
+
+    class TimeLeft(ProgressColumn):
+        def render(self, task: Any) -> Text:
+            left = max(0.0, task.fields["left_s"] - (time.monotonic() - task.fields["since"]))
+            return Text(f"about {left / 60:.1f} min left")
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("points"),
+                    TimeLeft(), TimeElapsedColumn(), refresh_per_second=2)
 
 
 def remove_orphans() -> None:

@@ -1,5 +1,5 @@
-"""What runs in the nodes for each mode: the host application, the TCP server, and where
-the service address lives.
+"""What runs in the nodes for each mode, as a plan: pure data computed from the topology,
+its address plan, the mode and the service options. starter.py carries a plan out.
 
 Clients always use ``http://<service address>/`` (10.77.255.1 by default):
 
@@ -7,35 +7,32 @@ Clients always use ``http://<service address>/`` (10.77.255.1 by default):
   only routes IP to it (several hosts: a multipath route hashed per connection), and the
   host's own kernel TCP serves clients.
 - offloaded modes: the address is on the front node, where the TCP-server daemon
-  terminates client TCP and tunnels socket calls to the hosts over the SAN channel
-  (TCP over the SAN link; a Unix socket or shared memory inside the smp node).
+  (``python -m testbed.offload.server``) accepts clients and relays to the hosts over the
+  SAN channel (TCP over the SAN link; a Unix socket or shared memory inside the smp node).
+- with ``balance``: one controller per front node; for the work knob the hosts also serve
+  on their kernel TCP (the pass-through path), for the place knob the TCP server answers
+  a share of static requests itself.
+
+The plan is a tuple of steps in the order they must happen (a command run to its end, an
+address, a route, a process and what shows it is ready, the service answering through the
+client). Because nothing here touches the kernel, what starts where for a topology and a
+mode is tested as plain values (tests/test_services_plan.py), and bad options are refused
+with one line before anything is built.
 """
 
 from __future__ import annotations
 
-import http.client
-import logging
-import os
-import secrets
-import socket
 import sys
-import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Union
 
-from .backends.netns import NetnsBackend
 from .errors import TestbedError
-from .kernel import in_netns, pid_alive
+from .names import cgroup_name, shm_channel_name
 from .offload.modes import MODES as MODE_TABLE
-from .spec import FRONT_ROLES, SERVICE_PORT
-
-if TYPE_CHECKING:
-    from .lifecycle import Testbed
-
-log = logging.getLogger(__name__)
+from .spec import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
 MODES = tuple(MODE_TABLE)  # names, in the table's order (testbed/offload/modes.py)
-OFFLOADED_MODES = tuple(n for n, m in MODE_TABLE.items() if m.offloaded)
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
@@ -45,109 +42,89 @@ DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": No
 OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline", "host_conns")
 # what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
 SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
+DOCROOT_TIMEOUT_S = 120.0
 
+
+# -- the plan's steps ------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RunToEnd:
+    """A command run in ``node`` to its end; a non-zero exit stops the start."""
+    node: str
+    argv: tuple[str, ...]
+    timeout: float
+
+
+@dataclass(frozen=True)
+class LocalAddress:
+    """``address``/32 on the loopback of ``node``'s namespace."""
+    node: str
+    address: str
+
+
+@dataclass(frozen=True)
+class Route:
+    """A route in ``node`` to ``dst`` via ``gateways`` (several: multipath, hashed per flow)."""
+    node: str
+    dst: str
+    gateways: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class PathAppears:
+    """Ready when ``path`` exists (a Unix socket bound, a status file written)."""
+    path: Path
+
+
+@dataclass(frozen=True)
+class PortListens:
+    """Ready when ``address``:``port`` accepts a connection made from ``node``."""
+    node: str
+    address: str
+    port: int
+
+
+Readiness = Union[PathAppears, PortListens]
+
+
+@dataclass(frozen=True)
+class Process:
+    """Process ``name`` (also its log's name) kept running in ``node``: ``argv`` with ``env``
+    added to the environment; the next step waits for ``waits_for``, if any."""
+    node: str
+    name: str
+    argv: tuple[str, ...]
+    env: tuple[tuple[str, str], ...] = ()
+    waits_for: Readiness | None = None
+
+
+@dataclass(frozen=True)
+class ServiceAnswers:
+    """Wait until the service answers HTTP 200 through ``client`` (and no process has exited)."""
+    client: str
+
+
+Step = Union[RunToEnd, LocalAddress, Route, Process, ServiceAnswers]
+
+
+@dataclass(frozen=True)
+class ServicePlan:
+    """Everything ``start`` does, in order. ``token_file`` is written (0600, a fresh secret)
+    before the first step; ``state`` is what the testbed's state.json records."""
+    token_file: Path
+    steps: tuple[Step, ...]
+    ready_timeout: float
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def processes(self) -> list[Process]:
+        return [s for s in self.steps if isinstance(s, Process)]
+
+
+# -- checks ----------------------------------------------------------------------------------
 
 def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise TestbedError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-
-
-def fronts_of(tb: "Testbed", host: str) -> list[str]:
-    """The front node(s) (TCP server / NIC) sharing a link or namespace with ``host``."""
-    topo = tb.topology
-    key = topo.node(host).netns_key
-    fronts = [n.name for n in topo.nodes if n.role in FRONT_ROLES and n.netns_key == key]
-    for lp in tb.plan.links:
-        if key in lp.addresses:
-            fronts += [n.name for n in topo.nodes if n.role in FRONT_ROLES
-                       and n.netns_key in lp.addresses and n.name not in fronts]
-    return fronts
-
-
-def python_module(module: str, *args: str) -> list[str]:
-    return [sys.executable, "-m", module, *args]
-
-
-def start_services(tb: "Testbed") -> None:
-    check_mode(tb.mode)
-    opts = {**DEFAULTS, **tb.service_options}
-    overload = overload_args(opts)  # bad bounds: a clear error before anything starts
-    if opts.get("balance"):  # bad settings: a clear error before anything starts
-        from .balance.policy import parse_policy
-        parse_policy(str(opts["balance"]), chosen_knob(tb, opts))
-    run_dir = tb.store.dir
-    docroot = run_dir / "docroot"
-    tb.run(_any_host(tb), python_module("testbed.app.docroot", str(docroot), "--seed", str(opts["seed"]),
-                                        "--dirs", str(opts["docroot_dirs"])), timeout=120, check=True)
-    token_file = run_dir / "token"
-    # created 0600 (not chmod'ed afterwards): never readable by others, even for a moment
-    token_file.unlink(missing_ok=True)
-    fd = os.open(token_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(secrets.token_hex(16))
-    vip = tb.plan.service_address
-    hosts = [n.name for n in tb.topology.by_role("host")]
-    client_fronts: set[str] = set()
-    app_common = ["--docroot", str(docroot), "--dynamic-cost-us", str(opts["dynamic_cost_us"])]
-    channel = opts["channel"] or tb.topology.channel
-    tb.extra.update({"docroot": str(docroot), "mode": tb.mode, "channel": channel,
-                     "service_url": tb.service_url,
-                     "dynamic_url": f"{tb.service_url}dynamic?cost_us={opts['dynamic_cost_us']}"})
-
-    if tb.mode == "regular":
-        for host in hosts:
-            NetnsBackend.add_local_address(tb.netns(host), vip)
-            # the public port is the app's here: the listen_backlog option bounds its queue
-            backlog = ["--listen-backlog", str(opts["listen_backlog"])] if opts.get("listen_backlog") else []
-            tb.popen(host, python_module("testbed.app.server", *app_common,
-                                         "--listen", f"0.0.0.0:{SERVICE_PORT}", *backlog,
-                                         "--stats-file", str(run_dir / f"stats-{host}.json")),
-                     log_name="app", supervise=True)
-        by_front: dict[str, list[str]] = {}
-        for host in hosts:
-            for front in fronts_of(tb, host):
-                by_front.setdefault(front, []).append(host)
-        for front, fhosts in by_front.items():
-            client_fronts.add(front)
-            if tb.topology.node(front).netns_key != tb.topology.node(fhosts[0]).netns_key:
-                gws = [tb.address(h, _shared_link(tb, front, h)) for h in fhosts]
-                NetnsBackend.set_route(tb.netns(front), f"{vip}/32", gws)
-    else:
-        served: set[str] = set()
-        place: list[str] = []
-        if opts.get("balance") and chosen_knob(tb, opts) == "place":
-            # the balancer starts later and moves the share through this file
-            place = ["--serve-static", str(docroot), "--placement-file", str(run_dir / "placement.json")]
-        for host in hosts:
-            front = fronts_of(tb, host)[0]
-            san = _san_endpoint(tb, front, host, channel)
-            if front not in served:
-                served.add(front)
-                client_fronts.add(front)
-                NetnsBackend.add_local_address(tb.netns(front), vip)
-                tb.popen(front, python_module(
-                    "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
-                    "--mode", tb.mode, "--token-file", str(token_file),
-                    "--stats-file", str(run_dir / f"stats-{front}.json"), *place,
-                    *(["--poll-us", str(int(opts["poll_us"]))] if opts["poll_us"] else []),
-                    *overload,
-                    *opts.get("tcpserver_args", ())),
-                    log_name="tcpserver", supervise=True)
-                if channel == "unix":
-                    _wait_for_path(Path(san.split(":", 1)[1]), opts["ready_timeout"])
-            tb.popen(host, python_module("testbed.app.server", *app_common, "--mode", tb.mode,
-                                         "--tunnel", san, "--token-file", str(token_file),
-                                         "--listen-port", str(SERVICE_PORT), "--host-id", host,
-                                         "--stats-file", str(run_dir / f"stats-{host}.json")),
-                     log_name="app", supervise=True)
-
-    for client in (n.name for n in tb.topology.by_role("client")):
-        gws = [tb.address(f, _shared_link(tb, client, f)) for f in sorted(client_fronts)]
-        NetnsBackend.set_route(tb.netns(client), f"{vip}/32", gws)
-    wait_ready(tb, opts["ready_timeout"])
-    if opts.get("balance"):
-        start_balancer(tb, str(opts["balance"]), app_common, opts["ready_timeout"],
-                       knob=chosen_knob(tb, opts))
 
 
 def overload_args(opts: dict[str, Any]) -> list[str]:
@@ -169,151 +146,173 @@ def overload_args(opts: dict[str, Any]) -> list[str]:
     return args
 
 
-def chosen_knob(tb: "Testbed", opts: dict[str, Any]) -> str:
-    """The knob asked for (``balance_knob`` service option, ``up --knob``), else by topology."""
-    from .balance.policy import KNOBS
-    knob = opts.get("balance_knob") or balance_knob(tb)
-    if knob not in KNOBS:
-        raise TestbedError(f"balance knob {knob!r}: one of {', '.join(KNOBS)}")
-    if knob == "work" and balance_knob(tb) == "cpu":
-        raise TestbedError("the work knob needs the TCP server in its own node (cluster, multihost, "
-                           "inic); with smp choose cpu or place")
-    return knob
+# -- the topology seen from the services -----------------------------------------------------
+
+def fronts_of(topo: Topology, addresses: AddressPlan, host: str) -> list[str]:
+    """The front node(s) (TCP server / NIC) sharing a link or namespace with ``host``."""
+    key = topo.node(host).netns_key
+    fronts = [n.name for n in topo.nodes if n.role in FRONT_ROLES and n.netns_key == key]
+    for lp in addresses.links:
+        if key in lp.addresses:
+            fronts += [n.name for n in topo.nodes if n.role in FRONT_ROLES
+                       and n.netns_key in lp.addresses and n.name not in fronts]
+    return fronts
 
 
-def balance_knob(tb: "Testbed") -> str:
-    """cpu when the TCP server and the application share a node (smp), else work."""
-    hosts = tb.topology.by_role("host")
-    same = any(tb.topology.node(f).netns_key == h.netns_key for h in hosts for f in fronts_of(tb, h.name))
-    return "cpu" if same else "work"
-
-
-def start_balancer(tb: "Testbed", spec: str, app_common: list[str], timeout: float,
-                   knob: str | None = None) -> None:
-    """One controller per front node; for the work knob, hosts also serve on kernel TCP;
-    for the place knob, the TCP server already runs with --serve-static and a control file."""
-    from .balance.policy import parse_policy
-    if tb.mode == "regular":
-        raise TestbedError("--balance needs an offloaded mode: in regular mode the TCP server "
-                           "does no TCP work to balance (e.g. --mode eager-accept)")
-    knob = knob or balance_knob(tb)
-    policy = parse_policy(spec, knob)  # a clear error before anything starts
-    vip = tb.plan.service_address
-    by_front: dict[str, list[str]] = {}
-    for h in tb.topology.by_role("host"):
-        by_front.setdefault(fronts_of(tb, h.name)[0], []).append(h.name)
-    for front, hosts in by_front.items():
-        argv = ["--knob", knob, "--policy", spec, "--net-cgroup", tb.cgroup(front),
-                "--state-dir", str(tb.store.dir)]
-        for h in hosts:
-            argv += ["--app-cgroup", tb.cgroup(h)]
-        if knob == "place":
-            argv += ["--placement-file", str(tb.store.dir / "placement.json")]
-        elif knob == "work":
-            for h in hosts:  # the pass-through path: the same app on the host's kernel TCP
-                tb.popen(h, python_module("testbed.app.server", *app_common,
-                                          "--listen", f"0.0.0.0:{SERVICE_PORT}"),
-                         log_name="app-direct", supervise=True)
-            direct = [tb.address(h, _shared_link(tb, front, h)) for h in hosts]
-            for addr in direct:  # pass-through must find the host's kernel-TCP app listening
-                _wait_listening(tb, front, addr, SERVICE_PORT, timeout)
-            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts", ",".join(direct)]
-        else:
-            budgets = [tb.topology.node(n).cpu for n in [front, *hosts]]
-            if any(b is None for b in budgets):
-                raise TestbedError("the CPU split shares a fixed total: give the TCP server and the "
-                                   "hosts CPU budgets (-p tcpserver_cpu=... -p host_cpu=...)")
-            argv += ["--total-cpu", f"{sum(budgets):g}"]  # type: ignore[arg-type]
-        tb.popen(front, python_module("testbed.balance.controller", *argv), log_name="balance", supervise=True)
-    _wait_for_path(tb.store.dir / "balance.json", timeout)
-    tb.extra["balance"] = {"knob": knob, "policy": policy.describe()}
-
-
-def _any_host(tb: "Testbed") -> str:
-    return tb.topology.by_role("host")[0].name
-
-
-def _shared_link(tb: "Testbed", a: str, b: str) -> str:
-    ka, kb = tb.topology.node(a).netns_key, tb.topology.node(b).netns_key
-    for lp in tb.plan.links:
+def shared_link(topo: Topology, addresses: AddressPlan, a: str, b: str) -> str:
+    ka, kb = topo.node(a).netns_key, topo.node(b).netns_key
+    for lp in addresses.links:
         if ka in lp.addresses and kb in lp.addresses:
             return lp.link.name
     raise TestbedError(f"nodes {a} and {b} share no link")
 
 
-def _san_endpoint(tb: "Testbed", front: str, host: str, channel: str) -> str:
-    same_ns = tb.topology.node(front).netns_key == tb.topology.node(host).netns_key
+def address_toward(topo: Topology, addresses: AddressPlan, node: str, peer: str) -> str:
+    """``node``'s address on the link it shares with ``peer``."""
+    link = shared_link(topo, addresses, node, peer)
+    return dict(addresses.addresses_of(topo.node(node).netns_key))[link]
+
+
+def balance_knob(topo: Topology, addresses: AddressPlan) -> str:
+    """cpu when the TCP server and the application share a node (smp), else work."""
+    hosts = topo.by_role("host")
+    same = any(topo.node(f).netns_key == h.netns_key for h in hosts for f in fronts_of(topo, addresses, h.name))
+    return "cpu" if same else "work"
+
+
+def chosen_knob(topo: Topology, addresses: AddressPlan, opts: dict[str, Any]) -> str:
+    """The knob asked for (``balance_knob`` service option, ``up --knob``), else by topology."""
+    from .balance.policy import KNOBS
+    by_topology = balance_knob(topo, addresses)
+    knob = opts.get("balance_knob") or by_topology
+    if knob not in KNOBS:
+        raise TestbedError(f"balance knob {knob!r}: one of {', '.join(KNOBS)}")
+    if knob == "work" and by_topology == "cpu":
+        raise TestbedError("the work knob needs the TCP server in its own node (cluster, multihost, "
+                           "inic); with smp choose cpu or place")
+    return knob
+
+
+# -- the plan --------------------------------------------------------------------------------
+
+def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: str,
+                  options: dict[str, Any], run_dir: Path, python: str = sys.executable) -> ServicePlan:
+    """What starts where for ``mode`` on this topology; raises TestbedError for bad options.
+    ``run_dir`` is the testbed's state directory (document root, sockets, stats files)."""
+    check_mode(mode)
+    opts = {**DEFAULTS, **options}
+    overload = overload_args(opts)
+    policy = None
+    knob = None
+    if opts.get("balance"):
+        from .balance.policy import parse_policy
+        if mode == "regular":
+            raise TestbedError("--balance needs an offloaded mode: in regular mode the TCP server "
+                               "does no TCP work to balance (e.g. --mode eager-accept)")
+        knob = chosen_knob(topo, addresses, opts)
+        policy = parse_policy(str(opts["balance"]), knob)  # a clear error before anything starts
+
+    def module(name: str, *args: str) -> tuple[str, ...]:
+        return (python, "-m", name, *args)
+
+    vip = addresses.service_address
+    hosts = [n.name for n in topo.by_role("host")]
+    docroot = run_dir / "docroot"
+    token_file = run_dir / "token"
+    channel = opts["channel"] or topo.channel
+    port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
+    url = f"http://{vip}{port}/"
+    app_common = ("--docroot", str(docroot), "--dynamic-cost-us", str(opts["dynamic_cost_us"]))
+    steps: list[Step] = [RunToEnd(hosts[0], module("testbed.app.docroot", str(docroot), "--seed", str(opts["seed"]),
+                                                   "--dirs", str(opts["docroot_dirs"])), DOCROOT_TIMEOUT_S)]
+    by_front: dict[str, list[str]] = {}
+    if mode == "regular":
+        for host in hosts:
+            for front in fronts_of(topo, addresses, host):
+                by_front.setdefault(front, []).append(host)
+            # the public port is the app's here: the listen_backlog option bounds its queue
+            backlog = ("--listen-backlog", str(opts["listen_backlog"])) if opts.get("listen_backlog") else ()
+            steps += [LocalAddress(host, vip),
+                      Process(host, "app", module("testbed.app.server", *app_common, "--listen",
+                                                  f"0.0.0.0:{SERVICE_PORT}", *backlog,
+                                                  "--stats-file", str(run_dir / f"stats-{host}.json")))]
+        for front, fhosts in by_front.items():
+            if topo.node(front).netns_key != topo.node(fhosts[0]).netns_key:
+                steps.append(Route(front, f"{vip}/32",
+                                   tuple(address_toward(topo, addresses, h, front) for h in fhosts)))
+    else:
+        place = ()
+        if knob == "place":  # the balancer moves the share through this file
+            place = ("--serve-static", str(docroot), "--placement-file", str(run_dir / "placement.json"))
+        poll = ("--poll-us", str(int(opts["poll_us"]))) if opts["poll_us"] else ()
+        for host in hosts:
+            front = fronts_of(topo, addresses, host)[0]
+            san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
+            if front not in by_front:
+                ready = PathAppears(Path(san.split(":", 1)[1])) if channel == "unix" else None
+                steps += [LocalAddress(front, vip),
+                          Process(front, "tcpserver", module(
+                              "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
+                              "--mode", mode, "--token-file", str(token_file),
+                              "--stats-file", str(run_dir / f"stats-{front}.json"), *place, *poll, *overload,
+                              *opts.get("tcpserver_args", ())), waits_for=ready)]
+            by_front.setdefault(front, []).append(host)
+            steps.append(Process(host, "app", module(
+                "testbed.app.server", *app_common, "--mode", mode, "--tunnel", san,
+                "--token-file", str(token_file), "--listen-port", str(SERVICE_PORT), "--host-id", host,
+                "--stats-file", str(run_dir / f"stats-{host}.json"))))
+    for client in (n.name for n in topo.by_role("client")):
+        steps.append(Route(client, f"{vip}/32",
+                           tuple(address_toward(topo, addresses, f, client) for f in sorted(by_front))))
+    steps.append(ServiceAnswers(topo.by_role("client")[0].name))
+    state: dict[str, Any] = {"docroot": str(docroot), "mode": mode, "channel": channel, "service_url": url,
+                             "dynamic_url": f"{url}dynamic?cost_us={opts['dynamic_cost_us']}"}
+    if policy is not None and knob is not None:
+        steps += _balancer(testbed, topo, addresses, str(opts["balance"]), knob, by_front, app_common,
+                           run_dir, module)
+        state["balance"] = {"knob": knob, "policy": policy.describe()}
+    return ServicePlan(token_file, tuple(steps), float(opts["ready_timeout"]), state)
+
+
+def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, knob: str,
+              by_front: dict[str, list[str]], app_common: tuple[str, ...], run_dir: Path,
+              module: Any) -> list[Step]:
+    """One controller per front node; for the work knob, hosts also serve on kernel TCP;
+    for the place knob, the TCP server already runs with --serve-static and a control file."""
+    steps: list[Step] = []
+    vip = addresses.service_address
+    for front, hosts in by_front.items():
+        argv = ["--knob", knob, "--policy", spec, "--net-cgroup", cgroup_name(testbed, front),
+                "--state-dir", str(run_dir)]
+        for h in hosts:
+            argv += ["--app-cgroup", cgroup_name(testbed, h)]
+        if knob == "place":
+            argv += ["--placement-file", str(run_dir / "placement.json")]
+        elif knob == "work":
+            direct = [address_toward(topo, addresses, h, front) for h in hosts]
+            for h, addr in zip(hosts, direct):
+                # the pass-through path: the same app on the host's kernel TCP, counted apart
+                steps.append(Process(h, "app-direct", module(
+                    "testbed.app.server", *app_common, "--listen", f"0.0.0.0:{SERVICE_PORT}",
+                    "--stats-file", str(run_dir / f"stats-{h}-direct.json")),
+                    waits_for=PortListens(front, addr, SERVICE_PORT)))
+            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts", ",".join(direct)]
+        else:
+            budgets = [topo.node(n).cpu for n in [front, *hosts]]
+            if any(b is None for b in budgets):
+                raise TestbedError("the CPU split shares a fixed total: give the TCP server and the "
+                                   "hosts CPU budgets (-p tcpserver_cpu=... -p host_cpu=...)")
+            argv += ["--total-cpu", f"{sum(budgets):g}"]  # type: ignore[arg-type]
+        steps.append(Process(front, "balance", module("testbed.balance.controller", *argv),
+                             waits_for=PathAppears(run_dir / "balance.json")))
+    return steps
+
+
+def _san_endpoint(testbed: str, topo: Topology, addresses: AddressPlan, run_dir: Path,
+                  front: str, host: str, channel: str) -> str:
+    same_ns = topo.node(front).netns_key == topo.node(host).netns_key
     if channel == "unix" or (same_ns and channel == "tcp"):
-        return f"unix:{tb.store.dir / f'san-{front}.sock'}"
+        return f"unix:{run_dir / f'san-{front}.sock'}"
     if channel == "shm":
-        return f"shm:tcps-{tb.name}-{front}"
-    return f"tcp:{tb.address(front, _shared_link(tb, front, host))}:{SAN_PORT}"
-
-
-def _wait_listening(tb: "Testbed", node: str, addr: str, port: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        with in_netns(tb.netns(node)):
-            sock = socket.socket()
-        sock.settimeout(1.0)
-        try:
-            sock.connect((addr, port))
-            return
-        except OSError as e:
-            if time.monotonic() > deadline:
-                raise TestbedError(f"nothing listens on {addr}:{port} seen from {node} after "
-                                   f"{timeout:.0f} s ({e}); logs are in {tb.store.logs}") from None
-            time.sleep(0.05)
-        finally:
-            sock.close()
-
-
-def _wait_for_path(path: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TestbedError(f"{path} did not appear within {timeout:.0f} s")
-        time.sleep(0.02)
-
-
-def http_get(tb: "Testbed", node: str, url_path: str = "/manifest.json",
-             timeout: float = 2.0) -> tuple[int, bytes]:
-    """GET the service from inside ``node`` (the socket is opened in its namespace)."""
-    with in_netns(tb.netns(node)):
-        conn = http.client.HTTPConnection(tb.plan.service_address, SERVICE_PORT, timeout=timeout)
-        conn.connect()
-    try:
-        conn.request("GET", url_path, headers={"Connection": "close"})
-        resp = conn.getresponse()
-        return resp.status, resp.read()
-    finally:
-        conn.close()
-
-
-def wait_ready(tb: "Testbed", timeout: float) -> None:
-    """Until the service answers through the client, or a clear error with the logs' tail."""
-    client = tb.topology.by_role("client")[0].name
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        for p in tb.processes:
-            if not pid_alive(p.pid, p.start_time):
-                raise TestbedError(f"{p.name} in {p.node} exited at start; its log "
-                                   f"({p.log}) ends:\n{_tail(Path(p.log))}")
-        try:
-            status, _ = http_get(tb, client)
-            if status == 200:
-                return
-            last = f"HTTP {status}"
-        except (OSError, http.client.HTTPException) as e:
-            last = e
-        time.sleep(0.1)
-    raise TestbedError(f"the service at {tb.service_url} did not answer within {timeout:.0f} s "
-                       f"({last}); logs are in {tb.store.logs}")
-
-
-def _tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return "(no log)"
+        return f"shm:{shm_channel_name(testbed, front)}"
+    return f"tcp:{address_toward(topo, addresses, front, host)}:{SAN_PORT}"

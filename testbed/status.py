@@ -3,19 +3,27 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+import sys
+from typing import Any, Sequence
 
 
 def status_of(name: str) -> dict[str, Any]:
     """The state ``up`` recorded, with each node's CPU used so far, which processes are
-    alive, the TCP servers' live counters and the balancer's split."""
+    alive, which of the backend's namespaces and links are still there, the TCP servers'
+    live counters and the balancer's split."""
     from . import cgroups
+    from .backends import make_backend
+    from .backends.base import BuiltTopology
     from .kernel import pid_alive
+    from .names import cgroup_name
     from .state import StateStore
     state = StateStore(name).load()
     groups = cgroups.detect()
+    built = BuiltTopology.from_dict(state.get("network", {}))
+    network = make_backend(state.get("backend", "netns"), name).status(built)
+    state["network"] = {**built.to_dict(), "missing": list(network.missing)}
     for node, info in state["nodes"].items():
-        group = f"tcps-{name}/{node}"
+        group = cgroup_name(name, node)
         try:
             u = groups.usage(group)
             info["cpu_used_s"] = round(u.total_s, 3)
@@ -46,15 +54,16 @@ def print_status(state: dict[str, Any]) -> None:
     print(f"testbed {state['name']}: topology {state['topology']['name']}, mode {state['mode']}, "
           f"backend {state.get('backend', 'netns')}, cgroup v{state['cgroup_version']}, "
           f"built in {state['build_seconds'] * 1000:.0f} ms")
-    rows = [("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")]
+    rows = []
     for node, info in state["nodes"].items():
         addrs = " ".join(f"{a}({l})" for l, a in info["addresses"].items())
         cpu = "unlimited" if info["cpu"] is None else f"{info['cpu']:g}"
         pids = ",".join(str(p["pid"]) for p in state.get("processes", []) if p["node"] == node)
         rows.append((node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-"))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
-    for r in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip())
+    print_table(("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS"), rows)
+    for gone in state.get("network", {}).get("missing", []):
+        print(f"warning: {gone} of this testbed is gone (removed by hand?); `sudo testbed down "
+              f"{state['name']}` and up again")
     for p in state.get("processes", []):
         if not p.get("alive", True):
             print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")
@@ -68,3 +77,27 @@ def print_status(state: dict[str, Any]) -> None:
     print(f"reach it:  sudo testbed exec client -- curl -s {state['service_url']}manifest.json")
     print("           sudo testbed exec host1 -- ip -br addr")
     print(f"stop it:   sudo testbed down {state['name']}")
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    """A table with rich: a ruled, bold header on a terminal; in a pipe or a file the same
+    columns, two spaces apart, no colour and no wrapping, for grep and awk."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+    out = sys.stdout
+    tty = out.isatty()
+    table = Table(box=box.SIMPLE_HEAD if tty else None, pad_edge=False, padding=(0, 1),
+                  show_edge=False, header_style="bold" if tty else "")
+    for h in header:
+        table.add_column(h, no_wrap=True)
+    for r in rows:
+        table.add_row(*(str(c) for c in r))
+    if tty:
+        Console(file=out, highlight=False).print(table)
+        return
+    console = Console(file=out, width=10_000, color_system=None, highlight=False)
+    with console.capture() as captured:
+        console.print(table)
+    for line in captured.get().splitlines():
+        print(line[1:].rstrip() if line.startswith(" ") else line.rstrip(), file=out)

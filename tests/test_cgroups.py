@@ -21,9 +21,40 @@ pytestmark = pytest.mark.needs_root
 UNIFIED = Path("/sys/fs/cgroup/unified")
 
 
-def test_detects_v1_on_this_machine():
-    groups = detect()
-    assert groups.version == (2 if Path("/sys/fs/cgroup/cgroup.controllers").exists() else 1)
+V1 = ["cpu/cgroup.procs", "cpuacct/cgroup.procs", "cpuset/cgroup.procs", "memory/cgroup.procs"]
+
+
+@pytest.mark.parametrize("files, version", [
+    # a unified mount at the root (Debian 12, systemd's default)
+    (["cgroup.controllers", "cgroup.procs", "cgroup.subtree_control", "system.slice/cgroup.procs"], 2),
+    # v1: one hierarchy per controller
+    (V1, 1),
+    # hybrid, as on this machine: v1 controllers beside an empty cgroup2 at unified/
+    (V1 + ["unified/cgroup.controllers", "unified/cgroup.procs"], 1),
+])
+def test_detects_the_version_of_a_tree_laid_out_by_hand(tmp_path, files, version):
+    for f in files:
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("")
+    assert detect(tmp_path).version == version
+
+
+@pytest.mark.parametrize("files, message", [
+    (["memory/cgroup.procs"], "no cgroup v1 cpu hierarchy nor cgroup v2 mount"),
+    (["cpu/cgroup.procs", "cpuacct/cgroup.procs"], "hierarchy .*/cpuset is not mounted"),
+])
+def test_a_tree_without_what_the_testbed_needs_is_refused_by_name(tmp_path, files, message):
+    for f in files:
+        (tmp_path / f).parent.mkdir(exist_ok=True)
+        (tmp_path / f).write_text("")
+    with pytest.raises(KernelFeatureMissing, match=message):
+        detect(tmp_path)
+
+
+def test_detects_this_machines_version_as_its_mount_table_says():
+    mounts = [line.split() for line in Path("/proc/self/mounts").read_text().splitlines()]
+    fstype = {m[1]: m[2] for m in mounts}.get("/sys/fs/cgroup")
+    assert detect().version == (2 if fstype == "cgroup2" else 1)
 
 
 @pytest.mark.skipif(not Path("/sys/fs/cgroup/cpu").is_dir(), reason="no cgroup v1 cpu hierarchy")
@@ -51,7 +82,8 @@ def test_v2_groups_processes_and_usage_on_the_real_cgroup2_mount(tb_name):
     group = f"tcps-{tb_name}/node"
     g.create(group, None, None)
     try:
-        proc = subprocess.Popen([sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<0.3: pass"])
+        # 0.3 s of its own CPU time, not of the clock: on a busy machine the clock runs ahead
+        proc = subprocess.Popen([sys.executable, "-c", "import time\nwhile time.process_time() < 0.3: pass"])
         g.add_pid(group, proc.pid)
         assert proc.pid in g.pids(group)
         proc.wait()

@@ -20,6 +20,7 @@ def test_every_shipped_experiment_loads(name: str, quick: bool) -> None:
     ({"colour": "red"}, "unknown key.*colour"),
     ({"load": {"speed": 3}}, "load: unknown key.*speed"),
     ({"modes": ["turbo"]}, "unknown mode 'turbo'"),
+    ({"backend": "docker"}, "backend must be one of netns, mininet, not 'docker'"),
     ({"workloads": ["bursty"]}, "unknown workload 'bursty'"),
     ({"workloads": ["shifting"]}, "needs phases"),
     ({"budgets": "half"}, "budgets must be one of"),

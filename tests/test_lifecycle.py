@@ -160,6 +160,20 @@ def test_cli_lifecycle_for_every_topology(tb_name):
         assert leftovers(tb_name) == []
 
 
+def test_status_names_a_namespace_removed_behind_the_testbeds_back(tb_name):
+    from testbed.kernel import remove_netns
+    from testbed.status import status_of
+    with Testbed(load_topology("cluster"), tb_name) as tb:
+        network = status_of(tb_name)["network"]
+        assert network["namespaces"] == [f"tcps-{tb_name}-client", f"tcps-{tb_name}-tcpserver",
+                                         f"tcps-{tb_name}-host1"] and network["missing"] == []
+        remove_netns(tb.netns("client"))
+        assert status_of(tb_name)["network"]["missing"] == [f"netns tcps-{tb_name}-client"]
+        out = run_cli("status", tb_name).stdout
+        assert f"warning: netns tcps-{tb_name}-client of this testbed is gone" in out
+    assert leftovers(tb_name) == []
+
+
 def test_cli_errors_are_one_line_without_traceback(tb_name):
     bad = run_cli("up", "cluster", "--name", tb_name, "-p", "host_cpu=0.9", "-p", "tcpserver_cpu=0.9",
                       check=False)

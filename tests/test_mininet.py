@@ -21,7 +21,7 @@ from testbed import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
 from testbed.kernel import pid_alive
 from testbed.lifecycle import Testbed
-from testbed.services import http_get
+from testbed.starter import http_get
 from testbed.spec import load_topology, topology_from_dict
 from testbed.spec_mininet import (from_mininet, is_mininet_ref, load_custom_topology, load_mininet_topology,
                                   parse_roles)
@@ -96,6 +96,12 @@ def test_lan_is_a_tcps_bridge_in_the_root_namespace_removed_by_name(tb_name):
         assert ping.returncode == 0, ping.stdout
         qdisc = tb.run("host2", ["tc", "class", "show", "dev", "host2-eth0"]).stdout.decode()
         assert "htb" in qdisc and "100Mbit" in qdisc
+        # status reads the bridge and its ports back through the backend
+        network = json.loads(run_cli("status", tb_name, "--json").stdout)["network"]
+        assert network["links"] == links and network["missing"] == []
+        subprocess.run(["ip", "link", "del", links[1]], check=True)  # one port, behind its back
+        network = json.loads(run_cli("status", tb_name, "--json").stdout)["network"]
+        assert network["missing"] == [f"link {links[1]}"]
     assert leftovers(tb_name) == []
     assert root_links() == before
 

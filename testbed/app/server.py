@@ -316,8 +316,8 @@ def _addr_port(s: str) -> tuple[str, int]:
 
 
 # the kernel's listen backlog in regular mode: the TCP server's default (offload/server.py),
-# so that under overload both queue as deep (measured before the overload control: 4,096 at ~1,200 replies/s held
-# clients 3.4 s, past a 2 s client's patience)
+# so that under overload both queue as deep (docs/limits.md, "Overload": 4,096 at ~1,200
+# replies/s held clients 3.4 s, past a 2 s client's patience)
 LISTEN_BACKLOG = 1024
 
 

@@ -33,7 +33,7 @@ import logging
 import shutil
 import time
 from contextlib import contextmanager
-from typing import Any, Callable, Iterator
+from typing import Any, Iterable, Iterator
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -41,8 +41,10 @@ from pyroute2.netlink.exceptions import NetlinkError
 from .. import PREFIX
 from ..errors import KernelFeatureMissing, TestbedError
 from ..kernel import attach_netns, in_netns, pid_start_time, write_sysctl
+from ..names import netns_name
 from ..spec import FRONT_ROLES, AddressPlan, LinkPlan, Topology, default_gateways
-from .netns import BASE_SYSCTLS, FRONT_SYSCTLS, BuiltTopology, NetnsBackend, netns_name
+from .base import Backend, BuiltTopology, Journal, remove_namespaces
+from .netns import BASE_SYSCTLS, FRONT_SYSCTLS, NetnsBackend
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +88,11 @@ def _import_mininet() -> dict[str, Any]:
             "LinuxBridge": LinuxBridge}
 
 
-class MininetBackend:
+class MininetBackend(Backend):
     name = "mininet"
 
-    def __init__(self, testbed: str, journal: Callable[[str, str], None] | None = None):
-        self.testbed = testbed
-        self._journal = journal or (lambda kind, name: None)
+    def __init__(self, testbed: str, journal: Journal | None = None):
+        super().__init__(testbed, journal)
         self.net: Any = None
         self.links: list[str] = []  # root-namespace bridges and ports, in creation order
 
@@ -105,12 +106,12 @@ class MininetBackend:
         mn["Mininet"].inited = True  # skip Mininet.init(): fixLimits() raises host-wide sysctls
         net = self.net = mn["Mininet"](topo=None, controller=None, switch=mn["LinuxBridge"],
                                        host=mn["Host"], link=mn["Link"], build=False)
-        built = BuiltTopology()
+        namespaces: list[str] = []
         with _mininet_logs_to_ours():
-            self._build(net, topo, plan, built, mn)
-        return built
+            self._build(net, topo, plan, namespaces, mn)
+        return BuiltTopology(tuple(namespaces), tuple(self.links))
 
-    def _build(self, net: Any, topo: Topology, plan: AddressPlan, built: BuiltTopology,
+    def _build(self, net: Any, topo: Topology, plan: AddressPlan, namespaces: list[str],
                mn: dict[str, Any]) -> None:
         roles = {n.netns_key: n.role for n in topo.nodes}
         sysctls: dict[str, dict[str, str]] = {}
@@ -124,7 +125,7 @@ class MininetBackend:
                 hosts[key] = net.addHost(key, ip=None)  # ip=None: no address from Mininet's 10/8 plan
                 self._journal_pid(hosts[key].pid)
                 attach_netns(ns, hosts[key].pid)
-                built.namespaces.append(ns)
+                namespaces.append(ns)
                 with in_netns(ns):
                     for k, v in {**BASE_SYSCTLS, **(FRONT_SYSCTLS if roles[key] in FRONT_ROLES else {}),
                                  **sysctls.get(key, {})}.items():
@@ -249,6 +250,12 @@ class MininetBackend:
 
     # -- teardown ------------------------------------------------------------------------
 
+    def teardown(self, journal: Iterable[tuple[str, str]]) -> list[str]:
+        """The namespaces first, then the root-namespace bridges and ports (see teardown_links)."""
+        entries = list(journal)
+        removed = [f"netns {ns}" for ns in remove_namespaces(n for kind, n in entries if kind == "netns")]
+        return removed + [f"link {n}" for n in self.teardown_links([n for kind, n in entries if kind == "link"])]
+
     @staticmethod
     def teardown_links(names: list[str], wait_s: float = 3.0) -> list[str]:
         """Delete root-namespace bridges and ports by exact name. Call it after the nodes'
@@ -290,8 +297,7 @@ class MininetBackend:
             backend.build(topo, plan)
         finally:
             t1 = time.perf_counter()
-            NetnsBackend.teardown([n for k, n in journal if k == "netns"])
-            cls.teardown_links([n for k, n in journal if k == "link"])
+            backend.teardown(journal)
         return t1 - t0, time.perf_counter() - t1
 
 

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
-from typing import Callable
+from typing import Iterable
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from .. import PREFIX
 from ..errors import KernelFeatureMissing, TestbedError
 from ..kernel import create_netns, in_netns, netns_path, remove_netns, write_sysctl
+from ..names import netns_name, switch_netns_name
 from ..spec import FRONT_ROLES, AddressPlan, Link, LinkPlan, Topology, default_gateways
+from .base import Backend, BuiltTopology, Journal, remove_namespaces
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,14 @@ FRONT_SYSCTLS = {
 }
 
 
-def netns_name(testbed: str, key: str) -> str:
-    return f"{PREFIX}-{testbed}-{key}"
+__all__ = ["NetnsBackend", "BuiltTopology", "netns_name", "switch_netns_name"]
 
 
-def switch_netns_name(testbed: str, link: str) -> str:
-    return f"{PREFIX}-{testbed}-sw-{link}"
-
-
-@dataclass
-class BuiltTopology:
-    """What the backend made, in the order it made it (also the journal for cleaning)."""
-    namespaces: list[str] = field(default_factory=list)
-
-
-class NetnsBackend:
+class NetnsBackend(Backend):
     name = "netns"
 
-    def __init__(self, testbed: str, journal: Callable[[str, str], None] | None = None):
-        self.testbed = testbed
-        self._journal = journal or (lambda kind, name: None)
+    def __init__(self, testbed: str, journal: Journal | None = None):
+        super().__init__(testbed, journal)
         self._ipr: dict[str, IPRoute] = {}
         self._fds: dict[str, int] = {}
 
@@ -66,7 +54,7 @@ class NetnsBackend:
     def build(self, topo: Topology, plan: AddressPlan) -> BuiltTopology:
         """Create every namespace, link, address and base route. Raises on the first error;
         the caller tears down what the journal recorded."""
-        built = BuiltTopology()
+        namespaces: list[str] = []
         if any(l.delay_ms or l.loss_pct for l in topo.links):
             self._require_netem(topo)
         roles = {n.netns_key: n.role for n in topo.nodes}
@@ -79,12 +67,12 @@ class NetnsBackend:
                 wanted = {**BASE_SYSCTLS, **(FRONT_SYSCTLS if roles[key] in FRONT_ROLES else {}),
                           **sysctls.get(key, {})}
                 self._new_namespace(ns, key, wanted)
-                built.namespaces.append(ns)
+                namespaces.append(ns)
             for lp in plan.links:
                 if lp.link.is_lan:
                     sw = switch_netns_name(self.testbed, lp.link.name)
                     self._new_namespace(sw, sw, {})
-                    built.namespaces.append(sw)
+                    namespaces.append(sw)
                     self._build_lan(lp, sw)
                 else:
                     self._build_p2p(lp)
@@ -92,7 +80,7 @@ class NetnsBackend:
             self._default_routes(topo, plan)
         finally:
             self.close()
-        return built
+        return BuiltTopology(tuple(namespaces))
 
     def _new_namespace(self, ns: str, key: str, sysctls: dict[str, str]) -> None:
         self._journal("netns", ns)
@@ -189,40 +177,11 @@ class NetnsBackend:
         finally:
             remove_netns(probe)
 
-    # -- run-time changes ----------------------------------------------------------------
-
-    @staticmethod
-    def set_route(ns: str, dst: str, gateways: list[str], replace: bool = True) -> None:
-        """Route ``dst`` via one gateway, or spread over several (multipath, hashed per flow)."""
-        with in_netns(ns), IPRoute() as ipr:
-            kw: dict = {"dst": dst}
-            if len(gateways) == 1:
-                kw["gateway"] = gateways[0]
-            else:
-                kw["multipath"] = [{"gateway": g} for g in gateways]
-            ipr.route("replace" if replace else "add", **kw)
-
-    @staticmethod
-    def add_local_address(ns: str, address: str) -> None:
-        """Put a /32 on the namespace's loopback (the service address)."""
-        with in_netns(ns), IPRoute() as ipr:
-            lo = ipr.link_lookup(ifname="lo")[0]
-            try:
-                ipr.addr("add", index=lo, address=address, prefixlen=32)
-            except NetlinkError as e:
-                if e.code != 17:  # EEXIST: already there
-                    raise
-
     # -- teardown ------------------------------------------------------------------------
 
-    @staticmethod
-    def teardown(namespaces: list[str]) -> list[str]:
-        """Remove the namespaces; the kernel then destroys their interfaces in one batch.
-
-        Deleting veths one by one costs a network-wide RCU wait each (about 30 ms here);
-        since every interface lives only inside these namespaces, no name can outlive
-        them and collide. Safe on half-built or already-removed state."""
-        return [ns for ns in namespaces if remove_netns(ns)]
+    def teardown(self, journal: Iterable[tuple[str, str]]) -> list[str]:
+        """Remove the journaled namespaces (their interfaces go with them, in one batch)."""
+        return [f"netns {ns}" for ns in remove_namespaces(n for kind, n in journal if kind == "netns")]
 
     def close(self) -> None:
         for ipr in self._ipr.values():
