@@ -4,7 +4,7 @@ A host attaches with HELLO (token and mode checked, WELCOME back) and then carri
 its client connections on this one channel: ``data_received`` decodes a batch of frames
 and dispatches each to its ``clientside.ClientConn`` (an if-chain on plain ints, most
 frequent types first: measured cheaper than a table of bound methods here); frames back
-to the host are batched into one write per event-loop iteration (``emit``/``flush``).
+to the host are batched into one write per event-loop iteration (``writer.FrameWriter``).
 
 When the host stops reading (the SAN's write buffer passes ``_SAN_HIGH_WATER``) the
 channel stops reading the host too and holds the clients that have bytes for it
@@ -29,7 +29,6 @@ from .protocol import (
     CONNECT,
     CREDIT,
     ERROR,
-    HDR,
     HELLO,
     LISTEN,
     PING,
@@ -46,58 +45,29 @@ from .protocol import (
     ProtocolError,
     decode_hello,
 )
+from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.server")
 
-_pack = HDR.pack
-_V = PROTOCOL_VERSION
 _SAN_HIGH_WATER = 8 * 1024 * 1024  # above this, stop reading clients of that host
 
 
-class HostChannel(asyncio.Protocol):
+class HostChannel(FrameWriter, asyncio.Protocol):
     """One attached host: a persistent SAN connection carrying all its client connections."""
 
     def __init__(self, srv: "TcpServer") -> None:
         self.srv = srv
-        self.loop = srv.loop
-        self.transport: asyncio.Transport | None = None
+        self.init_writer(srv.loop)  # emit/flush: frames to the host, one write per iteration
         self.decoder = FrameDecoder()
         self.host_id = "?"
         self.authed = False
-        self.out: list[bytes] = []
-        self.flush_pending = False
         self.conns: dict[int, ClientConn] = {}
         self.ports: "list[PortState]" = []
         self.paused = False
         self.blocked: list[ClientConn] = []
-        self.frames_out = 0
-        self.bytes_out = 0
         self.hello_timer: asyncio.TimerHandle | None = None
         self.peer = None
-        self.dead = False
         self.want_peer = False
-
-    # --- output: batched per loop iteration -----------------------------------------
-    def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
-        out = self.out
-        out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
-        if payload:
-            out.append(payload)
-        self.frames_out += 1
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        self.flush_pending = False
-        out = self.out
-        if not out or self.dead:
-            out.clear()
-            return
-        data = b"".join(out)
-        out.clear()
-        self.bytes_out += len(data)
-        self.transport.write(data)  # type: ignore[union-attr]
 
     # --- channel lifecycle ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]

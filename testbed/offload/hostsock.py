@@ -50,20 +50,17 @@ from .protocol import (
     DATA,
     EOF,
     ERROR,
-    HDR,
     HELLO,
     LISTEN,
     LISTEN_OK,
     MAX_TYPE,
     PING,
     PONG,
-    PROTOCOL_VERSION,
     RECV_REQ,
     RECV_WINDOW,
     RESET,
     SEND,
     SEND_CHUNK,
-    SEND_CLOSE,
     SEND_DONE,
     SEND_WINDOW,
     SHUTDOWN,
@@ -75,11 +72,10 @@ from .protocol import (
     decode_peer,
     encode_hello,
 )
+from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.hostsock")
 
-_pack = HDR.pack
-_V = PROTOCOL_VERSION
 _HALF_RECV = RECV_WINDOW // 2
 _GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
 MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
@@ -496,8 +492,8 @@ class TunnelSocket:
         await self._proto.lost
 
 
-class Tunnel(asyncio.Protocol):
-    """The host's end of one SAN channel: frames in, frames out (batched per iteration)."""
+class Tunnel(FrameWriter, asyncio.Protocol):
+    """The host's end of one SAN channel: frames in, frames out (``writer.FrameWriter``)."""
 
     def __init__(self, mode: Mode, token: str, host_id: str) -> None:
         self.mode = mode
@@ -506,11 +502,8 @@ class Tunnel(asyncio.Protocol):
         self.push_accept = mode.push_accept
         self.token = token
         self.host_id = host_id
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.init_writer(asyncio.get_running_loop())
         self.decoder = FrameDecoder()
-        self.out: list[bytes] = []
-        self.flush_pending = False
         self.conns: dict[int, TunnelTransport] = {}
         self.listeners: dict[int, TunnelListener] = {}
         self.attached = False
@@ -520,12 +513,7 @@ class Tunnel(asyncio.Protocol):
         self.next_req = 0
         self.drain_waiters: dict[int, list[asyncio.Future]] = {}
         self.lost: list[tuple[TunnelTransport, Exception | None]] = []  # connection_lost due
-        # where in ``out`` the last SEND's header is, and for which connection: a CLOSE
-        # right behind it turns it into one SEND_CLOSE frame
-        self.last_send_at = -1
-        self.last_send_cid = 0
-        # SAN messages by frame type, both directions: what the modes change
-        self.sent = [0] * (MAX_TYPE + 1)
+        # SAN messages received by frame type (``sent``: the writer's): what the modes change
         self.received = [0] * (MAX_TYPE + 1)
         self.stale_skipped = 0  # connections (or their data) dropped: reset in the same batch
         self.backlog_refused = 0
@@ -537,6 +525,7 @@ class Tunnel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.attached = False
+        self.dead = True
         err = TunnelError(f"SAN channel to the TCP server lost: {exc or 'closed'}")
         for tr in list(self.conns.values()):
             tr._lost(err)
@@ -570,47 +559,12 @@ class Tunnel(asyncio.Protocol):
             except Exception:  # the application's bug, as in asyncio
                 log.exception("connection_lost of %r failed", proto)
 
-    def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
-        out = self.out
-        out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
-        if payload:
-            out.append(payload)
-        self.sent[ftype] += 1
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
-
-    def emit_send(self, cid: int, data: bytes) -> None:
-        self.last_send_at = len(self.out)
-        self.last_send_cid = cid
-        self.emit(SEND, cid, 0, data)
-
-    def emit_close(self, cid: int) -> None:
-        """CLOSE without CLOSE_DONE; merged into the SEND before it when that is the last frame."""
-        out = self.out
-        at = self.last_send_at
-        if self.last_send_cid == cid and at + 2 == len(out) and at >= 0:
-            out[at] = _pack(len(out[at + 1]), _V, SEND_CLOSE, 0, cid, 0)
-            self.sent[SEND] -= 1
-            self.sent[SEND_CLOSE] += 1
-            self.last_send_cid = 0
-            return
-        self.emit(CLOSE, cid, 0)
-
-    def flush(self) -> None:
-        self.flush_pending = False
-        self.last_send_cid = 0
-        out = self.out
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
-        out.clear()
-
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.decoder.feed(data)
         except ProtocolError as e:
             log.error("TCP server sent an invalid frame stream (%s); dropping the channel", e)
-            self.transport.abort()  # type: ignore[union-attr]
+            self.abort_channel()
             return
         conns = self.conns
         received = self.received
@@ -678,7 +632,7 @@ class Tunnel(asyncio.Protocol):
             else:
                 log.error("TCP server sent a %s frame, which hosts never get; dropping the channel",
                           TYPE_NAMES.get(ftype))
-                self.transport.abort()  # type: ignore[union-attr]
+                self.abort_channel()
                 return
 
     def _wake_drain(self, cid: int, tr: TunnelTransport) -> None:
@@ -762,9 +716,14 @@ class Tunnel(asyncio.Protocol):
             "backlog_refused": self.backlog_refused,
         }
 
+    def abort_channel(self) -> None:
+        self.dead = True  # nothing more goes out on a stream the peer cannot parse
+        self.transport.abort()  # type: ignore[union-attr]
+
     def close(self) -> None:
         if self.transport is not None:
             self.flush()
+            self.dead = True
             self.transport.close()
 
 
