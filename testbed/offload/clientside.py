@@ -19,6 +19,7 @@ import asyncio
 import errno
 
 from . import placement as _placement
+from .flow import CLIENT_READ_PAUSE, CLIENT_READ_RESUME, DaemonWindows
 from .protocol import (
     CLOSE_DONE,
     CONNECTED,
@@ -29,15 +30,12 @@ from .protocol import (
     RECV_WINDOW,
     RESET,
     SEND_DONE,
-    SEND_WINDOW,
-    ProtocolError,
     encode_peer,
 )
 
-_HALF_SEND = SEND_WINDOW // 2
 
 
-class ClientConn(asyncio.Protocol):
+class ClientConn(DaemonWindows, asyncio.Protocol):
     """One client TCP connection, owned by at most one host channel."""
 
     __slots__ = (
@@ -120,7 +118,7 @@ class ClientConn(asyncio.Protocol):
     def _buffer(self, data: bytes) -> None:
         self.rbuf.append(data)
         self.rlen += len(data)
-        if self.rlen >= RECV_WINDOW and not self.rpaused:
+        if self.rlen >= CLIENT_READ_PAUSE and not self.rpaused:
             self.rpaused = True
             self.transport.pause_reading()
 
@@ -135,7 +133,7 @@ class ClientConn(asyncio.Protocol):
         return buf[:n]
 
     def _maybe_resume(self) -> None:
-        if self.rpaused and self.rlen < RECV_WINDOW // 2 and not self.eof:
+        if self.rpaused and self.rlen < CLIENT_READ_RESUME and not self.eof:
             self.rpaused = False
             self.transport.resume_reading()
 
@@ -200,12 +198,10 @@ class ClientConn(asyncio.Protocol):
         if host is None or self.host_closed:
             self.unacked = 0
             return
-        if self.srv.sync_send:
-            host.emit(SEND_DONE, self.cid, self.unacked)
-            self.unacked = 0
-        elif self.unacked >= _HALF_SEND:
-            host.emit(CREDIT, self.cid, self.unacked)
-            self.unacked = 0
+        sync = self.srv.sync_send
+        due = self.client_took(0, True, sync)
+        if due:
+            host.emit(SEND_DONE if sync else CREDIT, self.cid, due)
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
@@ -228,16 +224,16 @@ class ClientConn(asyncio.Protocol):
 
     # --- host side -----------------------------------------------------------------
     def host_send(self, payload: bytes) -> None:
-        self.last = self.srv.tick
+        srv = self.srv
+        self.last = srv.tick
         n = len(payload)
-        self.srv.c_client_out += n
+        srv.c_client_out += n
         self.transport.write(payload)
-        self.unacked += n
-        if self.unacked > SEND_WINDOW:  # a host ignoring its credit would grow us without bound
-            raise ProtocolError(f"connection {self.cid}: {self.unacked} bytes sent beyond the "
-                                f"send window ({SEND_WINDOW})")
-        if not self.wpaused:
-            self.release()
+        due = self.client_took(n, not self.wpaused, srv.sync_send)  # the window's rule (flow.py)
+        if due:
+            host = self.host
+            if host is not None:  # (None: the write found the client gone)
+                host.emit(SEND_DONE if srv.sync_send else CREDIT, self.cid, due)
 
     def host_close(self, want_done: bool) -> None:
         self.host_closed = True

@@ -6,7 +6,7 @@ and dispatches each to its ``clientside.ClientConn`` (an if-chain on plain ints,
 frequent types first: measured cheaper than a table of bound methods here); frames back
 to the host are batched into one write per event-loop iteration (``writer.FrameWriter``).
 
-When the host stops reading (the SAN's write buffer passes ``_SAN_HIGH_WATER``) the
+When the host stops reading (the SAN's write buffer passes ``flow.SAN_HIGH_WATER``) the
 channel stops reading the host too and holds the clients that have bytes for it
 (``blocked``) until the buffer drains.
 """
@@ -22,6 +22,7 @@ import os
 
 from . import channels
 from .clientside import ClientConn
+from .flow import SAN_HIGH_WATER
 from .protocol import (
     ACCEPT_REQ,
     CLOSE,
@@ -35,7 +36,6 @@ from .protocol import (
     PONG,
     PROTOCOL_VERSION,
     RECV_REQ,
-    RECV_WINDOW,
     SEND,
     SEND_CLOSE,
     SHUTDOWN,
@@ -48,8 +48,6 @@ from .protocol import (
 from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.server")
-
-_SAN_HIGH_WATER = 8 * 1024 * 1024  # above this, stop reading clients of that host
 
 
 class HostChannel(FrameWriter, asyncio.Protocol):
@@ -73,7 +71,7 @@ class HostChannel(FrameWriter, asyncio.Protocol):
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
         channels.tune_accepted(transport)
-        transport.set_write_buffer_limits(high=_SAN_HIGH_WATER)
+        transport.set_write_buffer_limits(high=SAN_HIGH_WATER)
         self.peer = transport.get_extra_info("peername")
         self.hello_timer = self.loop.call_later(self.srv.cfg.hello_timeout, self._hello_timeout)
 
@@ -166,9 +164,7 @@ class HostChannel(FrameWriter, asyncio.Protocol):
                 elif ftype == CREDIT:
                     c = conns.get(cid)
                     if c is not None:
-                        c.rwin += arg
-                        if c.rwin > RECV_WINDOW:
-                            raise ProtocolError(f"credit overflow on connection {cid}")
+                        c.host_credit(arg)
                         if c.rlen or (c.eof and not c.eof_sent):
                             c.push_buffered()
                 elif ftype == SHUTDOWN:

@@ -37,6 +37,7 @@ import threading
 from typing import Any, Callable
 
 from . import channels
+from .flow import HostWindows
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -76,7 +77,6 @@ from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.hostsock")
 
-_HALF_RECV = RECV_WINDOW // 2
 _GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
 MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
 
@@ -85,7 +85,7 @@ class TunnelError(ConnectionError):
     pass
 
 
-class TunnelTransport(asyncio.Transport):
+class TunnelTransport(HostWindows, asyncio.Transport):
     """One client connection as seen by the host; the Transport API over the tunnel."""
 
     __slots__ = (
@@ -144,6 +144,8 @@ class TunnelTransport(asyncio.Transport):
         if not n:
             return
         ch = self._ch
+        # HostWindows.take_credit's rule inlined (the per-write fast path): a write that fits
+        # the credit and one frame goes at once
         if not ch.sync_send and not self._queue and n <= self._credit and n <= SEND_CHUNK:
             self._credit -= n
             ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
@@ -235,11 +237,10 @@ class TunnelTransport(asyncio.Transport):
         else:
             while q and self._credit > 0:
                 data = q.popleft()
-                n = min(len(data), self._credit, SEND_CHUNK)
+                n = self.take_credit(len(data))
                 if n < len(data):
                     q.appendleft(data[n:])
                     data = data[:n]
-                self._credit -= n
                 self._qlen -= n
                 ch.emit_send(self.cid, data)
             if q:
@@ -267,7 +268,7 @@ class TunnelTransport(asyncio.Transport):
         self._pump()
 
     def _credit_back(self, n: int) -> None:
-        self._credit += n
+        self.credit_back(n)
         if self._queue:
             self._pump()
 
@@ -282,15 +283,10 @@ class TunnelTransport(asyncio.Transport):
             self._rbuf.append(data)
             return
         self._protocol.data_received(data)  # type: ignore[attr-defined]
-        if self._ch.push_data:
-            self._account(len(data))
-
-    def _account(self, n: int) -> None:
-        """Push modes: the application took n bytes; give window back by halves."""
-        self._consumed += n
-        if self._consumed >= _HALF_RECV and not self._closed:
-            self._ch.emit(CREDIT, self.cid, self._consumed)
-            self._consumed = 0
+        if self._ch.push_data:  # the application took the bytes: window back by halves
+            credit = self.consumed(len(data))
+            if credit:
+                self._ch.emit(CREDIT, self.cid, credit)
 
     def _on_data(self, data: bytes) -> None:
         self._recv_out = False
@@ -362,7 +358,9 @@ class TunnelListener:
             ch.conns[tr.cid] = tr
             if first:
                 sock._proto.data_received(first)
-                tr._account(len(first))
+                credit = tr.consumed(len(first))
+                if credit:
+                    ch.emit(CREDIT, tr.cid, credit)
             while self.waiters:
                 w = self.waiters.popleft()
                 if not w.done():
