@@ -38,6 +38,7 @@ from typing import Any, Callable
 
 from . import channels
 from .flow import HostWindows
+from .transport import DEFAULT_HIGH, DEFAULT_LOW, GONE, StreamTransport
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -77,7 +78,6 @@ from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.hostsock")
 
-_GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
 MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
 
 
@@ -85,13 +85,12 @@ class TunnelError(ConnectionError):
     pass
 
 
-class TunnelTransport(HostWindows, asyncio.Transport):
+class TunnelTransport(HostWindows, StreamTransport):
     """One client connection as seen by the host; the Transport API over the tunnel."""
 
     __slots__ = (
-        "_ch", "cid", "_peer", "_port", "_protocol", "_credit", "_queue", "_qlen", "_inflight",
-        "_closing", "_closed", "_eof_pending", "_rpaused", "_rbuf", "_consumed", "_recv_out",
-        "_high", "_low", "_wpaused", "_got_eof",
+        "_ch", "cid", "_peer", "_port", "_credit", "_queue", "_qlen", "_inflight", "_closing",
+        "_closed", "_eof_pending", "_rpaused", "_rbuf", "_consumed", "_recv_out", "_got_eof",
     )
 
     def __init__(self, ch: "Tunnel", cid: int, peer: Any, port: int) -> None:
@@ -100,6 +99,9 @@ class TunnelTransport(HostWindows, asyncio.Transport):
         self._peer = peer
         self._port = port
         self._protocol: asyncio.BaseProtocol = None  # type: ignore[assignment]
+        self._high = DEFAULT_HIGH  # the StreamTransport fields, inline (per connection)
+        self._low = DEFAULT_LOW
+        self._wpaused = False
         self._credit = SEND_WINDOW
         self._queue: collections.deque[bytes] = collections.deque()
         self._qlen = 0
@@ -111,9 +113,6 @@ class TunnelTransport(HostWindows, asyncio.Transport):
         self._rbuf: list[bytes] = []
         self._consumed = 0
         self._recv_out = False  # pull: a RECV_REQ is outstanding
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._wpaused = False
         self._got_eof = False
 
     # --- Transport API -------------------------------------------------------------
@@ -130,12 +129,6 @@ class TunnelTransport(HostWindows, asyncio.Transport):
 
     def is_closing(self) -> bool:
         return self._closing or self._closed
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         if self._closing or self._closed:
@@ -154,14 +147,7 @@ class TunnelTransport(HostWindows, asyncio.Transport):
         self._qlen += n
         self._pump()
         if self._qlen > self._high and not self._wpaused:
-            self._wpaused = True
-            try:
-                self._protocol.pause_writing()
-            except Exception:  # the protocol's problem, as in asyncio
-                log.exception("pause_writing failed")
-
-    def writelines(self, list_of_data) -> None:  # type: ignore[override]
-        self.write(b"".join(list_of_data))
+            self._pause_writing()
 
     def can_write_eof(self) -> bool:
         return True
@@ -211,10 +197,6 @@ class TunnelTransport(HostWindows, asyncio.Transport):
     def get_write_buffer_size(self) -> int:
         return self._qlen + self._inflight
 
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = 64 * 1024 if high is None else high
-        self._low = self._high // 4 if low is None else low
-
     # --- sending -------------------------------------------------------------------
     def _pump(self) -> None:
         """Send queued bytes as the window (or split's one-at-a-time rule) allows."""
@@ -246,11 +228,7 @@ class TunnelTransport(HostWindows, asyncio.Transport):
             if q:
                 return
         if self._wpaused and self._qlen <= self._low:
-            self._wpaused = False
-            try:
-                self._protocol.resume_writing()
-            except Exception:
-                log.exception("resume_writing failed")
+            self._resume_writing()
         if self._eof_pending and not q:
             self._eof_pending = False
             ch.emit(SHUTDOWN, self.cid, 0)
@@ -551,7 +529,7 @@ class Tunnel(FrameWriter, asyncio.Protocol):
         lost, self.lost = self.lost, []
         for tr, exc in lost:
             proto = tr._protocol
-            tr._protocol = _GONE  # no transport <-> protocol cycle left for the collector
+            tr._protocol = GONE  # no transport <-> protocol cycle left for the collector
             try:
                 proto.connection_lost(exc)
             except Exception:  # the application's bug, as in asyncio
