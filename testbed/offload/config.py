@@ -29,7 +29,7 @@ class ServerConfig:
     queue_deadline: float = 1.0  # a connection queued longer is reset (0 = never)
     # push modes: connections given to one host and not yet finished by it (0 = no bound)
     host_conns: int = 128
-    # False: the daemon before issue 14, for A/B (accept everything, reset beyond backlog)
+    # False: the daemon before its overload control, for A/B (accept everything, reset beyond backlog)
     overload_control: bool = True
     idle_timeout: float = 60.0
     hello_timeout: float = 5.0

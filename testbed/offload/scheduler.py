@@ -7,7 +7,7 @@ ACCEPT_REQ), queues the rest and sheds what waited too long. It is a base class 
 ``TcpServer`` rather than an object of its own so that the per-connection calls stay one
 method look-up, as before the daemon was split into modules.
 
-Overload control, as a kernel's listen queue behaves. Measured before it (issue 14: two
+Overload control, as a kernel's listen queue behaves. Measured before it (two
 0.1-CPU nodes, static load, a new connection per request, 2.5x capacity), the modes in
 which hosts pull connections (split, async-send, eager-receive) kept a sixth to two
 fifths of their goodput: the daemon accepted every connection the kernel had, read it,
