@@ -45,7 +45,7 @@ def test_both_ends_use_these_rules() -> None:
 
 def test_daemon_credits_sent_bytes_back_by_halves_of_the_window() -> None:
     d = DaemonSide()
-    assert d.client_took(100 * KIB, drained=True, sync=False) == 0  # below half: no frame
+    assert d.client_took(100 * KIB, drained=True, sync=False) is None  # below half: no frame
     assert d.unacked == 100 * KIB
     assert d.client_took(28 * KIB, drained=True, sync=False) == 128 * KIB  # half reached
     assert d.unacked == 0
@@ -53,8 +53,8 @@ def test_daemon_credits_sent_bytes_back_by_halves_of_the_window() -> None:
 
 def test_daemon_credits_nothing_while_the_client_socket_holds_bytes() -> None:
     d = DaemonSide()
-    assert d.client_took(200 * KIB, drained=False, sync=False) == 0
-    assert d.client_took(0, drained=False, sync=True) == 0
+    assert d.client_took(200 * KIB, drained=False, sync=False) is None
+    assert d.client_took(0, drained=False, sync=True) is None
     # resume_writing: the client's kernel took everything
     assert d.client_took(0, drained=True, sync=False) == 200 * KIB
 
@@ -63,12 +63,13 @@ def test_split_acknowledges_every_send_at_once() -> None:
     d = DaemonSide()
     assert d.client_took(10, drained=True, sync=True) == 10
     assert d.client_took(1, drained=True, sync=True) == 1
+    assert d.client_took(0, drained=True, sync=True) == 0  # even an empty SEND gets its SEND_DONE
     assert d.unacked == 0
 
 
 def test_a_host_sending_beyond_its_window_breaks_the_channel() -> None:
     d = DaemonSide()
-    assert d.client_took(256 * KIB, drained=False, sync=False) == 0  # exactly the window: fine
+    assert d.client_took(256 * KIB, drained=False, sync=False) is None  # exactly the window: fine
     with pytest.raises(ProtocolError, match="beyond the send window"):
         d.client_took(1, drained=False, sync=False)
 

@@ -200,7 +200,7 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
             return
         sync = self.srv.sync_send
         due = self.client_took(0, True, sync)
-        if due:
+        if due is not None:
             host.emit(SEND_DONE if sync else CREDIT, self.cid, due)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -230,7 +230,7 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
         srv.c_client_out += n
         self.transport.write(payload)
         due = self.client_took(n, not self.wpaused, srv.sync_send)  # the window's rule (flow.py)
-        if due:
+        if due is not None:
             host = self.host
             if host is not None:  # (None: the write found the client gone)
                 host.emit(SEND_DONE if srv.sync_send else CREDIT, self.cid, due)

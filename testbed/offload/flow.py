@@ -55,10 +55,10 @@ class DaemonWindows:
         if self.rwin > RECV_WINDOW:
             raise ProtocolError(f"credit overflow on connection {self.cid}")
 
-    def client_took(self, n: int, drained: bool, sync: bool) -> int:
+    def client_took(self, n: int, drained: bool, sync: bool) -> int | None:
         """``n`` more bytes from the host's SENDs went to the client's socket (``drained``:
         its kernel took everything so far). Returns the bytes to acknowledge now (SEND_DONE
-        if ``sync``, else CREDIT), or 0."""
+        if ``sync``: every SEND, even an empty one; else CREDIT), or None."""
         unacked = self.unacked + n
         if unacked > SEND_WINDOW:  # a host ignoring its credit would grow us without bound
             raise ProtocolError(f"connection {self.cid}: {unacked} bytes sent beyond the "
@@ -67,7 +67,7 @@ class DaemonWindows:
             self.unacked = 0
             return unacked
         self.unacked = unacked
-        return 0
+        return None
 
 
 class HostWindows:
