@@ -14,7 +14,7 @@ periods rather than wake per event (``polling``, the paper's "No Interrupts").
 
 Bounds (so thousands of idle or slow clients cannot grow memory without limit):
 ``--max-conns`` client connections, ``--backlog`` connections waiting for a host's accept,
-per-connection windows (``protocol.SEND_WINDOW``/``RECV_WINDOW``), ``--idle-timeout``.
+per-connection windows (``flow.py``), ``--idle-timeout``.
 
 Where the rest lives: ``clientside.py`` (client connections), ``hostside.py`` (host
 channels: HELLO, frame dispatch), ``scheduler.py`` (admission, hand-out to hosts and the
