@@ -36,7 +36,7 @@ MODES = tuple(MODE_TABLE)  # names, in the table's order (testbed/offload/modes.
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
-            # the TCP server's overload control (None: the daemon's defaults; offload/server.py)
+            # the TCP server's overload control (None: the daemon's defaults; offload/config.py)
             "backlog": None, "listen_backlog": None, "queue_deadline": None, "host_conns": None,
             "overload_control": None}
 OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline", "host_conns")
@@ -130,7 +130,7 @@ def check_mode(mode: str) -> None:
 def overload_args(opts: dict[str, Any]) -> list[str]:
     """The TCP server's overload-control options given as service options (``backlog``,
     ``listen_backlog``, ``queue_deadline``, ``host_conns``), checked, as daemon arguments."""
-    from .offload.server import ServerConfig, check_overload
+    from .offload.config import ServerConfig, check_overload
     given = {k: opts.get(k) for k in OVERLOAD_KEYS if opts.get(k) is not None}
     full = {k: given.get(k, getattr(ServerConfig, k)) for k in OVERLOAD_KEYS}
     try:

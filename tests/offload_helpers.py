@@ -13,7 +13,8 @@ from typing import AsyncIterator
 from testbed.app.server import App, HttpProtocol
 from testbed.offload import channels, hostsock
 from testbed.offload.modes import get_mode
-from testbed.offload.server import ServerConfig, TcpServer
+from testbed.offload.config import ServerConfig
+from testbed.offload.daemon import TcpServer
 
 TOKEN = "test-token"
 

@@ -1,4 +1,4 @@
-"""Overload (issue 14): goodput holds past saturation in every mode, on a small budget.
+"""Overload (docs/limits.md, "Overload"): goodput holds past saturation in every mode, on a small budget.
 
 Two 0.1-CPU nodes (capacity about 1,000-1,300 static requests/s here), a new connection
 per request, offered open loop by a small generator in the client node whose clients give
@@ -6,10 +6,10 @@ up (reset) after 2 s. Per mode, in a fresh testbed each: a step at 500/s (under 
 then one at 3,000/s (about 2.5x). With the TCP server's overload control (its defaults)
 goodput at 3,000/s must stay near the 500/s step's; in the modes where hosts pull
 connections (split, async-send, eager-receive), the same step without the control
-(``overload_control: false``: the daemon before issue 14, which accepted everything,
+(``overload_control: false``: the daemon before its overload control, which accepted everything,
 queued up to 4,096 and reset the rest) collapses, and the
 test checks that it does, against the controlled run right before it. The push modes and
-Regular TCP did not collapse before either (the issue's table); for them only the holding
+Regular TCP did not collapse before either (``python -m bench.overload``); for them only the holding
 is checked. Thresholds are ratios with wide margins, not absolute rates (measured here,
 on a machine shared with other runs: controlled 640-1,100/s at 3,000/s against 500/s at
 500/s; uncontrolled pull modes 90-490/s, 0.1-0.5x the controlled run before them).

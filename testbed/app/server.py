@@ -315,7 +315,7 @@ def _addr_port(s: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-# the kernel's listen backlog in regular mode: the TCP server's default (offload/server.py),
+# the kernel's listen backlog in regular mode: the TCP server's default (offload/config.py),
 # so that under overload both queue as deep (docs/limits.md, "Overload": 4,096 at ~1,200
 # replies/s held clients 3.4 s, past a 2 s client's patience)
 LISTEN_BACKLOG = 1024

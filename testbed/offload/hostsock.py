@@ -14,16 +14,20 @@ Three ways in, all over the same frames:
 - ``BlockingTunnel``: the same socket calls from ordinary threads (the tunnel runs in a
   background event-loop thread).
 
+This module is the channel (``Tunnel``: frames in and out through ``writer.FrameWriter``,
+listeners, the handshake); one connection's transport and socket calls are
+``hostconn.py``, its windows ``flow.py``.
+
 The mode decides what crosses the SAN (see docs/modes.md): in ``split`` each send waits for
 SEND_DONE and close for CLOSE_DONE; in pull modes each recv is a RECV_REQ round trip; in
 push modes the TCP server sends data ahead and the host returns window credit.
 
-Under overload (issue 14) the host does no work for a client that has given up: a
-connection whose RESET is in the same batch of frames as its announcement or its data is
-never shown to the application (counted as ``stale_skipped``); a socket-API listener
+Under overload (docs/limits.md, "Overload") the host does no work for a client that has
+given up: a connection whose RESET is in the same batch of frames as its announcement or
+its data is never shown to the application (counted as ``stale_skipped``); a socket-API listener
 holds at most ``max_backlog`` unaccepted connections (beyond, they are closed, counted as
 ``backlog_refused``) and ``accept()`` skips the ones reset while they waited. The TCP
-server bounds the rest (offload/server.py).
+server bounds the rest (``scheduler.py``).
 """
 
 from __future__ import annotations
@@ -31,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import errno
 import logging
 import threading
 from typing import Any, Callable
 
 from . import channels
+from .hostconn import TunnelError, TunnelSocket, TunnelTransport
 from .modes import Mode, get_mode
 from .protocol import (
     ACCEPT_REQ,
@@ -50,23 +54,14 @@ from .protocol import (
     DATA,
     EOF,
     ERROR,
-    HDR,
     HELLO,
     LISTEN,
     LISTEN_OK,
     MAX_TYPE,
     PING,
     PONG,
-    PROTOCOL_VERSION,
-    RECV_REQ,
-    RECV_WINDOW,
     RESET,
-    SEND,
-    SEND_CHUNK,
-    SEND_CLOSE,
     SEND_DONE,
-    SEND_WINDOW,
-    SHUTDOWN,
     TYPE_NAMES,
     WELCOME,
     FrameDecoder,
@@ -75,257 +70,15 @@ from .protocol import (
     decode_peer,
     encode_hello,
 )
+from .transport import GONE
+from .writer import FrameWriter
 
 log = logging.getLogger("testbed.offload.hostsock")
 
-_pack = HDR.pack
-_V = PROTOCOL_VERSION
-_HALF_RECV = RECV_WINDOW // 2
-_GONE = asyncio.Protocol()  # a closed transport's protocol (see Tunnel.report_lost)
 MAX_BACKLOG = 1024  # a socket-API listener's unaccepted connections (push accept)
 
-
-class TunnelError(ConnectionError):
-    pass
-
-
-class TunnelTransport(asyncio.Transport):
-    """One client connection as seen by the host; the Transport API over the tunnel."""
-
-    __slots__ = (
-        "_ch", "cid", "_peer", "_port", "_protocol", "_credit", "_queue", "_qlen", "_inflight",
-        "_closing", "_closed", "_eof_pending", "_rpaused", "_rbuf", "_consumed", "_recv_out",
-        "_high", "_low", "_wpaused", "_got_eof",
-    )
-
-    def __init__(self, ch: "Tunnel", cid: int, peer: Any, port: int) -> None:
-        self._ch = ch
-        self.cid = cid
-        self._peer = peer
-        self._port = port
-        self._protocol: asyncio.BaseProtocol = None  # type: ignore[assignment]
-        self._credit = SEND_WINDOW
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._qlen = 0
-        self._inflight = 0  # split: bytes of the SEND awaiting SEND_DONE
-        self._closing = False
-        self._closed = False
-        self._eof_pending = False
-        self._rpaused = False
-        self._rbuf: list[bytes] = []
-        self._consumed = 0
-        self._recv_out = False  # pull: a RECV_REQ is outstanding
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._wpaused = False
-        self._got_eof = False
-
-    # --- Transport API -------------------------------------------------------------
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "peername":
-            if type(self._peer) is bytes:  # decoded on first use: most apps never ask
-                self._peer = decode_peer(self._peer)[0]
-            return self._peer
-        if name == "sockname":
-            return ("0.0.0.0", self._port)
-        if name == "tunnel":
-            return self._ch
-        return default
-
-    def is_closing(self) -> bool:
-        return self._closing or self._closed
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self._closed:
-            return
-        n = len(data)
-        if not n:
-            return
-        ch = self._ch
-        if not ch.sync_send and not self._queue and n <= self._credit and n <= SEND_CHUNK:
-            self._credit -= n
-            ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
-            return
-        self._queue.append(bytes(data))
-        self._qlen += n
-        self._pump()
-        if self._qlen > self._high and not self._wpaused:
-            self._wpaused = True
-            try:
-                self._protocol.pause_writing()
-            except Exception:  # the protocol's problem, as in asyncio
-                log.exception("pause_writing failed")
-
-    def writelines(self, list_of_data) -> None:  # type: ignore[override]
-        self.write(b"".join(list_of_data))
-
-    def can_write_eof(self) -> bool:
-        return True
-
-    def write_eof(self) -> None:
-        if self._closing or self._closed:
-            return
-        self._eof_pending = True
-        self._pump()
-
-    def close(self) -> None:
-        if self._closing or self._closed:
-            return
-        self._closing = True
-        self._pump()
-
-    def abort(self) -> None:
-        if self._closed:
-            return
-        self._queue.clear()
-        self._qlen = 0
-        self._closing = True
-        self._ch.emit(CLOSE, self.cid, 0)
-        self._lost(None)
-
-    def pause_reading(self) -> None:
-        self._rpaused = True
-
-    def resume_reading(self) -> None:
-        if not self._rpaused:
-            return
-        self._rpaused = False
-        buf, self._rbuf = self._rbuf, []
-        for data in buf:
-            if self._closed or self._rpaused:
-                self._rbuf[:0] = [data]
-                return
-            self._deliver(data)
-        if self._got_eof and not self._rbuf and not self._closed:
-            self._deliver_eof()
-        elif not self._ch.push_data and not self._closing:
-            self._want_read()
-
-    def is_reading(self) -> bool:
-        return not self._rpaused
-
-    def get_write_buffer_size(self) -> int:
-        return self._qlen + self._inflight
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high = 64 * 1024 if high is None else high
-        self._low = self._high // 4 if low is None else low
-
-    # --- sending -------------------------------------------------------------------
-    def _pump(self) -> None:
-        """Send queued bytes as the window (or split's one-at-a-time rule) allows."""
-        ch = self._ch
-        q = self._queue
-        if ch.sync_send:
-            if self._inflight:
-                return
-            if q:
-                # one SEND at a time; writes made meanwhile ride together in the next one
-                data = b"".join(q) if len(q) > 1 else q[0]
-                q.clear()
-                chunk, rest = data[:SEND_CHUNK], data[SEND_CHUNK:]
-                if rest:
-                    q.append(rest)
-                self._qlen = len(rest)
-                self._inflight = len(chunk)
-                ch.emit(SEND, self.cid, 0, chunk)
-                return
-        else:
-            while q and self._credit > 0:
-                data = q.popleft()
-                n = min(len(data), self._credit, SEND_CHUNK)
-                if n < len(data):
-                    q.appendleft(data[n:])
-                    data = data[:n]
-                self._credit -= n
-                self._qlen -= n
-                ch.emit_send(self.cid, data)
-            if q:
-                return
-        if self._wpaused and self._qlen <= self._low:
-            self._wpaused = False
-            try:
-                self._protocol.resume_writing()
-            except Exception:
-                log.exception("resume_writing failed")
-        if self._eof_pending and not q:
-            self._eof_pending = False
-            ch.emit(SHUTDOWN, self.cid, 0)
-        if self._closing and not q and not self._closed:
-            if ch.sync_send:
-                if not self._inflight:
-                    self._closed = True
-                    ch.emit(CLOSE, self.cid, 1)  # CLOSE_DONE ends it
-            else:
-                ch.emit_close(self.cid)
-                self._lost(None)
-
-    def _send_done(self, n: int) -> None:
-        self._inflight = 0
-        self._pump()
-
-    def _credit_back(self, n: int) -> None:
-        self._credit += n
-        if self._queue:
-            self._pump()
-
-    # --- receiving -----------------------------------------------------------------
-    def _want_read(self) -> None:
-        if not self._recv_out and not self._rpaused and not self._closing and not self._closed:
-            self._recv_out = True
-            self._ch.emit(RECV_REQ, self.cid, RECV_WINDOW)
-
-    def _deliver(self, data: bytes) -> None:
-        if self._rpaused:
-            self._rbuf.append(data)
-            return
-        self._protocol.data_received(data)  # type: ignore[attr-defined]
-        if self._ch.push_data:
-            self._account(len(data))
-
-    def _account(self, n: int) -> None:
-        """Push modes: the application took n bytes; give window back by halves."""
-        self._consumed += n
-        if self._consumed >= _HALF_RECV and not self._closed:
-            self._ch.emit(CREDIT, self.cid, self._consumed)
-            self._consumed = 0
-
-    def _on_data(self, data: bytes) -> None:
-        self._recv_out = False
-        self._deliver(data)
-        if not self._ch.push_data:
-            self._want_read()
-
-    def _on_eof(self) -> None:
-        self._recv_out = False
-        self._got_eof = True
-        if self._rpaused:
-            return
-        self._deliver_eof()
-
-    def _deliver_eof(self) -> None:
-        self._got_eof = False
-        keep = self._protocol.eof_received()  # type: ignore[attr-defined]
-        if not keep:
-            self.close()
-
-    def _lost(self, exc: Exception | None) -> None:
-        if self._closed and self.cid not in self._ch.conns:
-            return
-        self._closed = True
-        self._closing = True
-        ch = self._ch
-        ch.conns.pop(self.cid, None)
-        # connection_lost comes later, as in asyncio; one callback for all of a batch
-        if not ch.lost:
-            ch.loop.call_soon(ch.report_lost)
-        ch.lost.append((self, exc))
+__all__ = ["BlockingTunnel", "Tunnel", "TunnelError", "TunnelListener", "TunnelSocket", "TunnelTransport",
+           "open_tunnel", "serve_forever"]
 
 
 class TunnelListener:
@@ -366,7 +119,9 @@ class TunnelListener:
             ch.conns[tr.cid] = tr
             if first:
                 sock._proto.data_received(first)
-                tr._account(len(first))
+                credit = tr.consumed(len(first))
+                if credit:
+                    ch.emit(CREDIT, tr.cid, credit)
             while self.waiters:
                 w = self.waiters.popleft()
                 if not w.done():
@@ -397,107 +152,9 @@ class TunnelListener:
         self.ch.listeners.pop(self.port, None)
 
 
-class _SockProtocol(asyncio.Protocol):
-    """Buffers one connection's bytes for TunnelSocket's recv()."""
 
-    def __init__(self) -> None:
-        self.buf = bytearray()
-        self.eof = False
-        self.exc: Exception | None = None
-        self.waiter: asyncio.Future | None = None
-        self.lost: asyncio.Future | None = None
-
-    def _wake(self) -> None:
-        w = self.waiter
-        if w is not None and not w.done():
-            w.set_result(None)
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        self._wake()
-
-    def eof_received(self) -> bool:
-        self.eof = True
-        self._wake()
-        return True
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.eof = True
-        self.exc = exc
-        self._wake()
-        if self.lost is not None and not self.lost.done():
-            self.lost.set_result(None)
-
-
-class TunnelSocket:
-    """Socket calls on one tunneled connection (asyncio)."""
-
-    def __init__(self, tr: TunnelTransport) -> None:
-        self.tr = tr
-        self._proto = _SockProtocol()
-        tr._protocol = self._proto
-        tr._rpaused = True  # pull modes: a RECV_REQ goes out only when recv() asks
-
-    @property
-    def peer(self) -> Any:
-        return self.tr.get_extra_info("peername")
-
-    async def recv(self, n: int = 65536) -> bytes:
-        p = self._proto
-        tr = self.tr
-        if not p.buf and tr._rbuf:  # pushed ahead (eager receive): no wait at all
-            tr.resume_reading()
-            tr._rpaused = True
-        while not p.buf and not p.eof:
-            if tr._closed:
-                break
-            p.waiter = tr._ch.loop.create_future()
-            tr.resume_reading()
-            try:
-                await p.waiter
-            finally:
-                p.waiter = None
-                if not tr._closed:
-                    tr._rpaused = True
-        if p.buf:
-            data = bytes(p.buf[:n])
-            del p.buf[:n]
-            return data
-        if p.exc is not None and not isinstance(p.exc, TunnelError):
-            raise p.exc
-        return b""
-
-    async def send(self, data: bytes) -> int:
-        """AsyncSend and later: returns at once (completion arrives later as credit);
-        split: returns when the TCP server has written the bytes (SEND_DONE)."""
-        tr = self.tr
-        if tr._closed or tr._closing:
-            raise BrokenPipeError(errno.EPIPE, "connection closed")
-        tr.write(data)
-        ch = tr._ch
-        if ch.sync_send or tr._qlen:
-            while (tr._inflight or tr._qlen) and not tr._closed:
-                fut = ch.loop.create_future()
-                ch.drain_waiters.setdefault(tr.cid, []).append(fut)
-                await fut
-        return len(data)
-
-    sendall = send
-
-    def shutdown(self) -> None:
-        self.tr.write_eof()
-
-    async def close(self) -> None:
-        tr = self.tr
-        if tr._closed:
-            return
-        self._proto.lost = tr._ch.loop.create_future()
-        tr.close()
-        await self._proto.lost
-
-
-class Tunnel(asyncio.Protocol):
-    """The host's end of one SAN channel: frames in, frames out (batched per iteration)."""
+class Tunnel(FrameWriter, asyncio.Protocol):
+    """The host's end of one SAN channel: frames in, frames out (``writer.FrameWriter``)."""
 
     def __init__(self, mode: Mode, token: str, host_id: str) -> None:
         self.mode = mode
@@ -506,11 +163,8 @@ class Tunnel(asyncio.Protocol):
         self.push_accept = mode.push_accept
         self.token = token
         self.host_id = host_id
-        self.loop = asyncio.get_running_loop()
-        self.transport: asyncio.Transport | None = None
+        self.init_writer(asyncio.get_running_loop())
         self.decoder = FrameDecoder()
-        self.out: list[bytes] = []
-        self.flush_pending = False
         self.conns: dict[int, TunnelTransport] = {}
         self.listeners: dict[int, TunnelListener] = {}
         self.attached = False
@@ -520,12 +174,7 @@ class Tunnel(asyncio.Protocol):
         self.next_req = 0
         self.drain_waiters: dict[int, list[asyncio.Future]] = {}
         self.lost: list[tuple[TunnelTransport, Exception | None]] = []  # connection_lost due
-        # where in ``out`` the last SEND's header is, and for which connection: a CLOSE
-        # right behind it turns it into one SEND_CLOSE frame
-        self.last_send_at = -1
-        self.last_send_cid = 0
-        # SAN messages by frame type, both directions: what the modes change
-        self.sent = [0] * (MAX_TYPE + 1)
+        # SAN messages received by frame type (``sent``: the writer's): what the modes change
         self.received = [0] * (MAX_TYPE + 1)
         self.stale_skipped = 0  # connections (or their data) dropped: reset in the same batch
         self.backlog_refused = 0
@@ -537,6 +186,7 @@ class Tunnel(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.attached = False
+        self.dead = True
         err = TunnelError(f"SAN channel to the TCP server lost: {exc or 'closed'}")
         for tr in list(self.conns.values()):
             tr._lost(err)
@@ -564,53 +214,18 @@ class Tunnel(asyncio.Protocol):
         lost, self.lost = self.lost, []
         for tr, exc in lost:
             proto = tr._protocol
-            tr._protocol = _GONE  # no transport <-> protocol cycle left for the collector
+            tr._protocol = GONE  # no transport <-> protocol cycle left for the collector
             try:
                 proto.connection_lost(exc)
             except Exception:  # the application's bug, as in asyncio
                 log.exception("connection_lost of %r failed", proto)
-
-    def emit(self, ftype: int, conn: int, arg: int, payload: bytes = b"") -> None:
-        out = self.out
-        out.append(_pack(len(payload), _V, ftype, 0, conn, arg))
-        if payload:
-            out.append(payload)
-        self.sent[ftype] += 1
-        if not self.flush_pending:
-            self.flush_pending = True
-            self.loop.call_soon(self.flush)
-
-    def emit_send(self, cid: int, data: bytes) -> None:
-        self.last_send_at = len(self.out)
-        self.last_send_cid = cid
-        self.emit(SEND, cid, 0, data)
-
-    def emit_close(self, cid: int) -> None:
-        """CLOSE without CLOSE_DONE; merged into the SEND before it when that is the last frame."""
-        out = self.out
-        at = self.last_send_at
-        if self.last_send_cid == cid and at + 2 == len(out) and at >= 0:
-            out[at] = _pack(len(out[at + 1]), _V, SEND_CLOSE, 0, cid, 0)
-            self.sent[SEND] -= 1
-            self.sent[SEND_CLOSE] += 1
-            self.last_send_cid = 0
-            return
-        self.emit(CLOSE, cid, 0)
-
-    def flush(self) -> None:
-        self.flush_pending = False
-        self.last_send_cid = 0
-        out = self.out
-        if out and self.transport is not None and not self.transport.is_closing():
-            self.transport.write(b"".join(out))
-        out.clear()
 
     def data_received(self, data: bytes) -> None:
         try:
             frames = self.decoder.feed(data)
         except ProtocolError as e:
             log.error("TCP server sent an invalid frame stream (%s); dropping the channel", e)
-            self.transport.abort()  # type: ignore[union-attr]
+            self.abort_channel()
             return
         conns = self.conns
         received = self.received
@@ -678,7 +293,7 @@ class Tunnel(asyncio.Protocol):
             else:
                 log.error("TCP server sent a %s frame, which hosts never get; dropping the channel",
                           TYPE_NAMES.get(ftype))
-                self.transport.abort()  # type: ignore[union-attr]
+                self.abort_channel()
                 return
 
     def _wake_drain(self, cid: int, tr: TunnelTransport) -> None:
@@ -762,9 +377,14 @@ class Tunnel(asyncio.Protocol):
             "backlog_refused": self.backlog_refused,
         }
 
+    def abort_channel(self) -> None:
+        self.dead = True  # nothing more goes out on a stream the peer cannot parse
+        self.transport.abort()  # type: ignore[union-attr]
+
     def close(self) -> None:
         if self.transport is not None:
             self.flush()
+            self.dead = True
             self.transport.close()
 
 
@@ -862,3 +482,4 @@ class BlockingSocket:
 
     def close(self) -> None:
         self._bt._call(self._s.close())
+

@@ -1,7 +1,7 @@
 """Function placement: the TCP server answers cacheable static requests itself.
 
 From the paper's "process ahead" and "direct communication with the file server" ideas
-(issue 8, the third balancing knob). With ``--serve-static DOCROOT`` the TCP server loads
+(the third balancing knob; docs/architectures.md). With ``--serve-static DOCROOT`` the TCP server loads
 the files listed in the document root's ``manifest.json`` (the shared filesystem stands in
 for the file server) into the same response cache the host application builds
 (``testbed.app.server.Entry``: identical status line, headers and bytes). A run-time

@@ -38,6 +38,8 @@ import socket
 from collections.abc import Callable
 from typing import Any
 
+from .transport import DEFAULT_HIGH, DEFAULT_LOW, GONE, StreamTransport
+
 log = logging.getLogger("testbed.offload.rawio")
 
 _EPOLLIN = select.EPOLLIN
@@ -49,20 +51,6 @@ _ACCEPTS_PER_WAKE = 128
 _EVENTS_PER_WAKE = 512
 # accept() errors that mean "resources are short, try again later" (as asyncio treats them)
 _ACCEPT_RETRY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
-# a closed transport's protocol: drops the transport <-> protocol reference cycle, so
-# connections are freed by reference counting, not by the (costly) cyclic collector
-GONE = asyncio.Protocol()
-
-
-def write_buffer_limits(high: int | None, low: int | None) -> tuple[int, int]:
-    """asyncio's rule for a transport's write-buffer limits: (high, low), checked."""
-    if high is None:
-        high = 64 * 1024 if low is None else 4 * low
-    if low is None:
-        low = high // 4
-    if not high >= low >= 0:
-        raise ValueError(f"high ({high!r}) must be >= low ({low!r}) must be >= 0")
-    return high, low
 
 
 class Poller:
@@ -200,12 +188,11 @@ class RawListener:
         self.fd = -1
 
 
-class RawTransport(asyncio.Transport):
+class RawTransport(StreamTransport):
     """One accepted client socket (see the module docstring for the contract)."""
 
-    __slots__ = ("poller", "sock", "fd", "peer", "_protocol", "_mask", "_registered", "_wbuf",
-                 "_wlen", "_closing", "_closed", "_eof_pending", "_reading", "_high", "_low",
-                 "_wpaused", "_hup")
+    __slots__ = ("poller", "sock", "fd", "peer", "_mask", "_registered", "_wbuf", "_wlen",
+                 "_closing", "_closed", "_eof_pending", "_reading", "_hup")
 
     def __init__(self, poller: Poller, sock: socket.socket, fd: int, peer: Any,
                  protocol: asyncio.Protocol) -> None:
@@ -213,7 +200,10 @@ class RawTransport(asyncio.Transport):
         self.sock = sock
         self.fd = fd
         self.peer = peer
-        self._protocol = protocol
+        self._protocol = protocol  # the StreamTransport fields, inline (per connection)
+        self._high = DEFAULT_HIGH
+        self._low = DEFAULT_LOW
+        self._wpaused = False
         self._mask = 0
         self._registered = False
         self._wbuf: list[bytes] = []
@@ -222,9 +212,6 @@ class RawTransport(asyncio.Transport):
         self._closed = False
         self._eof_pending = False  # write_eof after the buffered bytes
         self._reading = True
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._wpaused = False
         self._hup = False  # error/hang-up seen while not reading
         try:
             protocol.connection_made(self)
@@ -332,11 +319,7 @@ class RawTransport(asyncio.Transport):
         self._wlen += len(data)
         self._want()  # adds EPOLLOUT (a syscall only when the mask changes)
         if not self._wpaused and self._wlen > self._high:
-            self._wpaused = True
-            self._protocol.pause_writing()
-
-    def writelines(self, list_of_data) -> None:  # type: ignore[override]
-        self.write(b"".join(list_of_data))
+            self._pause_writing()
 
     def _flush(self) -> None:
         buf = self._wbuf
@@ -355,8 +338,7 @@ class RawTransport(asyncio.Transport):
                 buf[0] = buf[0][n:]
                 break
         if self._wpaused and self._wlen <= self._low:
-            self._wpaused = False
-            self._protocol.resume_writing()
+            self._resume_writing()
             if self._closed:
                 return
         if self._wlen:
@@ -388,15 +370,6 @@ class RawTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return self._wlen
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high, self._low = write_buffer_limits(high, low)
-        if not self._wpaused and self._wlen > self._high:
-            self._wpaused = True
-            self._protocol.pause_writing()
 
     # --- closing -------------------------------------------------------------------------
     def is_closing(self) -> bool:
@@ -448,9 +421,3 @@ class RawTransport(asyncio.Transport):
             except OSError:
                 return default
         return default
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol  # type: ignore[assignment]
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol

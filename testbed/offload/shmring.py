@@ -44,8 +44,8 @@ import struct
 import threading
 from typing import Any, Callable
 
-from .rawio import write_buffer_limits
 from .sockfiles import unlink_stale
+from .transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def _check_arch() -> None:
                       f"{platform.machine()}: use a unix:PATH channel")
 
 
-class ShmTransport(asyncio.Transport):
+class ShmTransport(StreamTransport):
     """An asyncio Transport over a pair of shared-memory rings and a doorbell socket."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, mm: mmap.mmap,
@@ -106,12 +106,9 @@ class ShmTransport(asyncio.Transport):
         self._rx_tail_i, self._rx_wait_i = r + TAIL, r + DATA_WANTED  # ours
         self._tx_head = self._w[self._tx_head_i]
         self._rx_tail = self._w[self._rx_tail_i]
-        self._protocol = protocol
+        self._init_stream(protocol)
         self._backlog: collections.deque[memoryview] = collections.deque()
         self._blen = 0
-        self._high = 64 * 1024
-        self._low = 16 * 1024
-        self._write_paused = False
         self._reading = True
         self._closing = False
         self._dead = False
@@ -223,9 +220,8 @@ class ShmTransport(asyncio.Transport):
         elif self._closing:
             self._finish(None)
             return
-        if self._write_paused and self._blen <= self._low:
-            self._write_paused = False
-            self._protocol.resume_writing()
+        if self._wpaused and self._blen <= self._low:
+            self._resume_writing()
 
     def _schedule(self) -> None:
         if not self._scheduled and not self._dead:
@@ -329,12 +325,8 @@ class ShmTransport(asyncio.Transport):
             self._backlog.append(memoryview(bytes(mv[n:])))  # the caller may reuse its buffer
             self._blen += len(mv) - n
             self._want_space()
-        if not self._write_paused and self._blen > self._high:
-            self._write_paused = True
-            self._protocol.pause_writing()
-
-    def writelines(self, list_of_data: Any) -> None:
-        self.write(b"".join(list_of_data))
+        if not self._wpaused and self._blen > self._high:
+            self._pause_writing()
 
     def can_write_eof(self) -> bool:
         return False
@@ -344,12 +336,6 @@ class ShmTransport(asyncio.Transport):
 
     def get_write_buffer_size(self) -> int:
         return self._blen
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._low, self._high
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._high, self._low = write_buffer_limits(high, low)
 
     def is_closing(self) -> bool:
         return self._closing
@@ -374,12 +360,6 @@ class ShmTransport(asyncio.Transport):
 
     def is_reading(self) -> bool:
         return self._reading and not self._closing
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
 
 
 class ShmServer(asyncio.AbstractServer):
