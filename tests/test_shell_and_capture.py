@@ -15,7 +15,7 @@ import pytest
 from testbed.lifecycle import Testbed
 from testbed.spec import load_topology
 
-from .conftest import ROOT
+from .conftest import ROOT, interruptible
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -143,7 +143,7 @@ def test_locust_web_ui_is_reachable_from_the_machine(tb_name):
                  service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}):
         proc = subprocess.Popen([sys.executable, "-m", "testbed", "locust", "--name", tb_name, "--port", str(port),
                                  "--", "StaticUser"], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True)
+                                text=True, preexec_fn=interruptible)
         try:
             base = f"http://127.0.0.1:{port}"
             deadline = time.monotonic() + 40
@@ -165,7 +165,12 @@ def test_locust_web_ui_is_reachable_from_the_machine(tb_name):
             assert total["num_requests"] > 20 and total["num_failures"] == 0, total
         finally:
             proc.send_signal(signal.SIGINT)
-            out, err = proc.communicate(timeout=30)
+            try:
+                out, err = proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:  # Ctrl-C did not stop it: fail, leaving nothing running
+                proc.kill()
+                out, err = proc.communicate()
+                raise AssertionError(f"testbed locust did not stop on SIGINT within 30 s:\n{err[-2000:]}")
         assert proc.returncode == 0, err
         assert "web UI: http://127.0.0.1:" in out
         # headless, as Locust users also run it: it ends by itself and reports its requests
