@@ -89,12 +89,19 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
     tty = out.isatty()
     table = Table(box=box.SIMPLE_HEAD if tty else None, pad_edge=False, padding=(0, 1),
                   show_edge=False, header_style="bold" if tty else "")
+    cells = [[str(c) for c in r] for r in rows]
     for h in header:
         table.add_column(h, no_wrap=True)
-    for r in rows:
-        table.add_row(*(str(c) for c in r))
+    for r in cells:
+        table.add_row(*r)
     if tty:
-        Console(file=out, highlight=False).print(table)
+        # never cut a name to "tcps…": a terminal narrower than the table wraps its lines,
+        # as it did the hand-padded table
+        from rich.measure import Measurement
+        console = Console(file=out, highlight=False)
+        wide = console.options.update(max_width=10_000)
+        console.width = max(console.width, Measurement.get(console, wide, table).maximum)
+        console.print(table)
         return
     console = Console(file=out, width=10_000, color_system=None, highlight=False)
     with console.capture() as captured:

@@ -40,10 +40,10 @@ def sweep(url: str, out) -> list[str]:
             "--step-seconds", "2", "--warmup", "0.5", "--out", str(out)]
 
 
-def run_in_terminal(argv: list[str], timeout: float = 60) -> str:
+def run_in_terminal(argv: list[str], timeout: float = 60, columns: int = 200) -> str:
     master, slave = pty.openpty()
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
-                            env={**os.environ, "TERM": "xterm", "COLUMNS": "200"})
+                            env={**os.environ, "TERM": "xterm", "COLUMNS": str(columns)})
     os.close(slave)
     buf = b""
     deadline = time.monotonic() + timeout
@@ -95,6 +95,15 @@ def test_status_table_on_a_terminal_has_a_ruled_bold_header():
     shown = run_in_terminal([sys.executable, "-c", code])
     assert "\x1b[1m" in shown and "─" in shown
     assert re.search(r"tcpserver\s+tcpserver", ANSI.sub("", shown))
+
+
+def test_status_table_on_a_narrow_terminal_keeps_every_name_whole():
+    code = ("from testbed.status import print_table\n"
+            "print_table(('NODE', 'NAMESPACE', 'ADDRESSES'), "
+            "[('tcpserver', 'tcps-lead-tcpserver', '10.77.0.2(public) 10.77.1.1(san)')])")
+    shown = ANSI.sub("", run_in_terminal([sys.executable, "-c", code], columns=40))
+    assert "…" not in shown
+    assert re.search(r"tcpserver\s+tcps-lead-tcpserver\s+10\.77\.0\.2\(public\) 10\.77\.1\.1\(san\)", shown)
 
 
 def test_runner_display_counts_the_time_left_down_from_the_points_estimate():
