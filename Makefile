@@ -9,7 +9,7 @@ demo: setup
 	$(PY) -m testbed run quick
 
 test: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 bench: setup
 	$(PY) -m bench
