@@ -23,10 +23,6 @@ for arg in "$@"; do
         *) echo "vm-test.sh: unknown argument $arg (only --install)" >&2; exit 2 ;;
     esac
 done
-if [ "$(id -u)" -ne 0 ]; then
-    echo "vm-test.sh: run as root (debootstrap and chroot need it)" >&2
-    exit 2
-fi
 
 # command -> the Debian package that provides it
 declare -A NEEDS=([qemu-system-x86_64]=qemu-system-x86 [debootstrap]=debootstrap [mkfs.ext4]=e2fsprogs)
@@ -42,6 +38,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     echo "vm-test.sh: installing ${missing[*]}"
     DEBIAN_FRONTEND=noninteractive apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "vm-test.sh: run as root (debootstrap and chroot need it)" >&2
+    exit 2
 fi
 
 SUITE=bookworm

@@ -2,7 +2,7 @@
 # Inside the VM (started by tcps-vm-smoke.service): the smoke suite, then one final line
 # that scripts/vm-test.sh looks for on the serial console.
 set -uo pipefail
-cd /opt/tcps
+cd /opt/tcps || { echo "TCPS-VM-RESULT: FAIL (no /opt/tcps)"; exit 1; }
 echo "tcps-vm: kernel $(uname -r), $(nproc) CPUs, cgroup $(stat -fc %T /sys/fs/cgroup)"
 export TCPS_VM_SMOKE=1
 status=0
