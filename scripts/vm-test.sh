@@ -12,6 +12,7 @@
 # Each run copies the working tree's tracked files (git ls-files) into it, makes an ext4
 # image from it with mkfs.ext4 -d (no loop mount), boots it, and reads the result from the
 # serial console. Everything else it makes is removed by exact name on exit.
+{  # parsed whole before it runs: editing this file during a run cannot change that run
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ INSTALL=0
 for arg in "$@"; do
     case "$arg" in
         --install) INSTALL=1 ;;
-        -h|--help) sed -n '2,15p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         *) echo "vm-test.sh: unknown argument $arg (only --install)" >&2; exit 2 ;;
     esac
 done
@@ -102,7 +103,14 @@ chroot_run() {  # chroot_run ROOT CMD...: with proc, sys, dev mounted for the co
     mount_in "$root/dev/pts" -t devpts devpts
     cp /etc/resolv.conf "$root/etc/resolv.conf"
     local rc=0
-    chroot "$root" "$@" || rc=$?
+    # a clean environment: the host's pip settings (local wheel folders, CA paths) are not
+    # the chroot's; proxies, where the host has them, are the way out for both
+    local -a envs=(PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root
+                   LANG=C.UTF-8 TERM=dumb)
+    for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
+        [ -n "${!v:-}" ] && envs+=("$v=${!v}")
+    done
+    chroot "$root" env -i "${envs[@]}" "$@" || rc=$?
     for ((i = ${#MOUNTS[@]} - 1; i >= n; i--)); do
         umount "${MOUNTS[$i]}"
         unset 'MOUNTS[i]'
@@ -115,7 +123,7 @@ copy_project() {  # the working tree's tracked files into ROOT/opt/tcps (its .ve
     local dest=$1/opt/tcps
     mkdir -p "$dest"
     find "$dest" -mindepth 1 -maxdepth 1 ! -name .venv -exec rm -rf -- {} +
-    git ls-files -z | tar --null -T - -cf - | tar -xf - -C "$dest"
+    git ls-files -z | tar --null --ignore-failed-read -T - -cf - 2>/dev/null | tar -xf - -C "$dest"
 }
 
 mkdir -p "$CACHE"
@@ -133,6 +141,12 @@ else
         > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     phase provision
     copy_project "$PARTIAL"
+    # the site's own certificate authorities (Debian's place for them), for provisioning
+    # only: a TLS-inspecting proxy between this machine and PyPI is then trusted there too
+    if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
+        mkdir -p "$PARTIAL/usr/local/share/ca-certificates/host"
+        cp /usr/local/share/ca-certificates/*.crt "$PARTIAL/usr/local/share/ca-certificates/host/"
+    fi
     chroot_run "$PARTIAL" bash /opt/tcps/scripts/vm/provision.sh
     mv "$PARTIAL" "$ROOTFS"
 fi
@@ -143,6 +157,8 @@ copy_project "$ROOTFS"
 install -m 644 scripts/vm/tcps-vm-smoke.service "$ROOTFS/etc/systemd/system/tcps-vm-smoke.service"
 ln -sfn /etc/systemd/system/tcps-vm-smoke.service \
     "$ROOTFS/etc/systemd/system/multi-user.target.wants/tcps-vm-smoke.service"
+# no login prompt on the serial console: its getty would hang up the suite's output there
+ln -sfn /dev/null "$ROOTFS/etc/systemd/system/serial-getty@ttyS0.service"
 truncate -s "$IMAGE_SIZE" "$RUN/disk.img"
 mkfs.ext4 -q -F -L tcps-vm -d "$ROOTFS" "$RUN/disk.img"
 kernel=$(ls "$ROOTFS"/boot/vmlinuz-* | sort -V | tail -1)
@@ -151,7 +167,7 @@ initrd=$(ls "$ROOTFS"/boot/initrd.img-* | sort -V | tail -1)
 phase boot+suite
 qemu-system-x86_64 -accel tcg -smp 2 -m 2G -nographic -no-reboot \
     -kernel "$kernel" -initrd "$initrd" \
-    -append "root=/dev/vda rw console=ttyS0 panic=-1 systemd.show_status=0" \
+    -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.show_status=0" \
     -drive "file=$RUN/disk.img,format=raw,if=virtio" -nic none \
     > "$RUN/serial.log" 2>&1 < /dev/null &
 QEMU_PID=$!
@@ -184,3 +200,4 @@ case "$result" in
     *) tr -d '\r' < "$RUN/serial.log" | sed -n '/short test summary/,$p' >&2
        echo "vm-test.sh: $result" >&2; exit 1 ;;
 esac
+}

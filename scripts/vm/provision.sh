@@ -8,6 +8,9 @@ export DEBIAN_FRONTEND=noninteractive LC_ALL=C.UTF-8
 printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
 apt-get update -qq
+# the host's certificate authorities (copied by vm-test.sh), trusted while provisioning
+update-ca-certificates >/dev/null
+export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 apt-get install -y -qq --no-install-recommends linux-image-amd64 >/dev/null
 cd /opt/tcps
 bash scripts/setup.sh
@@ -15,6 +18,8 @@ bash scripts/setup.sh
 # them here so that the VM boots without them
 systemctl disable -q nginx haproxy 2>/dev/null || true
 apt-get clean
+rm -rf /usr/local/share/ca-certificates/host
+update-ca-certificates --fresh >/dev/null
 rm -f /usr/sbin/policy-rc.d
 echo "/dev/vda / ext4 defaults 0 1" > /etc/fstab
 echo tcps-vm > /etc/hostname

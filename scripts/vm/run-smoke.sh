@@ -6,7 +6,7 @@ cd /opt/tcps || { echo "TCPS-VM-RESULT: FAIL (no /opt/tcps)"; exit 1; }
 echo "tcps-vm: kernel $(uname -r), $(nproc) CPUs, cgroup $(stat -fc %T /sys/fs/cgroup)"
 export TCPS_VM_SMOKE=1
 status=0
-.venv/bin/python -m pytest -p no:cacheprovider -v -rA tests/vm || status=$?
+.venv/bin/python -m pytest -p no:cacheprovider --color=no -v -rA tests/vm || status=$?
 if [ "$status" -eq 0 ]; then
     echo "TCPS-VM-RESULT: PASS"
 else
