@@ -4,6 +4,8 @@
 set -uo pipefail
 cd /opt/tcps || { echo "TCPS-VM-RESULT: FAIL (no /opt/tcps)"; exit 1; }
 echo "tcps-vm: kernel $(uname -r), $(nproc) CPUs, cgroup $(stat -fc %T /sys/fs/cgroup)"
+echo "tcps-vm: root cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_control)"
+echo "tcps-vm: this suite's cgroup: $(cut -d: -f3 /proc/self/cgroup)"
 export TCPS_VM_SMOKE=1
 status=0
 .venv/bin/python -m pytest -p no:cacheprovider --color=no -v -rA tests/vm || status=$?

@@ -9,6 +9,7 @@ which is a lower bound the kernel keeps whatever the emulation's speed."""
 from __future__ import annotations
 
 import csv
+import errno
 import json
 import re
 import subprocess
@@ -97,15 +98,23 @@ def test_up_budgets_read_back_curl_byte_exact_and_down(topology, mode, params, t
     assert leftovers_anywhere() == []
 
 
-def test_budgets_survive_a_systemd_reload(tb_name):
-    """systemd re-applies its own controller set to the tree on every daemon-reload (any
-    package installation does one): our groups must keep their cpu and cpuset budgets."""
+def test_budgets_survive_systemd_and_the_root_cannot_drop_their_controllers(tb_name):
+    """systemd re-applies its own controller set to the root on reload and re-exec (any
+    package installation reloads) and would drop one no unit of its own asks for. Our
+    groups keep theirs because the testbed's top group enables them for its nodes: the
+    kernel refuses to disable a controller at the root while a child still enables it."""
     run_cli("up", "cluster", "--name", tb_name, "--no-services", "-p", "host_cpu=0.3", timeout=300)
+    group = CGROUP / f"tcps-{tb_name}" / "host1"
     try:
-        subprocess.run(["systemctl", "daemon-reload"], check=True, timeout=300)
-        group = CGROUP / f"tcps-{tb_name}" / "host1"
+        for how in ("daemon-reload", "daemon-reexec"):
+            subprocess.run(["systemctl", how], check=True, timeout=300)
+            assert (group / "cpu.max").read_text().split() == ["30000", "100000"], how
+            assert (group / "cpuset.cpus.effective").read_text().strip() == "1", how
+        for controller in ("cpu", "cpuset"):
+            with pytest.raises(OSError) as refused:
+                (CGROUP / "cgroup.subtree_control").write_text(f"-{controller}")
+            assert refused.value.errno == errno.EBUSY, controller
         assert (group / "cpu.max").read_text().split() == ["30000", "100000"]
-        assert (group / "cpuset.cpus.effective").read_text().strip() == "1"
     finally:
         run_cli("down", tb_name, timeout=300)
     assert leftovers_anywhere() == []
@@ -157,6 +166,8 @@ def test_link_delay_and_loss_are_applied_and_measured(backend, tb_name):
         qdisc = tb.run("host1", ["tc", "qdisc", "show"]).stdout.decode()
         assert f"delay {DELAY_MS}ms" in qdisc and f"loss {LOSS_PCT:g}%" in qdisc, qdisc
         loss, rtt_min, rtt_avg = ping_stats(tb, "client", "host1")
+    print(f"{backend}: delay {DELAY_MS} ms and loss {LOSS_PCT}% per direction: round trip "
+          f"min {rtt_min} ms, avg {rtt_avg} ms, loss {loss:.1%} of {PINGS}")
     assert leftovers_anywhere() == []
     expected = 1 - (1 - LOSS_PCT / 100) ** 2
     # binomial: 400 pings at 9.75% -> sd 1.5 points; 4 sd either way
