@@ -30,6 +30,9 @@ pytestmark = pytest.mark.needs_root
 
 CGROUP = Path("/sys/fs/cgroup")
 SAMPLE_FILE = "/dir0/class2_3"   # 40 KiB: several segments on every path
+#: what systemd enabled at the root before any testbed (Debian 12: memory pids)
+ROOT_CONTROLLERS = ((CGROUP / "cgroup.subtree_control").read_text().split()
+                    if (CGROUP / "cgroup.subtree_control").exists() else None)
 
 
 def leftovers_anywhere() -> list[str]:
@@ -115,6 +118,11 @@ def test_budgets_survive_systemd_and_the_root_cannot_drop_their_controllers(tb_n
                 (CGROUP / "cgroup.subtree_control").write_text(f"-{controller}")
             assert refused.value.errno == errno.EBUSY, controller
         assert (group / "cpu.max").read_text().split() == ["30000", "100000"]
+        # and the quota acts: a 1 s busy loop gets about 0.3 s and is throttled (cpu.stat)
+        run_cli("exec", "--name", tb_name, "host1", "--", sys.executable, "-c",
+                "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass", timeout=120)
+        used = cgroups.detect().usage(f"tcps-{tb_name}/host1")
+        assert 0.15 < used.total_s < 0.6 and used.nr_throttled > 0 and used.throttled_s > 0.2, used
     finally:
         run_cli("down", tb_name, timeout=300)
     assert leftovers_anywhere() == []
@@ -194,3 +202,11 @@ def test_clean_after_a_killed_builder_and_down_leave_nothing(tb_name):
     run_cli("down", tb_name, timeout=300)
     run_cli("clean", timeout=300)
     assert leftovers_anywhere() == []
+
+
+def test_the_root_keeps_only_the_controllers_it_had_before_any_testbed():
+    """Run last: every testbed is gone, so what up enabled at the root is disabled again."""
+    assert leftovers_anywhere() == []
+    assert "cpu" not in ROOT_CONTROLLERS and "cpuset" not in ROOT_CONTROLLERS, ROOT_CONTROLLERS
+    assert (CGROUP / "cgroup.subtree_control").read_text().split() == ROOT_CONTROLLERS
+    assert not cgroups.ROOT_RECORD.exists()
