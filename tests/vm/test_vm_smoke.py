@@ -118,11 +118,13 @@ def test_budgets_survive_systemd_and_the_root_cannot_drop_their_controllers(tb_n
                 (CGROUP / "cgroup.subtree_control").write_text(f"-{controller}")
             assert refused.value.errno == errno.EBUSY, controller
         assert (group / "cpu.max").read_text().split() == ["30000", "100000"]
-        # and the quota acts: a 1 s busy loop gets about 0.3 s and is throttled (cpu.stat)
+        # and the quota acts: a busy loop is throttled in most periods and gets at most 30 ms
+        # in each (cpu.stat; its interpreter's start-up is slow here, so no fixed total)
         run_cli("exec", "--name", tb_name, "host1", "--", sys.executable, "-c",
                 "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass", timeout=120)
         used = cgroups.detect().usage(f"tcps-{tb_name}/host1")
-        assert 0.15 < used.total_s < 0.6 and used.nr_throttled > 0 and used.throttled_s > 0.2, used
+        assert used.nr_periods >= 10 and used.nr_throttled >= used.nr_periods / 2, used
+        assert 0.2 < used.total_s / (used.nr_periods * 0.1) < 0.33, used
     finally:
         run_cli("down", tb_name, timeout=300)
     assert leftovers_anywhere() == []
