@@ -124,7 +124,7 @@ def test_budgets_survive_systemd_and_the_root_cannot_drop_their_controllers(tb_n
                 "import time\nt = time.time()\nwhile time.time() - t < 1.0: pass", timeout=120)
         used = cgroups.detect().usage(f"tcps-{tb_name}/host1")
         assert used.nr_periods >= 10 and used.nr_throttled >= used.nr_periods / 2, used
-        assert 0.2 < used.total_s / (used.nr_periods * 0.1) < 0.33, used
+        assert 0.15 < used.total_s / (used.nr_periods * 0.1) < 0.33, used
     finally:
         run_cli("down", tb_name, timeout=300)
     assert leftovers_anywhere() == []
