@@ -69,6 +69,7 @@ phase() {  # end the previous phase (printing its time), start the next
     return 0
 }
 
+BUILDING=0  # 1 while this run builds $PARTIAL (only then is it ours to remove)
 MOUNTS=()   # exact paths we mounted, unmounted in reverse order whatever happens
 QEMU_PID=
 cleanup() {
@@ -82,7 +83,7 @@ cleanup() {
     done
     [ -d "$RUN" ] && rm -rf -- "$RUN"
     # a failed build is not a cache: its partial root is removed
-    [ -d "$PARTIAL" ] && rm -rf --one-file-system -- "$PARTIAL"
+    [ "$BUILDING" -eq 1 ] && [ -d "$PARTIAL" ] && rm -rf --one-file-system -- "$PARTIAL"
     exit "$rc"
 }
 trap cleanup EXIT
@@ -127,6 +128,11 @@ copy_project() {  # the working tree's tracked files into ROOT/opt/tcps (its .ve
 }
 
 mkdir -p "$CACHE"
+exec 9>"$CACHE/lock"   # one run at a time per cache: they would share the root file system
+if ! flock -n 9; then
+    echo "vm-test.sh: another vm-test.sh is using $CACHE; wait for it or set TCPS_VM_CACHE" >&2
+    exit 2
+fi
 if [ -d "$ROOTFS" ]; then
     echo "vm-test.sh: root file system cached: $ROOTFS"
 else
@@ -137,6 +143,8 @@ else
         rm -rf --one-file-system -- "$old"
     done
     phase debootstrap
+    BUILDING=1
+    [ -d "$PARTIAL" ] && rm -rf --one-file-system -- "$PARTIAL"   # a killed run's, ours by name
     debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$PARTIAL" "$MIRROR" \
         > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     phase provision
@@ -149,6 +157,7 @@ else
     fi
     chroot_run "$PARTIAL" bash /opt/tcps/scripts/vm/provision.sh
     mv "$PARTIAL" "$ROOTFS"
+    BUILDING=0
 fi
 
 phase image
