@@ -51,7 +51,8 @@ MIRROR=${TCPS_VM_MIRROR:-http://deb.debian.org/debian}
 INCLUDE=systemd-sysv,udev,kmod,ca-certificates,initramfs-tools,iproute2,procps
 RECIPE="debootstrap --variant=minbase --include=$INCLUDE $SUITE $MIRROR"
 CACHE=${TCPS_VM_CACHE:-/var/cache/tcps-vm}
-TIME_LIMIT_S=${TCPS_VM_TIME_LIMIT_S:-1500}   # the VM's boot and suite; the build is apart
+TIME_LIMIT_S=${TCPS_VM_TIME_LIMIT_S:-1500}         # the VM's boot and suite
+BUILD_LIMIT_S=${TCPS_VM_BUILD_LIMIT_S:-1500}       # each of debootstrap and provisioning
 IMAGE_SIZE=${TCPS_VM_IMAGE_SIZE:-8G}
 
 key=$( { echo "$RECIPE"; cat scripts/setup.sh pyproject.toml scripts/vm/provision.sh; } | sha256sum | cut -c1-16)
@@ -61,11 +62,17 @@ RUN=$CACHE/run-$$            # this run's image and serial log
 
 T0=$(date +%s)
 phase_start=$T0
-phase() {  # end the previous phase (printing its time), start the next
+TICKER=
+phase() {  # end the previous phase (printing its time), start the next with a progress ticker
     local now; now=$(date +%s)
+    [ -n "$TICKER" ] && { kill "$TICKER" 2>/dev/null; wait "$TICKER" 2>/dev/null; TICKER=; }
     [ -n "${PHASE:-}" ] && printf 'vm-test.sh: %-10s %4ds\n' "$PHASE" "$((now - phase_start))"
     PHASE=$1; phase_start=$now
-    [ -n "$PHASE" ] && echo "vm-test.sh: $PHASE ..."
+    if [ -n "$PHASE" ]; then
+        echo "vm-test.sh: $PHASE ..."
+        (t=0; while sleep 60; do t=$((t + 60)); echo "vm-test.sh: $1 still running, ${t}s"; done) &
+        TICKER=$!
+    fi
     return 0
 }
 
@@ -74,6 +81,7 @@ MOUNTS=()   # exact paths we mounted, unmounted in reverse order whatever happen
 QEMU_PID=
 cleanup() {
     local rc=$?
+    [ -n "$TICKER" ] && kill "$TICKER" 2>/dev/null
     if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill "$QEMU_PID" 2>/dev/null || true
         wait "$QEMU_PID" 2>/dev/null || true
@@ -111,7 +119,8 @@ chroot_run() {  # chroot_run ROOT CMD...: with proc, sys, dev mounted for the co
     for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
         [ -n "${!v:-}" ] && envs+=("$v=${!v}")
     done
-    chroot "$root" env -i "${envs[@]}" "$@" || rc=$?
+    timeout "$BUILD_LIMIT_S" chroot "$root" env -i "${envs[@]}" "$@" || rc=$?
+    [ "$rc" -eq 124 ] && echo "vm-test.sh: $* took over ${BUILD_LIMIT_S}s (TCPS_VM_BUILD_LIMIT_S)" >&2
     for ((i = ${#MOUNTS[@]} - 1; i >= n; i--)); do
         umount "${MOUNTS[$i]}"
         unset 'MOUNTS[i]'
@@ -145,7 +154,7 @@ else
     phase debootstrap
     BUILDING=1
     [ -d "$PARTIAL" ] && rm -rf --one-file-system -- "$PARTIAL"   # a killed run's, ours by name
-    debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$PARTIAL" "$MIRROR" \
+    timeout "$BUILD_LIMIT_S" debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$PARTIAL" "$MIRROR" \
         > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     phase provision
     copy_project "$PARTIAL"
