@@ -9,7 +9,7 @@ printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
 chmod 755 /usr/sbin/policy-rc.d
 apt-get update -qq
 # the host's certificate authorities (copied by vm-test.sh), trusted while provisioning
-update-ca-certificates >/dev/null
+update-ca-certificates >/dev/null 2>&1
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
 apt-get install -y -qq --no-install-recommends linux-image-amd64 >/dev/null
 cd /opt/tcps
@@ -19,7 +19,7 @@ bash scripts/setup.sh
 systemctl disable -q nginx haproxy 2>/dev/null || true
 apt-get clean
 rm -rf /usr/local/share/ca-certificates/host
-update-ca-certificates --fresh >/dev/null
+update-ca-certificates --fresh >/dev/null 2>&1
 rm -f /usr/sbin/policy-rc.d
 echo "/dev/vda / ext4 defaults 0 1" > /etc/fstab
 echo tcps-vm > /etc/hostname
