@@ -11,8 +11,8 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q
 
-# cgroup v2 and netem in a Debian 12 VM under qemu (software emulation; about 20 minutes
-# the first time, then the root file system is cached in /var/cache/tcps-vm)
+# cgroup v2 and netem in a Debian 12 VM under qemu (software emulation; measured on 2 cores:
+# 10 minutes the first time, 7 once its root file system is cached in /var/cache/tcps-vm)
 vm-test:
 	bash scripts/vm-test.sh
 
