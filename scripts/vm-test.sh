@@ -65,7 +65,11 @@ phase_start=$T0
 TICKER=
 phase() {  # end the previous phase (printing its time), start the next with a progress ticker
     local now; now=$(date +%s)
-    [ -n "$TICKER" ] && { kill "$TICKER" 2>/dev/null; wait "$TICKER" 2>/dev/null; TICKER=; }
+    if [ -n "$TICKER" ]; then
+        kill "$TICKER" 2>/dev/null || true
+        wait "$TICKER" 2>/dev/null || true
+        TICKER=
+    fi
     [ -n "${PHASE:-}" ] && printf 'vm-test.sh: %-10s %4ds\n' "$PHASE" "$((now - phase_start))"
     PHASE=$1; phase_start=$now
     if [ -n "$PHASE" ]; then
@@ -81,6 +85,7 @@ MOUNTS=()   # exact paths we mounted, unmounted in reverse order whatever happen
 QEMU_PID=
 cleanup() {
     local rc=$?
+    set +e   # every step below runs, whatever the one before it did
     [ -n "$TICKER" ] && kill "$TICKER" 2>/dev/null
     if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
         kill "$QEMU_PID" 2>/dev/null || true
