@@ -150,10 +150,10 @@ fi
 if [ -d "$ROOTFS" ]; then
     echo "vm-test.sh: root file system cached: $ROOTFS"
 else
-    # roots of other keys are outdated caches of ours: removed by their exact names
+    # roots of other keys (outdated) and unfinished ones are ours: removed by their exact names
     for old in "$CACHE"/rootfs-*; do
         [ -e "$old" ] || continue
-        echo "vm-test.sh: removing outdated cache $old"
+        echo "vm-test.sh: removing $old (outdated or unfinished)"
         rm -rf --one-file-system -- "$old"
     done
     phase debootstrap
