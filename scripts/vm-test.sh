@@ -124,7 +124,8 @@ chroot_run() {  # chroot_run ROOT CMD...: with proc, sys, dev mounted for the co
     for v in http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY PIP_INDEX_URL; do
         [ -n "${!v:-}" ] && envs+=("$v=${!v}")
     done
-    timeout "$BUILD_LIMIT_S" chroot "$root" env -i "${envs[@]}" "$@" || rc=$?
+    # --foreground: the command stays in our process group, so Ctrl-C reaches it
+    timeout --foreground --kill-after=10 "$BUILD_LIMIT_S" chroot "$root" env -i "${envs[@]}" "$@" || rc=$?
     [ "$rc" -eq 124 ] && echo "vm-test.sh: $* took over ${BUILD_LIMIT_S}s (TCPS_VM_BUILD_LIMIT_S)" >&2
     for ((i = ${#MOUNTS[@]} - 1; i >= n; i--)); do
         umount "${MOUNTS[$i]}"
@@ -159,7 +160,7 @@ else
     phase debootstrap
     BUILDING=1
     [ -d "$PARTIAL" ] && rm -rf --one-file-system -- "$PARTIAL"   # a killed run's, ours by name
-    timeout "$BUILD_LIMIT_S" debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$PARTIAL" "$MIRROR" \
+    timeout --foreground --kill-after=10 "$BUILD_LIMIT_S" debootstrap --variant=minbase --include="$INCLUDE" "$SUITE" "$PARTIAL" "$MIRROR" \
         > "$CACHE/debootstrap.log" 2>&1 || { tail -20 "$CACHE/debootstrap.log"; exit 1; }
     phase provision
     copy_project "$PARTIAL"
