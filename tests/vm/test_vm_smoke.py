@@ -2,7 +2,7 @@
 inside the VM that scripts/vm-test.sh boots; the development machine (cgroup v1, no netem)
 cannot test these paths. Everything goes through the CLI where a user would use it.
 
-Rates and repetitions are small: the VM is emulated in software (qemu TCG, about 10x
+Rates and repetitions are small: the VM is emulated in software (qemu TCG, several times
 slower than the host), so no absolute time is asserted except netem's configured delay,
 which is a lower bound the kernel keeps whatever the emulation's speed."""
 
@@ -14,7 +14,6 @@ import json
 import re
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
