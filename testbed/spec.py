@@ -342,6 +342,9 @@ def validate(topo: Topology, source: str = "<topology>") -> None:
             v = getattr(link, attr)
             if v is not None and v <= 0:
                 raise SpecError(f"{source}: link {link.name}: {attr} must be positive, not {v}")
+        if link.loss_pct is not None and link.loss_pct > 100:
+            raise SpecError(f"{source}: link {link.name}: loss_pct is a percentage, at most 100, "
+                            f"not {link.loss_pct}")
     if not topo.by_role("client"):
         raise SpecError(f"{source}: a topology needs a node with role client")
     if not topo.by_role("host"):

@@ -71,7 +71,7 @@ def leftovers(name: str) -> list[str]:
     netns = Path("/run/netns")
     if netns.is_dir():
         found += [f"netns {p.name}" for p in netns.iterdir() if p.name.startswith(f"tcps-{name}-")]
-    for h in ("cpu", "cpuacct", "cpuset", "unified"):
+    for h in ("cpu", "cpuacct", "cpuset", "unified", ""):  # "": the v2 root itself
         d = Path("/sys/fs/cgroup") / h / f"tcps-{name}"
         if d.exists():
             found.append(f"cgroup {d}")

@@ -72,6 +72,8 @@ def test_address_plan_one_subnet_per_link_and_a_service_address():
      "count must be from 1 to 253"),
     ({"nodes": [{"name": "client", "role": "client"}, {"name": "h", "role": "host"}],
       "links": ["client-h"]}, "link 'client-h': expected a mapping"),
+    ({"nodes": [{"name": "client", "role": "client"}, {"name": "h", "role": "host"}],
+      "links": [{"name": "l", "nodes": ["client", "h"], "loss_pct": 150}]}, "loss_pct is a percentage, at most 100"),
 ])
 def test_malformed_topologies_get_a_clear_message(raw, message):
     with pytest.raises(SpecError, match=message.replace("(", r"\(").replace(")", r"\)")):
