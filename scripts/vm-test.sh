@@ -47,7 +47,21 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 SUITE=bookworm
-MIRROR=${TCPS_VM_MIRROR:-http://deb.debian.org/debian}
+apt_mirror() {  # the Debian archive this machine's apt already uses (deb822 or one-line sources)
+    local f
+    for f in /etc/apt/sources.list.d/*.sources; do
+        [ -f "$f" ] && awk '/^URIs:/ {print $2; exit}' "$f" | grep -v -- '-security' && return 0
+    done
+    for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+        [ -f "$f" ] && awk '$1 == "deb" && $2 !~ /^\[/ && $2 !~ /security/ {print $2; exit}' "$f" | grep . && return 0
+    done
+    return 1
+}
+MIRROR=${TCPS_VM_MIRROR:-$(apt_mirror | head -1 || true)}
+if [ -z "$MIRROR" ]; then
+    echo "vm-test.sh: no Debian archive in /etc/apt/sources*: set TCPS_VM_MIRROR to one" >&2
+    exit 2
+fi
 INCLUDE=systemd-sysv,udev,kmod,ca-certificates,initramfs-tools,iproute2,procps
 RECIPE="debootstrap --variant=minbase --include=$INCLUDE $SUITE $MIRROR"
 CACHE=${TCPS_VM_CACHE:-/var/cache/tcps-vm}
