@@ -166,7 +166,7 @@ def ping_stats(tb: Testbed, src: str, dst: str) -> tuple[float, float, float]:
 @pytest.mark.parametrize("backend", ["netns", "mininet"])
 def test_link_delay_and_loss_are_applied_and_measured(backend, tb_name):
     """netem on each end's egress: a round trip crosses the delay twice and survives with
-    probability (1 - loss)^2 (docs/topologies.md)."""
+    probability (1 - loss)^2 (netem on both ends: testbed/backends/netns.py)."""
     raw = {"name": "netem", "nodes": [{"name": "client", "role": "client"},
                                       {"name": "host1", "role": "host"}],
            "links": [{"name": "wan", "nodes": ["client", "host1"],
