@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--poll-us", type=int, default=0, metavar="US",
                     help="TCP server polls every US microseconds instead of waking per event "
                          "(the paper's 'No Interrupts'; default 0 = off)")
+    up.add_argument("--host-poll-us", type=int, default=0, metavar="US",
+                    help="offloaded modes: the host application polls the SAN every US microseconds "
+                         "while busy (over shm, no doorbell then; default 0 = off)")
     ov = up.add_argument_group("overload control of the TCP server (defaults: the daemon's; docs/modes.md)")
     ov.add_argument("--backlog", type=int, default=None, metavar="N",
                     help="connections accepted but not yet given to a host, per port")
@@ -186,13 +189,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         topo = load_topology(args.topology, parse_params(args.param))
     from .offload.polling import check_period_us
-    try:
-        check_period_us(args.poll_us)
-    except ValueError as e:
-        raise TestbedError(f"--poll-us: {e}") from None
+    for flag, us in (("--poll-us", args.poll_us), ("--host-poll-us", args.host_poll_us)):
+        try:
+            check_period_us(us)
+        except ValueError as e:
+            raise TestbedError(f"{flag}: {e}") from None
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance,
                             "balance_knob": args.knob, "poll_us": args.poll_us,
+                            "host_poll_us": args.host_poll_us,
                             "backlog": args.backlog, "listen_backlog": args.listen_backlog,
                             "queue_deadline": args.queue_deadline, "host_conns": args.host_conns,
                             "overload_control": False if args.no_overload_control else None}

@@ -19,7 +19,11 @@ How it works (docs/protocol.md has the layout):
   rings only when the reader said it is going to sleep (a ``data_wanted`` flag it sets
   after finding its ring empty, and re-checks after, so no wake-up is lost), and a reader
   rings when the writer said it waits for space (``space_wanted``). Under load both sides
-  are awake and no doorbell crosses. The socket's EOF is the liveness signal: the peer's
+  are awake and no doorbell crosses. A process that polls (``polling.PollingPacer``,
+  ``--poll-us``) reads its rings at every tick instead: it sets neither flag while it
+  polls, so its peer never rings it, and it arms ``data_wanted`` only before its pacer
+  sleeps (``arm_doorbell``). With both sides polling, frames cross with no system call
+  at all. The socket's EOF is the liveness signal: the peer's
   process is gone (or closed the channel) and the channel is dropped after the ring's
   remaining bytes are delivered.
 
@@ -44,6 +48,7 @@ import struct
 import threading
 from typing import Any, Callable
 
+from .polling import pacer_of
 from .sockfiles import unlink_stale
 from .transport import StreamTransport
 
@@ -113,6 +118,7 @@ class ShmTransport(StreamTransport):
         self._closing = False
         self._dead = False
         self._scheduled = False
+        self._pacer = pacer_of(loop)  # set: this process polls its rings (no doorbell asked)
         self.bells_sent = 0
         self.bells_received = 0
 
@@ -120,6 +126,8 @@ class ShmTransport(StreamTransport):
         self._protocol.connection_made(self)
         if not self._dead:
             self._loop.add_reader(self._fd, self._on_bell)
+            if self._pacer is not None:
+                self._pacer.add_ring(self)
             self._schedule()
 
     # --- the rings --------------------------------------------------------------------
@@ -153,6 +161,9 @@ class ShmTransport(StreamTransport):
             self._bell()
 
     def _want_space(self) -> None:
+        p = self._pacer
+        if p is not None and not p.sleeping:
+            return  # the next tick pushes the backlog again
         w = self._w
         w[self._tx_space_i] = 1
         _fence()
@@ -168,6 +179,9 @@ class ShmTransport(StreamTransport):
             tail = self._rx_tail
             head = w[self._rx_head_i]
             if head == tail:
+                p = self._pacer
+                if p is not None and not p.sleeping:
+                    return  # polled: the next tick looks again, the peer need not ring
                 w[self._rx_wait_i] = 1
                 _fence()
                 head = w[self._rx_head_i]
@@ -223,6 +237,30 @@ class ShmTransport(StreamTransport):
         if self._wpaused and self._blen <= self._low:
             self._resume_writing()
 
+    # --- polled by the pacer (polling.PolledRing) ------------------------------------------
+    def poll(self) -> bool:
+        if self._dead:
+            return False
+        w = self._w
+        if w[self._rx_wait_i]:
+            w[self._rx_wait_i] = 0  # awake again: the peer need not ring
+        if w[self._rx_head_i] != self._rx_tail or self._backlog:
+            self._service()
+            return True
+        return False
+
+    def arm_doorbell(self) -> bool:
+        if self._dead:
+            return False
+        w = self._w
+        if self._backlog:
+            w[self._tx_space_i] = 1
+        w[self._rx_wait_i] = 1
+        _fence()
+        if w[self._rx_head_i] != self._rx_tail:
+            return True
+        return bool(self._backlog) and self._cap - (self._tx_head - w[self._tx_tail_i]) != 0
+
     def _schedule(self) -> None:
         if not self._scheduled and not self._dead:
             self._scheduled = True
@@ -264,6 +302,8 @@ class ShmTransport(StreamTransport):
             self._peer_gone(None)
             return
         self.bells_received += 1
+        if self._pacer is not None:
+            self._pacer.wake()
         self._service()
 
     def _peer_gone(self, exc: Exception | None) -> None:
@@ -288,6 +328,8 @@ class ShmTransport(StreamTransport):
             return
         self._dead = True
         self._closing = True
+        if self._pacer is not None:
+            self._pacer.remove_ring(self)
         self._backlog.clear()
         self._blen = 0
         try:
