@@ -32,6 +32,11 @@ Memory ordering: counters are aligned 8-byte words written with single stores (t
 x86-64 (TSO) that orders data against counters; the flag/counter hand-off (Dekker's
 pattern) additionally needs a full fence, which a lock acquire/release gives (a locked
 instruction). Other architectures are refused with a clear error: use ``unix:PATH``.
+
+With the native module (``native.py``) the copies in and out of a ring, their counter
+updates and the fence are one C call each (``_native.put``/``take``/``fence``, atomic
+acquire/release and a sequentially consistent fence); the Python code below stays the
+reference, and both leave the same bytes in the ring (tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ import struct
 import threading
 from typing import Any, Callable
 
+from .native import NATIVE
 from .polling import pacer_of
 from .sockfiles import unlink_stale
 from .transport import StreamTransport
@@ -69,10 +75,15 @@ HANDSHAKE_TIMEOUT = 5.0
 _fence_lock = threading.Lock()
 
 
-def _fence() -> None:
+def _fence_python() -> None:
     """A full memory barrier: an uncontended lock is a locked instruction on x86-64."""
     _fence_lock.acquire()
     _fence_lock.release()
+
+
+_fence = NATIVE.fence if NATIVE is not None else _fence_python
+_put_native = NATIVE.put if NATIVE is not None else None
+_take_native = NATIVE.take if NATIVE is not None else None
 
 
 class _Corrupt(ValueError):
@@ -133,6 +144,16 @@ class ShmTransport(StreamTransport):
     # --- the rings --------------------------------------------------------------------
     def _put(self, data: memoryview) -> int:
         """Copy as much of ``data`` as fits into the send ring and publish it."""
+        if _put_native is not None:
+            n = _put_native(self._mm, self._tx_head_i * 8, self._tx_tail_i * 8, self._tx_base, self._cap,
+                            self._tx_head, data)
+            if n < 0:
+                raise _Corrupt(f"send ring: tail {self._w[self._tx_tail_i]} against head {self._tx_head}")
+            self._tx_head += n
+            return n
+        return self._put_python(data)
+
+    def _put_python(self, data: memoryview) -> int:
         w = self._w
         head = self._tx_head
         used = head - w[self._tx_tail_i]
@@ -177,6 +198,20 @@ class ShmTransport(StreamTransport):
             if not self._reading or self._closing or self._dead:
                 return
             tail = self._rx_tail
+            if _take_native is not None:
+                data = _take_native(self._mm, self._rx_head_i * 8, self._rx_tail_i * 8, self._rx_base, cap, tail)
+                if data:
+                    self._rx_tail = tail + len(data)
+                    if w[self._rx_space_i]:
+                        w[self._rx_space_i] = 0
+                        self._bell()
+                    self._protocol.data_received(data)  # type: ignore[attr-defined]
+                    continue
+                if data is None:
+                    head = w[self._rx_head_i]
+                    self._fatal(OSError(f"shm ring {self.get_extra_info('shm_ring')}: corrupt counters "
+                                        f"(head {head}, tail {tail}, capacity {cap})"))
+                    return
             head = w[self._rx_head_i]
             if head == tail:
                 p = self._pacer
