@@ -360,6 +360,10 @@ def _check_service(service: dict[str, Any], source: str, where: str) -> None:
         raise SpecError(f"{source}: {where}: unknown service option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(sorted(SERVICE_KEYS))}")
     from .offload.polling import check_period_us
+    from .spec import CHANNELS
+    if service.get("channel") is not None and service["channel"] not in CHANNELS:
+        raise SpecError(f"{source}: {where}: channel must be one of {', '.join(CHANNELS)}, "
+                        f"not {service['channel']!r}")
     for key in ("poll_us", "host_poll_us"):
         try:
             check_period_us(service.get(key, 0))
