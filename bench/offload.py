@@ -9,7 +9,9 @@
    on that node, the floor for anything that terminates client TCP there.
 
 By default every mode runs woken per event, and eager-accept also polling every 2 ms
-(``MODE/poll=US``; ``MODE/asyncio`` puts client sockets on the event loop's transports).
+(``MODE/poll=US``; ``MODE/asyncio`` puts client sockets on the event loop's transports;
+``MODE/shm`` runs the SAN over the shared-memory rings, ``MODE/hostpoll=US`` makes the host
+poll it too).
 
 CPU is read from the nodes' cgroups (cpuacct), so it includes softirq work the kernel did
 in the node's processes' context (on veth a receiver's TCP processing runs in the sender's
@@ -296,9 +298,21 @@ def variant_args(variant: list[str]) -> list[str]:
             out += ["--client-io", v]
         elif v.startswith("poll="):
             out += ["--poll-us", v[5:]]
-        else:
-            raise SystemExit(f"unknown variant {v!r}: asyncio, epoll or poll=MICROSECONDS")
+        elif v not in ("shm", "unix") and not v.startswith("hostpoll="):
+            raise SystemExit(f"unknown variant {v!r}: asyncio, epoll, shm, unix, poll=US or hostpoll=US")
     return out
+
+
+def variant_options(variant: list[str]) -> dict[str, Any]:
+    """``MODE/shm/poll=2000/hostpoll=2000`` -> the service options for that variant: the
+    SAN channel (``shm``, ``unix``; tcp by default) and the host's polling period."""
+    opts: dict[str, Any] = {"tcpserver_args": variant_args(variant)}
+    for v in variant:
+        if v in ("shm", "unix"):
+            opts["channel"] = v
+        elif v.startswith("hostpoll="):
+            opts["host_poll_us"] = int(v[9:])
+    return opts
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -318,8 +332,7 @@ def run(args: argparse.Namespace) -> dict:
             print(f"[round {rnd + 1}/{args.repeat}, {mode}] building the cluster testbed ...",
                   file=sys.stderr, flush=True)
             base_mode, *variant = mode.split("/")
-            opts: dict[str, Any] = {"docroot_dirs": 1, "dynamic_cost_us": 0,
-                                    "tcpserver_args": variant_args(variant)}
+            opts: dict[str, Any] = {"docroot_dirs": 1, "dynamic_cost_us": 0, **variant_options(variant)}
             with Testbed(topo, name=f"b{os.getpid() % 100000}", mode=base_mode, start_services=True,
                          service_options=opts) as tb:
                 _client_tw_cap(tb)

@@ -178,15 +178,16 @@ def _side_main(a: argparse.Namespace) -> int:
 # --- the controller ----------------------------------------------------------------------
 
 
-def _configs(poll_us: int) -> list[tuple[str, int]]:
-    return [(ch, p) for p in (0, poll_us) for ch in CHANNELS]
+def _configs(a: argparse.Namespace) -> list[tuple[str, int, str]]:
+    natives = ("1", "0") if a.ab_native else ("1",)
+    return [(ch, p, nat) for nat in natives for p in (0, a.poll_us) for ch in CHANNELS]
 
 
-def _label(ch: str, poll: int) -> str:
-    return f"{ch}/{'event' if not poll else f'poll={poll}'}"
+def _label(ch: str, poll: int, native: str = "1") -> str:
+    return f"{ch}/{'event' if not poll else f'poll={poll}'}{'' if native == '1' else '/py'}"
 
 
-def _one(tb: Any, ch: str, poll: int, a: argparse.Namespace) -> dict:
+def _one(tb: Any, ch: str, poll: int, native: str, a: argparse.Namespace) -> dict:
     if ch == "tcp":
         san = f"tcp:{tb.address('tcpserver', 'san')}:{SAN_PORT}"
     elif ch == "unix":
@@ -196,7 +197,8 @@ def _one(tb: Any, ch: str, poll: int, a: argparse.Namespace) -> dict:
     common = ["--san", san, "--rate", str(a.rate), "--seconds", str(a.seconds), "--warmup", str(a.warmup),
               "--request", str(a.request), "--reply", str(a.reply), "--poll-us", str(poll)]
     py = sys.executable
-    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "cwd": str(ROOT)}
+    kw = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True, "cwd": str(ROOT),
+          "env": {**os.environ, "TCPS_NATIVE": native}}
     server = tb.popen("tcpserver", [py, "-m", "bench.san", "_side", "--role", "server", *common],
                       log_name="san-server", **kw)
     line = server.stdout.readline()
@@ -209,7 +211,7 @@ def _one(tb: Any, ch: str, poll: int, a: argparse.Namespace) -> dict:
     out_s, err_s = server.communicate(timeout=timeout)
     out_h, err_h = host.communicate(timeout=timeout)
     if server.returncode or host.returncode:
-        raise RuntimeError(f"bench.san {_label(ch, poll)} failed: {err_s[-400:]} {err_h[-400:]}")
+        raise RuntimeError(f"bench.san {_label(ch, poll, native)} failed: {err_s[-400:]} {err_h[-400:]}")
     return {"server": json.loads(out_s.strip().splitlines()[-1]),
             "host": json.loads(out_h.strip().splitlines()[-1])}
 
@@ -219,13 +221,13 @@ def run(a: argparse.Namespace) -> dict[str, list[dict]]:
     from testbed.spec import load_topology
 
     params = {"host_cpu": str(a.cpu), "tcpserver_cpu": str(a.cpu)}
-    res: dict[str, list[dict]] = {_label(c, p): [] for c, p in _configs(a.poll_us)}
+    res: dict[str, list[dict]] = {_label(*c): [] for c in _configs(a)}
     with Testbed(load_topology("cluster", params), name=f"s{os.getpid() % 100000}", mode="regular",
                  start_services=False) as tb:
         for rnd in range(a.repeat):
-            for ch, poll in _configs(a.poll_us):
-                print(f"[round {rnd + 1}/{a.repeat}] {_label(ch, poll)} ...", file=sys.stderr, flush=True)
-                res[_label(ch, poll)].append(_one(tb, ch, poll, a))
+            for ch, poll, native in _configs(a):
+                print(f"[round {rnd + 1}/{a.repeat}] {_label(ch, poll, native)} ...", file=sys.stderr, flush=True)
+                res[_label(ch, poll, native)].append(_one(tb, ch, poll, native, a))
     return res
 
 
@@ -244,18 +246,20 @@ def _spread(vals: list[float], fmt: str = "{:.2f}") -> str:
 def report(res: dict[str, list[dict]], a: argparse.Namespace) -> str:
     base = _label("tcp", 0)
     native = res[base][0]["server"].get("native", "?") if res[base] else "?"
+    if a.ab_native:
+        native += " (/py: pure Python, TCPS_NATIVE=0)"
     lines = [f"SAN cost, cluster topology (tcpserver and host1 share one core, {a.cpu} CPU each): "
              f"{a.rate} requests/s open loop, DATA {a.request} B -> SEND_CLOSE {a.reply} B, "
              f"{a.seconds} s after {a.warmup} s warm-up; codec {native}; {a.repeat} round(s), "
              f"median [min-max]; ratios to {base}, paired by round",
-             f"{'channel':16} {'side':7} {'CPU us/msg':>20} {'ratio':>20} {'bells/msg':>10} {'replies':>8}"]
+             f"{'channel':19} {'side':7} {'CPU us/msg':>20} {'ratio':>20} {'bells/msg':>10} {'replies':>8}"]
     for label, rounds in res.items():
         for side in ("server", "host"):
             us = [_us_per_msg(r[side]) for r in rounds]
             ratios = [u / _us_per_msg(b[side]) for u, b in zip(us, res[base])]
             bells = [(r[side]["bells_sent"]) / max(1, r[side]["frames_out"]) for r in rounds]
             replies = min(r["server"]["replies"] / max(1, r["server"]["offered"]) for r in rounds)
-            lines.append(f"{label:16} {side:7} {_spread(us):>20} {_spread(ratios):>20} "
+            lines.append(f"{label:19} {side:7} {_spread(us):>20} {_spread(ratios):>20} "
                          f"{_spread(bells, '{:.3f}'):>10} {replies:>8.0%}")
     return "\n".join(lines)
 
@@ -271,6 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--request", type=int, default=100, help="bytes of a request (DATA payload)")
     ap.add_argument("--reply", type=int, default=6144 + 250, help="bytes of a reply (6 KiB file and headers)")
     ap.add_argument("--cpu", type=float, default=0.5, help="each node's CPU budget")
+    ap.add_argument("--ab-native", action="store_true", help="also every configuration in pure Python")
     if argv[:1] == ["_side"]:
         ap.add_argument("--role", choices=("server", "host"), required=True)
         ap.add_argument("--san", required=True)
