@@ -37,6 +37,11 @@ def _ring_files(name: str) -> list[str]:
     return sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"{name}-"))
 
 
+def _eventfds() -> int:
+    return sum("eventfd" in os.readlink(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")
+               if os.path.lexists(f"/proc/self/fd/{f}"))
+
+
 @pytest.fixture(scope="module")
 def docroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tcps-docroot")
@@ -57,8 +62,10 @@ def test_loopback_every_file_byte_exact(mode: str, docroot: Path) -> None:
     name = _name(mode)
 
     async def main() -> None:
+        fds = _eventfds()
         async with offload_stack(mode, docroot, hosts=2, san=f"shm:{name}") as (srv, tunnels, port):
             assert _ring_files(name) == []  # unlinked as soon as both ends hold them
+            assert all(t.transport._bell_in >= 0 and t.transport._bell_out >= 0 for t in tunnels)
             sem = asyncio.Semaphore(100)
 
             async def one(f: dict) -> None:
@@ -72,8 +79,12 @@ def test_loopback_every_file_byte_exact(mode: str, docroot: Path) -> None:
             assert st["connections_total"] == len(files) * 4 + 30
             assert st["protocol_errors"] == 0 and st["hosts_attached"] == 2
             assert all(t.transport.get_extra_info("shm_ring", "").startswith(name) for t in tunnels)
+            # woken per event: the doorbells (eventfds) rang, each side's
+            assert sum(t.transport.bells_sent for t in tunnels) > 0
+            assert sum(h.transport.bells_sent for h in srv.hosts) > 0
         await asyncio.sleep(0.05)
         assert not os.path.exists(f"/dev/shm/{name}.sock") and _ring_files(name) == []
+        assert _eventfds() == fds  # the doorbells closed with their channels
 
     uvloop.run(main())
 

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from testbed.offload import native, protocol, shmring
+from testbed.offload import native, protocol, shmring, shmtransport
 
 ROOT = Path(__file__).resolve().parent.parent
 N = native.load()
@@ -135,8 +135,8 @@ def test_native_ring_refuses_corrupt_counters() -> None:
 
 
 def test_tcps_native_0_forces_the_python_path() -> None:
-    code = "from testbed.offload import native, protocol, shmring; " \
-           "print(native.NATIVE, protocol._decode, shmring._put_native)"
+    code = "from testbed.offload import native, protocol, shmring, shmtransport; " \
+           "print(native.NATIVE, protocol._decode, shmtransport._put_native)"
     out = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TCPS_NATIVE": "0"},
                          cwd=ROOT, capture_output=True, text=True, check=True).stdout
     assert out.split() == ["None", "None", "None"]

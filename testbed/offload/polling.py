@@ -57,7 +57,7 @@ def check_period_us(us: object) -> int:
 
 
 class PolledRing(Protocol):
-    """What the pacer needs of a shared-memory ring (``shmring.ShmTransport``)."""
+    """What the pacer needs of a shared-memory ring (``shmtransport.ShmTransport``)."""
 
     def poll(self) -> bool:
         """Deliver what arrived and push what waits; True if there was anything."""
