@@ -119,7 +119,7 @@ class PollingPacer:
         if self.stopped or self.sleeping:
             return
         busy = self.active
-        for ring in self.rings:
+        for ring in self.rings[:]:  # a channel dropped while polled leaves the list
             if ring.poll():
                 busy = True
         self.active = False
