@@ -3,10 +3,14 @@
 One ``cluster`` testbed per configuration (``MODE[/variant...]`` as in ``bench.offload``:
 ``eager-accept``, ``eager-accept/shm/poll=2000/hostpoll=2000`` ...), httperf offering
 ``--rate`` new connections per second for ``--seconds`` while py-spy samples both
-processes from outside (no change to them; only samples where a thread runs, so waiting
-in epoll or sleeping out a polling period does not count). Prints, per process, the
-functions with the most samples on top of the stack (self) and on the stack at all
-(inclusive), as shares of its samples: the numbers docs/performance.md quotes.
+processes from outside (no change to them). py-spy's idle detection does not see a
+thread blocked in uvloop's epoll_wait or in the pacer's sleep here, so samples whose
+innermost Python frame is the loop's ``Runner.run`` (uvloop's C code: mostly the wait,
+also its dispatch) or ``PollingPacer._tick`` (the sleep) are counted as waiting, and the
+rest as work. Prints, per process, the functions with the most work samples on top of the
+stack (self: the function's own code and the system calls it makes) and on the stack at
+all (inclusive), as shares of the work samples: the numbers docs/performance.md quotes.
+``--analyze DIR`` prints the same from raw stacks kept earlier with ``--keep DIR``.
 
 Run (root; py-spy from the dev extras): ``python -m bench.profile [--rate 3000]
 [--seconds 8] [--configs eager-accept,eager-accept/shm/poll=2000/hostpoll=2000]``
@@ -26,11 +30,15 @@ from pathlib import Path
 from bench.offload import _client_tw_cap, _httperf, variant_options
 
 
-def _collapse(path: Path) -> tuple[collections.Counter, collections.Counter, int]:
-    """py-spy's raw format: ``frame;frame;...;leaf COUNT`` per line."""
+WAITING = ("runners.py:Runner.run", "polling.py:PollingPacer._tick")
+
+
+def _collapse(path: Path) -> tuple[collections.Counter, collections.Counter, int, int]:
+    """py-spy's raw format: ``frame;frame;...;leaf COUNT`` per line. Returns self and
+    inclusive counts of the work samples, their number, and all samples'."""
     self_c: collections.Counter = collections.Counter()
     incl: collections.Counter = collections.Counter()
-    total = 0
+    work = total = 0
     for line in path.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
@@ -38,11 +46,23 @@ def _collapse(path: Path) -> tuple[collections.Counter, collections.Counter, int
         n = int(count)
         total += n
         frames = [_short(f) for f in stack.split(";") if f]
-        if frames:
-            self_c[frames[-1]] += n
+        if not frames or frames[-1] in WAITING:
+            continue
+        work += n
+        self_c[frames[-1]] += n
         for f in set(frames):
             incl[f] += n
-    return self_c, incl, total
+    return self_c, incl, work, total
+
+
+def summarize(name: str, raw: Path, top: int) -> list[str]:
+    self_c, incl, work, total = _collapse(raw)
+    lines = [f"   {name}: {work} work samples of {total} ({work / max(1, total):.0%}); "
+             f"shares of the work samples, self | inclusive"]
+    inner = [(g, m) for g, m in incl.most_common() if m < 0.95 * work and g not in WAITING]
+    for (f, n), (g, m) in zip(self_c.most_common(top), inner[:top]):
+        lines.append(f"     {n / work:6.1%} {f:48.48} | {m / work:6.1%} {g}")
+    return lines
 
 
 def _short(frame: str) -> str:
@@ -80,11 +100,7 @@ def profile(config: str, a: argparse.Namespace, out_dir: Path) -> str:
             if not raw.exists():
                 lines.append(f"   {name}: py-spy wrote nothing ({err.strip()[-200:]})")
                 continue
-            self_c, incl, total = _collapse(raw)
-            lines.append(f"   {name} ({total} samples): self | inclusive")
-            inner = [(g, m) for g, m in incl.most_common() if m < 0.9 * total]  # not the loop's roots
-            for (f, n), (g, m) in zip(self_c.most_common(a.top), inner[:a.top]):
-                lines.append(f"     {n / total:6.1%} {f:48.48} | {m / total:6.1%} {g}")
+            lines += summarize(name, raw, a.top)
     return "\n".join(lines)
 
 
@@ -97,7 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--cpu", type=float, default=0.4, help="each server node's CPU budget")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--keep", type=Path, help="keep py-spy's raw stacks in this directory")
+    ap.add_argument("--analyze", type=Path, metavar="DIR", help="only summarize the raw stacks kept in DIR")
     a = ap.parse_args(argv)
+    if a.analyze:
+        for raw in sorted(a.analyze.glob("*.txt")):
+            print(f"== {raw.stem}", *summarize(raw.stem.rsplit("-", 1)[-1], raw, a.top), sep="\n")
+        return 0
     out_dir = a.keep or Path(tempfile.mkdtemp(prefix="tcps-profile-"))
     out_dir.mkdir(parents=True, exist_ok=True)
     for config in a.configs.split(","):
