@@ -109,6 +109,39 @@ def _native_name() -> str:
     return "native" if getattr(protocol, "NATIVE", False) else "python"
 
 
+class _Handoff(asyncio.Transport):
+    """The ``none`` channel: both ends in one process, bytes handed over at the next loop
+    iteration: what the framing and the handlers cost with no SAN at all."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__()
+        self.loop = loop
+        self.peer: Any = None
+
+    def write(self, data: Any) -> None:
+        self.loop.call_soon(self.peer.data_received, bytes(data))
+
+    def close(self) -> None:
+        self.loop.call_soon(self.peer.connection_lost, None)
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return default
+
+
+def _in_process(loop: asyncio.AbstractEventLoop, a: argparse.Namespace, ready: asyncio.Future) -> Any:
+    server = _side_class(loop, "server", a, ready)()
+    host = _side_class(loop, "host", a, loop.create_future())()
+    to_host, to_server = _Handoff(loop), _Handoff(loop)
+    to_host.peer, to_server.peer = host, server
+    server.connection_made(to_host)
+    host.connection_made(to_server)
+
+    class NoServer:
+        def close(self) -> None:
+            pass
+    return NoServer()
+
+
 async def _serve(a: argparse.Namespace) -> dict:
     from testbed.offload import channels
     from testbed.offload.protocol import DATA, PING
@@ -116,7 +149,10 @@ async def _serve(a: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
     ready: asyncio.Future = loop.create_future()
     Side = _side_class(loop, "server", a, ready)
-    srv = await channels.serve(channels.parse(a.san), Side)
+    if a.san == "none:":
+        srv = _in_process(loop, a, ready)
+    else:
+        srv = await channels.serve(channels.parse(a.san), Side)
     ref: list = []
     pacer = _pacer(loop, a, ref)
     print("ready", flush=True)
@@ -180,7 +216,7 @@ def _side_main(a: argparse.Namespace) -> int:
 
 def _configs(a: argparse.Namespace) -> list[tuple[str, int, str]]:
     natives = ("1", "0") if a.ab_native else ("1",)
-    return [(ch, p, nat) for nat in natives for p in (0, a.poll_us) for ch in CHANNELS]
+    return [(ch, p, nat) for nat in natives for p in (0, a.poll_us) for ch in CHANNELS] + [("none", 0, "1")]
 
 
 def _label(ch: str, poll: int, native: str = "1") -> str:
@@ -190,6 +226,8 @@ def _label(ch: str, poll: int, native: str = "1") -> str:
 def _one(tb: Any, ch: str, poll: int, native: str, a: argparse.Namespace) -> dict:
     if ch == "tcp":
         san = f"tcp:{tb.address('tcpserver', 'san')}:{SAN_PORT}"
+    elif ch == "none":
+        san = "none:"
     elif ch == "unix":
         san = f"unix:{tb.store.dir / 'san-bench.sock'}"
     else:
@@ -205,9 +243,14 @@ def _one(tb: Any, ch: str, poll: int, native: str, a: argparse.Namespace) -> dic
     if line.strip() != "ready":
         server.kill()
         raise RuntimeError(f"bench.san server did not start: {line} {server.stderr.read()}")
+    timeout = a.warmup + a.seconds + 60
+    if ch == "none":  # both ends are in the server's process
+        out_s, err_s = server.communicate(timeout=timeout)
+        if server.returncode:
+            raise RuntimeError(f"bench.san none failed: {err_s[-400:]}")
+        return {"server": json.loads(out_s.strip().splitlines()[-1]), "host": None}
     host = tb.popen("host1", [py, "-m", "bench.san", "_side", "--role", "host", *common],
                     log_name="san-host", **kw)
-    timeout = a.warmup + a.seconds + 60
     out_s, err_s = server.communicate(timeout=timeout)
     out_h, err_h = host.communicate(timeout=timeout)
     if server.returncode or host.returncode:
@@ -235,6 +278,11 @@ def _us_per_msg(side: dict) -> float:
     return side["cpu_s"] / max(1, side["frames_in"] + side["frames_out"]) * 1e6
 
 
+def _both(r: dict) -> float:
+    """A message's cost at both ends: what its sender and its receiver spend."""
+    return _us_per_msg(r["server"]) + _us_per_msg(r["host"])
+
+
 def _spread(vals: list[float], fmt: str = "{:.2f}") -> str:
     if not vals:
         return "-"
@@ -251,9 +299,18 @@ def report(res: dict[str, list[dict]], a: argparse.Namespace) -> str:
     lines = [f"SAN cost, cluster topology (tcpserver and host1 share one core, {a.cpu} CPU each): "
              f"{a.rate} requests/s open loop, DATA {a.request} B -> SEND_CLOSE {a.reply} B, "
              f"{a.seconds} s after {a.warmup} s warm-up; codec {native}; {a.repeat} round(s), "
-             f"median [min-max]; ratios to {base}, paired by round",
+             f"median [min-max]; ratios to {base}, paired by round; 'both': sender's and receiver's "
+             f"us per message added; 'none': both ends in one process, no SAN (the framing's floor)",
              f"{'channel':19} {'side':7} {'CPU us/msg':>20} {'ratio':>20} {'bells/msg':>10} {'replies':>8}"]
     for label, rounds in res.items():
+        if label.startswith("none"):
+            both = [_us_per_msg(r["server"]) for r in rounds]
+            lines.append(f"{'none (one process)':19} {'both':7} {_spread(both):>20} "
+                         f"{_spread([u / _both(b) for u, b in zip(both, res[base])]):>20}")
+            continue
+        both = [_both(r) for r in rounds]
+        lines.append(f"{label:19} {'both':7} {_spread(both):>20} "
+                     f"{_spread([u / _both(b) for u, b in zip(both, res[base])]):>20}")
         for side in ("server", "host"):
             us = [_us_per_msg(r[side]) for r in rounds]
             ratios = [u / _us_per_msg(b[side]) for u, b in zip(us, res[base])]
