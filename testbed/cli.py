@@ -145,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--results", default="results", help="results directory (default: results)")
     rn.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     rn.add_argument("--no-report", action="store_true")
+    rn.add_argument("--dry-run", action="store_true",
+                    help="check the experiment and list its points and load time; run nothing")
     rn.set_defaults(func=cmd_run)
     return p
 
@@ -318,6 +320,24 @@ def cmd_topologies(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     from .runner import run_experiment_cli
     _require_root()
     return run_experiment_cli(args)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """The experiment checked as ``run`` checks it, its points listed, its load time summed."""
+    from .experiment import load_experiment
+    exp = load_experiment(args.experiment, quick=args.quick)
+    points = exp.points()
+    step = float(exp.load.get("step_seconds", 0)) + float(exp.load.get("warmup_seconds", 0))
+    load_s = sum(len(exp.rates_for(p.workload)) * step for p in points)
+    for p in points:
+        extra = {k: v for k, v in exp.service_options(p).items() if k != "seed"}
+        print(f"  {p.index:3d} round {p.repetition} {p.mode:18} {p.workload:8} "
+              f"{exp.topology_params(p)} {extra or ''}")
+    print(f"{exp.name}: {len(points)} points, {load_s / 60:.0f} min of offered load "
+          f"(plus testbed set-up, about half a minute per point)")
+    return 0

@@ -107,3 +107,16 @@ def test_san_cost_pairs_each_channel_with_both_sides_polling_or_not() -> None:
     got = sorted((o["channel"], o["poll_us"], o["host_poll_us"]) for o in map(exp.service_options, pts))
     assert got == [("shm", 0, 0), ("shm", 2000, 2000), ("tcp", 0, 0), ("tcp", 2000, 2000)]
     assert len(exp.points()) == 15
+
+
+def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "testbed", "run", "san-cost", "--dry-run",
+                          "--results", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "san-cost: 15 points, 22 min of offered load" in out.stdout
+    assert "'channel': 'shm', 'poll_us': 2000, 'host_poll_us': 2000" in out.stdout
+    assert list(tmp_path.iterdir()) == []
