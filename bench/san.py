@@ -13,9 +13,12 @@ eager-accept. Nothing else runs in either process, so the CPU each one spends
 frame it sent or received is the channel's cost plus the framing's.
 
 Rounds alternate every configuration (tcp, unix, shm; each woken per event and polling
-every ``--poll-us`` on both sides) so that a shared machine's drift spreads over all
-alike; the report gives each configuration's median [min-max] over the rounds and its
-ratio to tcp woken per event, paired by round.
+every ``--poll-us`` on both sides; ``none``, both ends in one process with no SAN, the
+floor of framing and handlers) so that a shared machine's drift spreads over all alike;
+the report gives each configuration's median [min-max] over the rounds and its ratio to
+tcp woken per event, paired by round. Measured (docs/performance.md, round three): the
+framing's floor is most of a message's cost once the SAN is polled, which is why the shm
+SAN's own cost (0.14x the TCP SAN's) shows as 0.4-0.6x per side.
 
 Run (root): ``python -m bench.san [--rate 3000] [--seconds 3] [--repeat 3] [--poll-us 2000]``
 """
