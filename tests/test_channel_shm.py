@@ -517,9 +517,11 @@ def test_every_topology_over_polled_shm_every_file_byte_exact(topology: str, tb_
         with in_netns(tb.netns("client")):
             assert uvloop.run(fetch_every_file(rounds=1, keepalive=False)) == 36
         stats = lambda f: json.loads((tb.store.dir / f"stats-{f}.json").read_text())  # noqa: E731
+        # (a second host may attach a retry later than the first answered the service)
         assert _wait(lambda: stats(front)["connections_total"] >= 37 and
+                     stats(front)["hosts_attached"] == len(hosts) and
                      all(stats(h).get("polls", 0) > 10 for h in hosts))
         st = stats(front)
-        assert st["protocol_errors"] == 0 and st["hosts_attached"] == len(hosts) and st["polls"] > 10
+        assert st["protocol_errors"] == 0 and st["host_losses"] == 0 and st["polls"] > 10
         assert all(h["bells_sent"] + h["bells_received"] < st["frames_in"] for h in st["hosts"].values())
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tcps-{tb_name}-")]
