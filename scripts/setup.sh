@@ -11,7 +11,8 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 APT_PACKAGES=(
-    python3 python3-venv python3-dev gcc     # the venv and packages that compile
+    python3 python3-venv python3-dev         # the venv, and Python's headers for compiled parts
+    build-essential                         # gcc and libc headers: the engine's native path (_native.c)
     iproute2 nftables ethtool procps curl   # namespaces, NAT for pass-through, offload flags, probes
     tcpdump                                 # `testbed capture`
     mininet bridge-utils iputils-ping       # the Mininet backend, without Open vSwitch
@@ -42,6 +43,10 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
+# the engine's native fast path, built in place beside its Python twin (optional: without
+# it the pure-Python path runs; TCPS_NATIVE=0 forces that one)
+.venv/bin/python setup.py -q build_ext --inplace 2>/dev/null \
+    || echo "setup.sh: the native fast path did not build; the engine runs its pure-Python path" >&2
 
 # Debian's mininet lives in the system's dist-packages (PyPI's lacks mnexec): expose only
 # that package to the venv, not the rest of the system's Python packages.

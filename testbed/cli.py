@@ -80,6 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--poll-us", type=int, default=0, metavar="US",
                     help="TCP server polls every US microseconds instead of waking per event "
                          "(the paper's 'No Interrupts'; default 0 = off)")
+    up.add_argument("--host-poll-us", type=int, default=0, metavar="US",
+                    help="offloaded modes: the host application polls the SAN every US microseconds "
+                         "while busy (over shm, no doorbell then; default 0 = off)")
     ov = up.add_argument_group("overload control of the TCP server (defaults: the daemon's; docs/modes.md)")
     ov.add_argument("--backlog", type=int, default=None, metavar="N",
                     help="connections accepted but not yet given to a host, per port")
@@ -142,6 +145,8 @@ def build_parser() -> argparse.ArgumentParser:
     rn.add_argument("--results", default="results", help="results directory (default: results)")
     rn.add_argument("--resume", default=None, metavar="RUN_DIR", help="continue an interrupted run")
     rn.add_argument("--no-report", action="store_true")
+    rn.add_argument("--dry-run", action="store_true",
+                    help="check the experiment and list its points and load time; run nothing")
     rn.set_defaults(func=cmd_run)
     return p
 
@@ -186,13 +191,15 @@ def cmd_up(args: argparse.Namespace) -> int:
     else:
         topo = load_topology(args.topology, parse_params(args.param))
     from .offload.polling import check_period_us
-    try:
-        check_period_us(args.poll_us)
-    except ValueError as e:
-        raise TestbedError(f"--poll-us: {e}") from None
+    for flag, us in (("--poll-us", args.poll_us), ("--host-poll-us", args.host_poll_us)):
+        try:
+            check_period_us(us)
+        except ValueError as e:
+            raise TestbedError(f"{flag}: {e}") from None
     opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
                             "channel": args.channel, "balance": args.balance,
                             "balance_knob": args.knob, "poll_us": args.poll_us,
+                            "host_poll_us": args.host_poll_us,
                             "backlog": args.backlog, "listen_backlog": args.listen_backlog,
                             "queue_deadline": args.queue_deadline, "host_conns": args.host_conns,
                             "overload_control": False if args.no_overload_control else None}
@@ -313,6 +320,24 @@ def cmd_topologies(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.dry_run:
+        return _dry_run(args)
     from .runner import run_experiment_cli
     _require_root()
     return run_experiment_cli(args)
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """The experiment checked as ``run`` checks it, its points listed, its load time summed."""
+    from .experiment import load_experiment
+    exp = load_experiment(args.experiment, quick=args.quick)
+    points = exp.points()
+    step = float(exp.load.get("step_seconds", 0)) + float(exp.load.get("warmup_seconds", 0))
+    load_s = sum(len(exp.rates_for(p.workload)) * step for p in points)
+    for p in points:
+        extra = {k: v for k, v in exp.service_options(p).items() if k != "seed"}
+        print(f"  {p.index:3d} round {p.repetition} {p.mode:18} {p.workload:8} "
+              f"{exp.topology_params(p)} {extra or ''}")
+    print(f"{exp.name}: {len(points)} points, {load_s / 60:.0f} min of offered load "
+          f"(plus testbed set-up, about half a minute per point)")
+    return 0

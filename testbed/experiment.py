@@ -360,10 +360,15 @@ def _check_service(service: dict[str, Any], source: str, where: str) -> None:
         raise SpecError(f"{source}: {where}: unknown service option(s) {', '.join(unknown)}; "
                         f"known: {', '.join(sorted(SERVICE_KEYS))}")
     from .offload.polling import check_period_us
-    try:
-        check_period_us(service.get("poll_us", 0))
-    except ValueError as e:
-        raise SpecError(f"{source}: {where}: {e}") from None
+    from .spec import CHANNELS
+    if service.get("channel") is not None and service["channel"] not in CHANNELS:
+        raise SpecError(f"{source}: {where}: channel must be one of {', '.join(CHANNELS)}, "
+                        f"not {service['channel']!r}")
+    for key in ("poll_us", "host_poll_us"):
+        try:
+            check_period_us(service.get(key, 0))
+        except ValueError as e:
+            raise SpecError(f"{source}: {where}: {key}: {e}") from None
 
 
 def _check_topologies(exp: Experiment, source: str) -> None:

@@ -36,6 +36,8 @@ MODES = tuple(MODE_TABLE)  # names, in the table's order (testbed/offload/modes.
 SAN_PORT = 7000
 DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
             "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
+            # the host application polls its SAN channel too (0 = woken per event)
+            "host_poll_us": 0,
             # the TCP server's overload control (None: the daemon's defaults; offload/config.py)
             "backlog": None, "listen_backlog": None, "queue_deadline": None, "host_conns": None,
             "overload_control": None}
@@ -245,6 +247,7 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: st
         if knob == "place":  # the balancer moves the share through this file
             place = ("--serve-static", str(docroot), "--placement-file", str(run_dir / "placement.json"))
         poll = ("--poll-us", str(int(opts["poll_us"]))) if opts["poll_us"] else ()
+        host_poll = ("--poll-us", str(int(opts["host_poll_us"]))) if opts["host_poll_us"] else ()
         for host in hosts:
             front = fronts_of(topo, addresses, host)[0]
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
@@ -260,7 +263,7 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: st
             steps.append(Process(host, "app", module(
                 "testbed.app.server", *app_common, "--mode", mode, "--tunnel", san,
                 "--token-file", str(token_file), "--listen-port", str(SERVICE_PORT), "--host-id", host,
-                "--stats-file", str(run_dir / f"stats-{host}.json"))))
+                "--stats-file", str(run_dir / f"stats-{host}.json"), *host_poll)))
     for client in (n.name for n in topo.by_role("client")):
         steps.append(Route(client, f"{vip}/32",
                            tuple(address_toward(topo, addresses, f, client) for f in sorted(by_front))))

@@ -37,6 +37,11 @@ def _ring_files(name: str) -> list[str]:
     return sorted(f for f in os.listdir("/dev/shm") if f.startswith(f"{name}-"))
 
 
+def _eventfds() -> int:
+    return sum("eventfd" in os.readlink(f"/proc/self/fd/{f}") for f in os.listdir("/proc/self/fd")
+               if os.path.lexists(f"/proc/self/fd/{f}"))
+
+
 @pytest.fixture(scope="module")
 def docroot(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tcps-docroot")
@@ -57,8 +62,10 @@ def test_loopback_every_file_byte_exact(mode: str, docroot: Path) -> None:
     name = _name(mode)
 
     async def main() -> None:
+        fds = _eventfds()
         async with offload_stack(mode, docroot, hosts=2, san=f"shm:{name}") as (srv, tunnels, port):
             assert _ring_files(name) == []  # unlinked as soon as both ends hold them
+            assert all(t.transport._bell_in >= 0 and t.transport._bell_out >= 0 for t in tunnels)
             sem = asyncio.Semaphore(100)
 
             async def one(f: dict) -> None:
@@ -72,8 +79,12 @@ def test_loopback_every_file_byte_exact(mode: str, docroot: Path) -> None:
             assert st["connections_total"] == len(files) * 4 + 30
             assert st["protocol_errors"] == 0 and st["hosts_attached"] == 2
             assert all(t.transport.get_extra_info("shm_ring", "").startswith(name) for t in tunnels)
+            # woken per event: the doorbells (eventfds) rang, each side's
+            assert sum(t.transport.bells_sent for t in tunnels) > 0
+            assert sum(h.transport.bells_sent for h in srv.hosts) > 0
         await asyncio.sleep(0.05)
         assert not os.path.exists(f"/dev/shm/{name}.sock") and _ring_files(name) == []
+        assert _eventfds() == fds  # the doorbells closed with their channels
 
     uvloop.run(main())
 
@@ -401,6 +412,44 @@ def test_server_gone_reaches_the_host() -> None:
     uvloop.run(main())
 
 
+def test_polled_rings_cross_without_doorbells_sleep_when_idle_and_wake_on_one(docroot: Path) -> None:
+    """Both ends polled (one process, one pacer): byte-exact, no doorbell while busy; idle,
+    the pacer arms the doorbells and sleeps, and the next request's doorbell wakes it."""
+    files = json.loads((docroot / "manifest.json").read_text())["files"]
+    name = _name("polled")
+
+    async def main() -> None:
+        async with offload_stack("eager-accept", docroot, hosts=1, san=f"shm:{name}",
+                                 poll_us=500) as (srv, tunnels, port):
+            tr = tunnels[0].transport
+            assert srv.pacer is not None and srv.pacer.sleep_when_idle and len(srv.pacer.rings) == 2
+
+            async def one(f: dict) -> None:
+                status, _, body = await http_get(port, f["path"], timeout=30)
+                assert status == 200 and body == (docroot / f["path"][1:]).read_bytes(), f["path"]
+
+            async def busy() -> tuple[int, int]:
+                """Bells rung during a burst of requests, and the frames it took."""
+                bells = tr.bells_sent + srv.hosts[0].transport.bells_sent
+                frames = srv.stats()["frames_in"] + srv.stats()["frames_out"]
+                await asyncio.gather(*(one(f) for f in files * 3))
+                return (tr.bells_sent + srv.hosts[0].transport.bells_sent - bells,
+                        srv.stats()["frames_in"] + srv.stats()["frames_out"] - frames)
+
+            bells, frames = await busy()
+            assert frames > 5 * len(files) and bells <= 4, (bells, frames)
+            await asyncio.sleep(0.2)  # idle: both rings armed, the pacer asleep
+            assert srv.pacer.sleeping and srv.pacer.sleeps >= 1
+            polls = srv.pacer.polls
+            await asyncio.sleep(0.1)
+            assert srv.pacer.polls == polls  # asleep costs no period
+            await one(files[0])  # the client's event wakes it (rawio), the reply crosses
+            assert srv.pacer.polls > polls
+            assert srv.stats()["protocol_errors"] == 0
+
+    uvloop.run(main())
+
+
 # --- the smp topology, as `up smp --channel shm` starts it ---------------------------------
 
 try:
@@ -448,4 +497,31 @@ def test_smp_shm_channel_every_file_byte_exact(mode: str, tb_name: str) -> None:
             assert _wait(lambda: stats()["hosts_attached"] == 1, 10)
             with in_netns(tb.netns("client")):
                 assert uvloop.run(fetch_every_file(rounds=1, keepalive=False)) == 36
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tcps-{tb_name}-")]
+
+
+@pytest.mark.needs_root
+@pytest.mark.parametrize("topology", ["cluster", "multihost", "smp", "inic"])
+def test_every_topology_over_polled_shm_every_file_byte_exact(topology: str, tb_name: str) -> None:
+    """``channel: shm`` with ``poll_us`` and ``host_poll_us`` (experiment files' ``service:``)
+    on every shipped topology: every file byte-exact, and both sides poll."""
+    if Testbed is None:
+        pytest.skip("testbed core not importable")
+    params = {"hosts": "2"} if topology == "multihost" else {}
+    with Testbed(load_topology(topology, params), tb_name, mode="eager-accept", start_services=True,
+                 service_options={"docroot_dirs": 1, "dynamic_cost_us": 100, "channel": "shm",
+                                  "poll_us": 1000, "host_poll_us": 1000}) as tb:
+        assert tb.extra["channel"] == "shm"
+        front = "nic1" if topology == "inic" else "tcpserver"
+        hosts = [n.name for n in tb.topology.by_role("host")]
+        with in_netns(tb.netns("client")):
+            assert uvloop.run(fetch_every_file(rounds=1, keepalive=False)) == 36
+        stats = lambda f: json.loads((tb.store.dir / f"stats-{f}.json").read_text())  # noqa: E731
+        # (a second host may attach a retry later than the first answered the service)
+        assert _wait(lambda: stats(front)["connections_total"] >= 37 and
+                     stats(front)["hosts_attached"] == len(hosts) and
+                     all(stats(h).get("polls", 0) > 10 for h in hosts))
+        st = stats(front)
+        assert st["protocol_errors"] == 0 and st["host_losses"] == 0 and st["polls"] > 10
+        assert all(h["bells_sent"] + h["bells_received"] < st["frames_in"] for h in st["hosts"].values())
     assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tcps-{tb_name}-")]

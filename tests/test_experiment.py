@@ -51,6 +51,8 @@ def test_service_options_can_be_swept() -> None:
 @pytest.mark.parametrize("raw, message", [
     ({"sweep": {"service.poll_us": [0, -1]}}, r"sweep/configs service.*poll_us must be.*-1"),
     ({"configs": [{"service.colour": "red"}]}, "unknown service option.*colour"),
+    ({"configs": [{"service.host_poll_us": 2_000_000}]}, r"host_poll_us: poll_us must be.*2000000"),
+    ({"configs": [{"service.channel": "via"}]}, "channel must be one of tcp, unix, shm, not 'via'"),
 ])
 def test_swept_service_options_are_checked(raw, message: str) -> None:
     with pytest.raises(SpecError, match=message):
@@ -95,3 +97,26 @@ def test_swept_values_make_safe_point_directories(value: str) -> None:
     pid = Point(0, {"name": value}, "regular", "static", 1).id
     assert "/" not in pid and ".." not in pid and " " not in pid and pid.isascii(), pid
     assert pid.startswith("000-name") and pid.endswith("-regular-static-r1")
+
+
+def test_san_cost_pairs_each_channel_with_both_sides_polling_or_not() -> None:
+    """The shipped SAN experiment: tcp and shm, each per event and with both sides polling."""
+    from testbed.experiment import load_experiment
+    exp = load_experiment("san-cost")
+    pts = [p for p in exp.points() if p.mode == "eager-accept" and p.repetition == 1]
+    got = sorted((o["channel"], o["poll_us"], o["host_poll_us"]) for o in map(exp.service_options, pts))
+    assert got == [("shm", 0, 0), ("shm", 2000, 2000), ("tcp", 0, 0), ("tcp", 2000, 2000)]
+    assert len(exp.points()) == 15
+
+
+def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run([sys.executable, "-m", "testbed", "run", "san-cost", "--dry-run",
+                          "--results", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "san-cost: 15 points, 22 min of offered load" in out.stdout
+    assert "'channel': 'shm', 'poll_us': 2000, 'host_poll_us': 2000" in out.stdout
+    assert list(tmp_path.iterdir()) == []

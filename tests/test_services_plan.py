@@ -83,7 +83,15 @@ def test_overload_and_polling_options_reach_the_daemon_only():
     p = plan("cluster", "split", poll_us=50, backlog=64, overload_control=False)
     daemon, app = p.processes()
     assert daemon.argv[-6:] == ("--poll-us", "50", "--backlog", "64", "--overload-control", "off")
-    assert "--backlog" not in app.argv
+    assert "--backlog" not in app.argv and "--poll-us" not in app.argv
+
+
+def test_host_polling_reaches_the_app_only():
+    p = plan("cluster", "eager-accept", channel="shm", poll_us=2000, host_poll_us=1000)
+    daemon, app = p.processes()
+    assert app.argv[-2:] == ("--poll-us", "1000")
+    assert daemon.argv[daemon.argv.index("--poll-us") + 1] == "2000"
+    assert app.argv[app.argv.index("--tunnel") + 1] == "shm:tcps-p1-tcpserver"
 
 
 def test_work_balance_adds_the_kernel_tcp_path_and_a_controller_after_the_service_answers():

@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
@@ -326,12 +327,14 @@ async def serve_regular(app: App, host: str, port: int, backlog: int = LISTEN_BA
     return await loop.create_server(lambda: HttpProtocol(app), host, port, reuse_address=True, backlog=backlog)
 
 
-def _write_stats(path: Path, app: App, tunnels: list) -> None:
+def _write_stats(path: Path, app: App, tunnels: list, pacer: Any = None) -> None:
     d = {"time": time.time(), "pid": os.getpid(), "requests": app.requests, "bad_requests": app.bad_requests,
          "connections_open": len(app.conns), "cache_files": len(app.files),
          "cache_paths": len(app.cache)}
     if tunnels and tunnels[-1] is not None:
         d["tunnel"] = tunnels[-1].counters()
+    if pacer is not None:
+        d["polls"], d["poll_sleeps"] = pacer.polls, pacer.sleeps
     tmp = path.with_name(path.name + ".tmp")
     try:
         tmp.write_text(json.dumps(d))
@@ -355,12 +358,16 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds a client has to finish a request it began (then 408)")
     ap.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
                     help="regular mode: the kernel's listen backlog (SYNs beyond it are dropped)")
+    ap.add_argument("--poll-us", type=int, default=0, metavar="US",
+                    help="offloaded modes: poll the SAN every US microseconds while busy instead of "
+                         "waking per event (over shm: no doorbell while polling; default 0 = off)")
     ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
     ap.add_argument("--log-level", default="INFO")
     a = ap.parse_args(argv)
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from testbed.offload.modes import get_mode
+    from testbed.offload.polling import PollingPacer, check_period_us
     from testbed.offload.runtime import install_loop, read_token
 
     try:
@@ -373,6 +380,9 @@ def main(argv: list[str] | None = None) -> int:
             token = read_token(a.token_file)
         elif not a.listen:
             raise ValueError("regular mode needs --listen ADDR:PORT")
+        if a.poll_us and not mode.offloaded:
+            raise ValueError("--poll-us polls the SAN: it needs an offloaded mode")
+        check_period_us(a.poll_us)
     except (ValueError, OSError) as e:
         print(f"app.server: {e}", file=sys.stderr)
         return 2
@@ -388,9 +398,18 @@ def main(argv: list[str] | None = None) -> int:
             loop.add_signal_handler(sig, stop.set)
         loop.call_later(1.0, app.sweep, loop)
         tunnels: list = [None]
+        pacer = None
+        if a.poll_us:
+            def flush_tunnel() -> None:
+                t = tunnels[-1]
+                if t is not None and t.out:
+                    t.flush()
+            # over shm the pacer sleeps when idle, woken by the ring's doorbell
+            pacer = PollingPacer(loop, a.poll_us / 1e6, flush_tunnel,
+                                 sleep_when_idle=a.tunnel.startswith("shm:")).start()
         if a.stats_file:
             def stats() -> None:
-                _write_stats(a.stats_file, app, tunnels)
+                _write_stats(a.stats_file, app, tunnels, pacer)
                 loop.call_later(0.5, stats)
             loop.call_soon(stats)
         if mode.offloaded:

@@ -113,7 +113,12 @@ class TcpServer(Scheduler, StatsReport):
         if cfg.queue_deadline > 0 and cfg.overload_control:
             self.loop.call_later(self._queue_period(), self._sweep_queue)
         if cfg.poll_us:
-            self.pacer = PollingPacer(self.loop, cfg.poll_us / 1e6, self.flush_hosts).start()
+            # over shm rings the pacer may sleep when idle: the rings' doorbells and the
+            # client sockets' epoll set (on_events) wake it
+            self.pacer = PollingPacer(self.loop, cfg.poll_us / 1e6, self.flush_hosts,
+                                      sleep_when_idle=cfg.san.kind == "shm").start()
+            if self.poller is not None:
+                self.poller.on_events = self.pacer.wake
         if cfg.stats_file:
             self.loop.call_soon(self._write_stats)
         log.info("TCP server: clients on %s:%d, hosts on %s, mode %s",

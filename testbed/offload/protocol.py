@@ -13,6 +13,11 @@ Every frame is a fixed 16-byte header followed by ``length`` payload bytes::
 All integers are little endian. No I/O happens here: the TCP server and the host library
 feed received bytes to a ``FrameDecoder`` and build frames with ``HDR.pack``. The page
 ``docs/protocol.md`` describes each type and the flow control rules.
+
+``FrameDecoder.feed`` splits a batch into frames with the native decoder (``native.py``)
+when it is built: the per-frame loop is the largest single item of both processes' SAN
+work in the profile (docs/performance.md); ``_feed_python`` is the reference, the same
+frames byte for byte (tests/test_native.py).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import json
 import socket
 import struct
 from dataclasses import dataclass
+
+from .native import NATIVE
 
 PROTOCOL_VERSION = 2  # 2: SEND_CLOSE
 HDR = struct.Struct("<IBBHII")
@@ -99,6 +106,30 @@ class FrameDecoder:
         return len(self._rest)
 
     def feed(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
+        if _decode is None:
+            return self._feed_python(data)
+        self.bytes_in += len(data)
+        rest = self._rest
+        if rest:
+            rest += data
+            if len(rest) < self._need:
+                return []
+            data = bytes(rest)
+            rest.clear()
+        out, off, bad = _decode(data, PROTOCOL_VERSION, MAX_TYPE, MAX_PAYLOAD)
+        if bad:
+            _check_header(data, off)
+        end = len(data)
+        if off < end:
+            self._rest += data[off:]
+            if end - off >= HDR_SIZE:
+                self._need = HDR_SIZE + HDR.unpack_from(data, off)[0]
+            else:
+                self._need = HDR_SIZE
+        self.frames_in += len(out)
+        return out
+
+    def _feed_python(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
         self.bytes_in += len(data)
         rest = self._rest
         if rest:
@@ -132,6 +163,19 @@ class FrameDecoder:
                 self._need = HDR_SIZE
         self.frames_in += len(out)
         return out
+
+
+_decode = NATIVE.decode if NATIVE is not None else None
+
+
+def _check_header(data: bytes, off: int) -> None:
+    """The ProtocolError the Python decoder raises for the bad header at ``off``."""
+    length, version, ftype, flags, _, _ = HDR.unpack_from(data, off)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(f"frame version {version}, expected {PROTOCOL_VERSION}")
+    if not 1 <= ftype <= MAX_TYPE or flags:
+        raise ProtocolError(f"unknown frame type {ftype} or flags {flags:#x}")
+    raise ProtocolError(f"frame payload {length} exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
 
 
 # --- payload helpers (handshake and addresses): rare frames, so clarity over speed ----------

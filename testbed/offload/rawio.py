@@ -60,11 +60,15 @@ class Poller:
         self.loop = loop
         self.ep = select.epoll()
         self.handlers: dict[int, Any] = {}  # fd -> object with _event(mask)
+        self.on_events: Callable[[], None] | None = None  # a polling pacer's wake, if any
         loop.add_reader(self.ep.fileno(), self._poll)
 
     def _poll(self) -> None:
         handlers = self.handlers
-        for fd, ev in self.ep.poll(0, _EVENTS_PER_WAKE):
+        events = self.ep.poll(0, _EVENTS_PER_WAKE)
+        if events and self.on_events is not None:
+            self.on_events()
+        for fd, ev in events:
             h = handlers.get(fd)
             if h is not None:
                 try:

@@ -1,4 +1,5 @@
-"""The ``shm:NAME`` SAN channel: shared-memory byte rings with a Unix socket as doorbell.
+"""The ``shm:NAME`` SAN channel: shared-memory byte rings, eventfd doorbells, a Unix socket
+for the handshake and liveness.
 
 Beyond the paper's SAN, this is its "memory-mapped" channel for the smp architecture:
 the TCP server and the host application are two processes on one machine, so the frame
@@ -15,37 +16,44 @@ How it works (docs/protocol.md has the layout):
   unlinks it at once: the mapping lives while either side has it, and no file is left
   behind even if both processes are killed (``testbed clean`` removes ``/dev/shm/tcps-*``
   for the case of a crash inside the handshake).
-- Frames go through the rings. The socket carries only one-byte doorbells: a writer
-  rings only when the reader said it is going to sleep (a ``data_wanted`` flag it sets
+- The server also makes two eventfds, one per direction, and passes them with the file:
+  the doorbells (``shmtransport.py`` moves the bytes and rings them).
+- Frames go through the rings. A writer rings only when the reader said it is going to sleep (a ``data_wanted`` flag it sets
   after finding its ring empty, and re-checks after, so no wake-up is lost), and a reader
   rings when the writer said it waits for space (``space_wanted``). Under load both sides
-  are awake and no doorbell crosses. The socket's EOF is the liveness signal: the peer's
+  are awake and no doorbell crosses. A process that polls (``polling.PollingPacer``,
+  ``--poll-us``) reads its rings at every tick instead: it sets neither flag while it
+  polls, so its peer never rings it, and it arms ``data_wanted`` only before its pacer
+  sleeps (``arm_doorbell``). With both sides polling, frames cross with no system call
+  at all. The socket's EOF is the liveness signal: the peer's
   process is gone (or closed the channel) and the channel is dropped after the ring's
   remaining bytes are delivered.
 
-Memory ordering: counters are aligned 8-byte words written with single stores (through
-``memoryview.cast("Q")``); data is copied before the counter that publishes it. On
-x86-64 (TSO) that orders data against counters; the flag/counter hand-off (Dekker's
-pattern) additionally needs a full fence, which a lock acquire/release gives (a locked
-instruction). Other architectures are refused with a clear error: use ``unix:PATH``.
+Memory ordering and the native copies: ``shmtransport.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import mmap
 import os
-import platform
 import socket
 import stat
 import struct
-import threading
-from typing import Any, Callable
+from typing import Callable
 
+from .shmtransport import (  # noqa: F401  (the channel's layout, for its users and tests)
+    CONTROL,
+    DATA_WANTED,
+    HEAD,
+    HEADER,
+    SPACE_WANTED,
+    TAIL,
+    ShmTransport,
+    check_arch,
+)
 from .sockfiles import unlink_stale
-from .transport import StreamTransport
 
 log = logging.getLogger(__name__)
 
@@ -53,313 +61,9 @@ SHM_DIR = "/dev/shm"
 MAGIC = b"TCPSRING"
 VERSION = 1
 DEFAULT_RING_BYTES = 4 << 20
-HEADER = 4096  # header page: magic, version, capacity, the two rings' control blocks
-CONTROL = (128, 384)  # control block of ring 0 (server -> host) and ring 1 (host -> server)
-# 8-byte words inside a control block; producer-written words share one cache line,
-# consumer-written words another.
-HEAD, SPACE_WANTED, TAIL, DATA_WANTED = 0, 1, 8, 9
 _HELLO = struct.Struct("<8sIIQ")  # magic, version, reserved, capacity (then the file name)
 HANDSHAKE_TIMEOUT = 5.0
-
-_fence_lock = threading.Lock()
-
-
-def _fence() -> None:
-    """A full memory barrier: an uncontended lock is a locked instruction on x86-64."""
-    _fence_lock.acquire()
-    _fence_lock.release()
-
-
-class _Corrupt(ValueError):
-    """Ring counters that no well-behaved peer writes."""
-
-
-def _check_arch() -> None:
-    if platform.machine().lower() not in ("x86_64", "amd64"):
-        raise OSError(f"the shm channel relies on x86-64 memory ordering; this machine is "
-                      f"{platform.machine()}: use a unix:PATH channel")
-
-
-class ShmTransport(StreamTransport):
-    """An asyncio Transport over a pair of shared-memory rings and a doorbell socket."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, mm: mmap.mmap,
-                 cap: int, side: str, protocol: asyncio.BaseProtocol, ring_name: str) -> None:
-        super().__init__({"peername": ring_name, "sockname": ring_name, "shm_ring": ring_name,
-                          "shm_ring_bytes": cap})
-        self._loop = loop
-        self._sock = sock
-        self._fd = sock.fileno()
-        self._mm = mm
-        self._mv = memoryview(mm)
-        self._w = self._mv[:HEADER].cast("Q")
-        self._cap = cap
-        self._mask = cap - 1
-        tx = 0 if side == "server" else 1
-        rx = 1 - tx
-        self._tx_base = HEADER + tx * cap
-        self._rx_base = HEADER + rx * cap
-        t, r = CONTROL[tx] // 8, CONTROL[rx] // 8
-        self._tx_head_i, self._tx_space_i = t + HEAD, t + SPACE_WANTED  # ours
-        self._tx_tail_i, self._tx_wait_i = t + TAIL, t + DATA_WANTED  # the peer's
-        self._rx_head_i, self._rx_space_i = r + HEAD, r + SPACE_WANTED  # the peer's
-        self._rx_tail_i, self._rx_wait_i = r + TAIL, r + DATA_WANTED  # ours
-        self._tx_head = self._w[self._tx_head_i]
-        self._rx_tail = self._w[self._rx_tail_i]
-        self._init_stream(protocol)
-        self._backlog: collections.deque[memoryview] = collections.deque()
-        self._blen = 0
-        self._reading = True
-        self._closing = False
-        self._dead = False
-        self._scheduled = False
-        self.bells_sent = 0
-        self.bells_received = 0
-
-    def _start(self) -> None:
-        self._protocol.connection_made(self)
-        if not self._dead:
-            self._loop.add_reader(self._fd, self._on_bell)
-            self._schedule()
-
-    # --- the rings --------------------------------------------------------------------
-    def _put(self, data: memoryview) -> int:
-        """Copy as much of ``data`` as fits into the send ring and publish it."""
-        w = self._w
-        head = self._tx_head
-        used = head - w[self._tx_tail_i]
-        if not 0 <= used <= self._cap:  # the peer wrote a tail we never reached
-            raise _Corrupt(f"send ring: tail {w[self._tx_tail_i]} against head {head}")
-        n = min(self._cap - used, len(data))
-        if n <= 0:
-            return 0
-        pos = head & self._mask
-        first = min(n, self._cap - pos)
-        b = self._tx_base + pos
-        mm = self._mm
-        mm[b:b + first] = data[:first]
-        if n > first:
-            mm[self._tx_base:self._tx_base + n - first] = data[first:n]
-        self._tx_head = head + n
-        w[self._tx_head_i] = head + n
-        return n
-
-    def _published(self) -> None:
-        """New data is in the send ring: ring the peer if it went to sleep."""
-        _fence()
-        w = self._w
-        if w[self._tx_wait_i]:
-            w[self._tx_wait_i] = 0
-            self._bell()
-
-    def _want_space(self) -> None:
-        w = self._w
-        w[self._tx_space_i] = 1
-        _fence()
-        if self._cap - (self._tx_head - w[self._tx_tail_i]) != 0:
-            self._schedule()  # the reader freed space between our attempt and the flag
-
-    def _drain(self) -> None:
-        """Deliver what the peer wrote; sleep (data_wanted) only once the ring is empty."""
-        w, cap = self._w, self._cap
-        for _ in range(8):
-            if not self._reading or self._closing or self._dead:
-                return
-            tail = self._rx_tail
-            head = w[self._rx_head_i]
-            if head == tail:
-                w[self._rx_wait_i] = 1
-                _fence()
-                head = w[self._rx_head_i]
-                if head == tail:
-                    return
-                w[self._rx_wait_i] = 0
-            n = head - tail
-            if not 0 < n <= cap:  # a head behind our tail would deliver bytes twice
-                self._fatal(OSError(f"shm ring {self.get_extra_info('shm_ring')}: corrupt counters "
-                                    f"(head {head}, tail {tail}, capacity {cap})"))
-                return
-            pos = tail & self._mask
-            first = min(n, cap - pos)
-            b = self._rx_base + pos
-            mm = self._mm
-            if first == n:
-                data = mm[b:b + n]
-            else:
-                data = mm[b:b + first] + mm[self._rx_base:self._rx_base + n - first]
-            self._rx_tail = head
-            w[self._rx_tail_i] = head
-            _fence()
-            if w[self._rx_space_i]:
-                w[self._rx_space_i] = 0
-                self._bell()
-            self._protocol.data_received(data)  # type: ignore[attr-defined]
-        self._schedule()  # more may be waiting: let the rest of the loop run first
-
-    def _push_backlog(self) -> None:
-        if self._dead:
-            return
-        self._w[self._tx_space_i] = 0
-        pushed = False
-        bl = self._backlog
-        while bl:
-            item = bl[0]
-            n = self._put(item)
-            if n:
-                pushed = True
-                self._blen -= n
-            if n == len(item):
-                bl.popleft()
-            else:
-                bl[0] = item[n:]
-                break
-        if pushed:
-            self._published()
-        if bl:
-            self._want_space()
-        elif self._closing:
-            self._finish(None)
-            return
-        if self._wpaused and self._blen <= self._low:
-            self._resume_writing()
-
-    def _schedule(self) -> None:
-        if not self._scheduled and not self._dead:
-            self._scheduled = True
-            self._loop.call_soon(self._service)
-
-    def _service(self) -> None:
-        self._scheduled = False
-        if self._dead:
-            return
-        try:
-            self._drain()
-            if self._backlog and not self._dead:
-                self._push_backlog()
-        except (ValueError, IndexError, TypeError) as e:  # a mapping closed under us, bad counters
-            self._fatal(e)
-
-    # --- the doorbell socket ------------------------------------------------------------
-    def _bell(self) -> None:
-        try:
-            self._sock.send(b"\x01")
-            self.bells_sent += 1
-        except (BlockingIOError, InterruptedError):
-            pass  # bells already queued: the peer will wake anyway
-        except OSError as e:
-            self._loop.call_soon(self._peer_gone, e)
-
-    def _on_bell(self) -> None:
-        try:
-            b = self._sock.recv(64)
-        except (BlockingIOError, InterruptedError):
-            return
-        except ConnectionResetError:  # the peer closed with our doorbells unread: gone, no error
-            self._peer_gone(None)
-            return
-        except OSError as e:
-            self._peer_gone(e)
-            return
-        if not b:
-            self._peer_gone(None)
-            return
-        self.bells_received += 1
-        self._service()
-
-    def _peer_gone(self, exc: Exception | None) -> None:
-        """EOF on the doorbell socket: deliver what is left in the ring, then drop."""
-        if self._dead:
-            return
-        try:
-            while not self._dead and self._reading and not self._closing:
-                if self._w[self._rx_head_i] == self._rx_tail:
-                    break
-                self._drain()
-        except (ValueError, IndexError, TypeError):
-            pass
-        self._finish(exc)
-
-    def _fatal(self, exc: Exception) -> None:
-        log.warning("shm channel %s dropped: %s", self.get_extra_info("shm_ring"), exc)
-        self._finish(exc)
-
-    def _finish(self, exc: Exception | None) -> None:
-        if self._dead:
-            return
-        self._dead = True
-        self._closing = True
-        self._backlog.clear()
-        self._blen = 0
-        try:
-            self._loop.remove_reader(self._fd)
-        except (ValueError, OSError):
-            pass
-        self._sock.close()
-        self._w.release()
-        self._mv.release()
-        self._mm.close()
-        self._loop.call_soon(self._protocol.connection_lost, exc)
-
-    # --- asyncio.Transport -------------------------------------------------------------
-    def write(self, data: Any) -> None:
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise TypeError(f"data argument must be a bytes-like object, not {type(data).__name__!r}")
-        if self._closing or self._dead:
-            return
-        mv = memoryview(data).cast("B")
-        if not mv:
-            return
-        if self._backlog:
-            self._backlog.append(memoryview(bytes(mv)))
-            self._blen += len(mv)
-        else:
-            try:
-                n = self._put(mv)
-            except _Corrupt as e:
-                self._fatal(e)
-                return
-            if n:
-                self._published()
-            if n == len(mv):
-                return
-            self._backlog.append(memoryview(bytes(mv[n:])))  # the caller may reuse its buffer
-            self._blen += len(mv) - n
-            self._want_space()
-        if not self._wpaused and self._blen > self._high:
-            self._pause_writing()
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def write_eof(self) -> None:
-        raise NotImplementedError("the shm channel has no half-close; use close()")
-
-    def get_write_buffer_size(self) -> int:
-        return self._blen
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._closing = True
-        if not self._backlog:
-            self._finish(None)  # the ring's bytes stay readable: the peer drains them on EOF
-
-    def abort(self) -> None:
-        self._finish(None)
-
-    def pause_reading(self) -> None:
-        self._reading = False
-
-    def resume_reading(self) -> None:
-        if not self._reading:
-            self._reading = True
-            self._schedule()
-
-    def is_reading(self) -> bool:
-        return self._reading and not self._closing
+_EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 
 
 class ShmServer(asyncio.AbstractServer):
@@ -401,15 +105,15 @@ class ShmServer(asyncio.AbstractServer):
                 log.warning("shm channel %s: accept failed: %s", self.name, e)
                 return
             try:
-                mm, ring = self._make_ring(conn)
+                mm, ring, bells = self._make_ring(conn)
             except OSError as e:
                 log.warning("shm channel %s: ring setup failed: %s; connection dropped", self.name, e)
                 conn.close()
                 continue
-            tr = ShmTransport(self._loop, conn, mm, self.ring_bytes, "server", self._factory(), ring)
+            tr = ShmTransport(self._loop, conn, mm, self.ring_bytes, "server", self._factory(), ring, bells)
             tr._start()
 
-    def _make_ring(self, conn: socket.socket) -> tuple[mmap.mmap, str]:
+    def _make_ring(self, conn: socket.socket) -> tuple[mmap.mmap, str, tuple[int, int]]:
         self._n += 1
         ring = f"{self.name}-{os.getpid()}-{self._n}"
         path = os.path.join(SHM_DIR, ring)
@@ -422,14 +126,20 @@ class ShmServer(asyncio.AbstractServer):
                 hello = _HELLO.pack(MAGIC, VERSION, 0, self.ring_bytes)
                 mm[:_HELLO.size] = hello
                 conn.setblocking(False)
-                socket.send_fds(conn, [hello + ring.encode()], [fd])
+                to_host, to_server = os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)
+                try:
+                    socket.send_fds(conn, [hello + ring.encode()], [fd, to_host, to_server])
+                except BaseException:
+                    os.close(to_host)
+                    os.close(to_server)
+                    raise
             except BaseException:
                 mm.close()
                 raise
         finally:
             os.unlink(path)  # both ends hold it now (the fd in flight counts): nothing to leak
             os.close(fd)
-        return mm, ring
+        return mm, ring, (to_host, to_server)
 
     # asyncio.AbstractServer
     def close(self) -> None:
@@ -468,7 +178,7 @@ class ShmServer(asyncio.AbstractServer):
 async def serve(path: str, name: str, factory: Callable[[], asyncio.BaseProtocol],
                 ring_bytes: int = DEFAULT_RING_BYTES) -> ShmServer:
     """Listen on ``path`` (``/dev/shm/tcps-NAME.sock``); ring files are ``/dev/shm/NAME-*``."""
-    _check_arch()
+    check_arch()
     if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
         raise ValueError(f"shm ring size {ring_bytes}: a power of two of at least 4096 bytes")
     unlink_stale(path, socket.SOCK_SEQPACKET)
@@ -480,7 +190,7 @@ async def serve(path: str, name: str, factory: Callable[[], asyncio.BaseProtocol
 async def connect(path: str, factory: Callable[[], asyncio.BaseProtocol],
                   timeout: float = HANDSHAKE_TIMEOUT) -> tuple[ShmTransport, asyncio.BaseProtocol]:
     """Attach to the server at ``path``: get the ring file, map it, wrap it as a Transport."""
-    _check_arch()
+    check_arch()
     loop = asyncio.get_running_loop()
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
     sock.setblocking(False)
@@ -493,24 +203,35 @@ async def connect(path: str, factory: Callable[[], asyncio.BaseProtocol],
         finally:
             loop.remove_reader(sock.fileno())
         msg, fds, _, _ = socket.recv_fds(sock, 4096, 4)
-        if not msg:
-            raise ConnectionError(f"shm channel {path}: the server closed during the handshake")
-        for extra in fds[1:]:
-            os.close(extra)
-        if not fds:
-            raise OSError(f"shm channel {path}: the server sent no ring file")
-        fd = fds[0]
+        ring_fd, bells = _take_fds(fds, path)
         try:
-            mm, cap, ring = _map_ring(fd, msg, path)
+            if not msg:
+                raise ConnectionError(f"shm channel {path}: the server closed during the handshake")
+            mm, cap, ring = _map_ring(ring_fd, msg, path)
+        except BaseException:
+            for fd in {*bells} - {-1}:
+                os.close(fd)
+            raise
         finally:
-            os.close(fd)
+            os.close(ring_fd)
     except BaseException:
         sock.close()
         raise
     protocol = factory()
-    tr = ShmTransport(loop, sock, mm, cap, "host", protocol, ring)
+    tr = ShmTransport(loop, sock, mm, cap, "host", protocol, ring, bells)
     tr._start()
     return tr, protocol
+
+
+def _take_fds(fds: list[int], path: str) -> tuple[int, tuple[int, int]]:
+    """The ring file and the doorbells (we ring, the server rings; -1 without eventfds)."""
+    if not fds:
+        raise OSError(f"shm channel {path}: the server sent no ring file")
+    if len(fds) != 3:
+        for extra in fds[1:]:
+            os.close(extra)
+        return fds[0], (-1, -1)
+    return fds[0], (fds[2], fds[1])
 
 
 def _map_ring(fd: int, msg: bytes, path: str) -> tuple[mmap.mmap, int, str]:

@@ -30,6 +30,9 @@ class StatsReport:
                 "bytes_out": h.bytes_out,
                 "san_write_buffer": h.transport.get_write_buffer_size() if h.transport else 0,
                 "paused": h.paused,
+                # shm channel: doorbells rung and taken (zero while both sides poll)
+                "bells_sent": getattr(h.transport, "bells_sent", 0),
+                "bells_received": getattr(h.transport, "bells_received", 0),
             }
         return {
             "time": time.time(),
@@ -76,6 +79,7 @@ class StatsReport:
             "poll_us": self.cfg.poll_us,
             "polls": self.pacer.polls if self.pacer is not None else 0,
             "poll_overruns": self.pacer.overruns if self.pacer is not None else 0,
+            "poll_sleeps": self.pacer.sleeps if self.pacer is not None else 0,
             "hosts_attached": len(self.hosts),
             "hosts": hosts,
         }

@@ -2,7 +2,7 @@
 
 ``rawio.RawTransport`` (client sockets on the daemon's own epoll set),
 ``hostsock.TunnelTransport`` (a tunneled connection as the host application sees it) and
-``shmring.ShmTransport`` (a SAN channel over shared-memory rings) each move bytes their
+``shmtransport.ShmTransport`` (a SAN channel over shared-memory rings) each move bytes their
 own way, but present the same ``asyncio.Transport`` contract to a protocol: the protocol
 slot, asyncio's write-buffer limits (``write_buffer_limits``: high 64 KiB, low a quarter
 of it) with ``pause_writing``/``resume_writing`` called on crossing them, ``writelines``.
