@@ -181,8 +181,9 @@ def test_link_delay_and_loss_are_applied_and_measured(backend, tb_name):
     expected = 1 - (1 - LOSS_PCT / 100) ** 2
     # binomial: 400 pings at 9.75% -> sd 1.5 points; 4 sd either way
     assert abs(loss - expected) < 0.06, (loss, expected)
-    assert rtt_min >= 2 * DELAY_MS * 0.99, rtt_min
-    assert rtt_avg < 2 * DELAY_MS + 25, rtt_avg   # emulation overhead, generously
+    # the fastest round trip shows the delay itself: at least twice netem's, and not much
+    # more (the average also holds the emulated CPU's stalls: 67 ms on a busy host)
+    assert 2 * DELAY_MS * 0.99 <= rtt_min < 2 * DELAY_MS + 10, rtt_min
 
 
 def test_clean_after_a_killed_builder_and_down_leave_nothing(tb_name):
