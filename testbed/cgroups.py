@@ -27,14 +27,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+from . import PREFIX
 from .errors import KernelFeatureMissing, TestbedError
 
 log = logging.getLogger(__name__)
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: v2: controllers the testbed enabled in the root's cgroup.subtree_control, one a line
-ROOT_RECORD = Path("/run/tcps-cgroup-root-controllers")
-TOP_PREFIX = "tcps-"
+ROOT_RECORD = Path(f"/run/{PREFIX}-cgroup-root-controllers")
+TOP_PREFIX = f"{PREFIX}-"
 DEFAULT_PERIOD_US = 100_000
 
 

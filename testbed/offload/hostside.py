@@ -3,7 +3,7 @@
 A host attaches with HELLO (token and mode checked, WELCOME back) and then carries all
 its client connections on this one channel: ``data_received`` decodes a batch of frames
 and dispatches each to its ``clientside.ClientConn`` (an if-chain on plain ints, most
-frequent types first: measured cheaper than a table of bound methods here); frames back
+frequent types first; not measured against a table of bound methods); frames back
 to the host are batched into one write per event-loop iteration (``writer.FrameWriter``).
 
 When the host stops reading (the SAN's write buffer passes ``flow.SAN_HIGH_WATER``) the
