@@ -1,18 +1,19 @@
 """Overload (docs/limits.md, "Overload"): goodput holds past saturation in every mode, on a small budget.
 
-Two 0.1-CPU nodes (capacity about 1,000-1,300 static requests/s here), a new connection
+Two 0.05-CPU nodes (capacity about 700-950 static requests/s here), a new connection
 per request, offered open loop by a small generator in the client node whose clients give
-up (reset) after 2 s. Per mode, in a fresh testbed each: a step at 500/s (under capacity),
-then one at 3,000/s (about 2.5x). With the TCP server's overload control (its defaults)
+up (reset) after 2 s. Per mode, in a fresh testbed each: a step at 300/s (under capacity),
+then one at 3,000/s (three to four times it: at 0.1 CPU each the native relay put the
+capacity at 2,100-2,200/s, too near 3,000/s for the uncontrolled daemon to collapse). With the TCP server's overload control (its defaults)
 goodput at 3,000/s must stay near the 500/s step's; in the modes where hosts pull
 connections (split, async-send, eager-receive), the same step without the control
 (``overload_control: false``: the daemon before its overload control, which accepted everything,
 queued up to 4,096 and reset the rest) collapses, and the
 test checks that it does, against the controlled run right before it. The push modes and
 Regular TCP did not collapse before either (``python -m bench.overload``); for them only the holding
-is checked. Thresholds are ratios with wide margins, not absolute rates (measured here,
-on a machine shared with other runs: controlled 640-1,100/s at 3,000/s against 500/s at
-500/s; uncontrolled pull modes 90-490/s, 0.1-0.5x the controlled run before them).
+is checked. Thresholds are ratios with wide margins, not absolute rates (measured here:
+controlled 850-940/s at 3,000/s, Regular TCP 680/s; uncontrolled pull modes 47-60/s,
+0.05-0.07x the controlled run before them).
 """
 
 from __future__ import annotations
@@ -37,8 +38,8 @@ from .offload_helpers import SERVICE
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
-BUDGET = {"host_cpu": "0.1", "tcpserver_cpu": "0.1"}
-CALM, OVER = 500, 3000  # offered requests/s: under capacity, about 2.5x it
+BUDGET = {"host_cpu": "0.05", "tcpserver_cpu": "0.05"}
+CALM, OVER = 300, 3000  # offered requests/s: under capacity, three to four times it
 TIMEOUT = 2.0  # a client gives up (and resets) after this
 NO_CONTROL = {"overload_control": False, "backlog": 4096, "listen_backlog": 4096}
 PULL = ("split", "async-send", "eager-receive")
@@ -136,8 +137,8 @@ def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
     with make_testbed(mode, tb_name) as tb:
         calm, over = measure(tb, [(CALM, 2.0, 0.5), (OVER, 4.0, 1.5)])
         st = stats(tb) if mode != "regular" else {}
-    # 500/s is served in full; at 3,000/s the controlled daemon keeps its capacity (>= 2x
-    # the calm step here; 1,000-1,300 against 500); a collapse keeps 0.16-0.41x of it
+    # the calm step is served in full; at 3,000/s the controlled daemon keeps its capacity
+    # (2-3x the calm step here); a collapse keeps a tenth of it or less
     assert calm > 0.8 * CALM, (mode, calm)
     assert over > 1.2 * calm, f"{mode}: goodput {over:.0f}/s at {OVER}/s offered against {calm:.0f}/s at {CALM}/s"
     print(f"{mode}: {calm:.0f}/s at {CALM}/s, {over:.0f}/s at {OVER}/s", end="")
@@ -148,7 +149,7 @@ def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
             st0 = stats(tb)
         print(f"; without the control {without:.0f}/s")
         assert st0["backlog"] == 4096 and not st0["overload_control"], st0  # the options got there
-        # the collapse the control prevents: measured 0.1-0.4x of the controlled goodput
+        # the collapse the control prevents: measured 0.05-0.07x of the controlled goodput
         assert without < 0.6 * over, (f"{mode}: without overload control {without:.0f}/s at {OVER}/s, "
                                       f"with it {over:.0f}/s: no collapse to prevent?")
 
