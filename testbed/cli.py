@@ -330,10 +330,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _dry_run(args: argparse.Namespace) -> int:
     """The experiment checked as ``run`` checks it, its points listed, its load time summed."""
     from .experiment import load_experiment
+    from .runner import point_seconds
     exp = load_experiment(args.experiment, quick=args.quick)
     points = exp.points()
-    step = float(exp.load.get("step_seconds", 0)) + float(exp.load.get("warmup_seconds", 0))
-    load_s = sum(len(exp.rates_for(p.workload)) * step for p in points)
+    load_s = sum(point_seconds(exp, p.workload) for p in points)  # the runner's own estimate
     for p in points:
         extra = {k: v for k, v in exp.service_options(p).items() if k != "seed"}
         print(f"  {p.index:3d} round {p.repetition} {p.mode:18} {p.workload:8} "

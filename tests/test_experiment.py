@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from testbed.errors import SpecError
@@ -117,6 +119,17 @@ def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "testbed", "run", "san-cost", "--dry-run",
                           "--results", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "san-cost: 15 points, 22 min of offered load" in out.stdout
+    assert "san-cost: 15 points, 23 min of offered load" in out.stdout
     assert "'channel': 'shm', 'poll_us': 2000, 'host_poll_us': 2000" in out.stdout
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("quick", [False, True], ids=["full", "quick"])
+@pytest.mark.parametrize("name", available_experiments())
+def test_every_shipped_experiment_dry_runs(name: str, quick: bool, tmp_path, capsys) -> None:
+    """Each shipped file, shifting phases included, is checked, listed and timed by --dry-run."""
+    from testbed.cli import main
+    argv = ["run", name, "--dry-run", "--results", str(tmp_path)] + (["--quick"] if quick else [])
+    assert main(argv) == 0
+    assert re.search(rf"^{name}: \d+ points, \d+ min of offered load", capsys.readouterr().out, re.M)
     assert list(tmp_path.iterdir()) == []
