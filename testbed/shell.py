@@ -30,6 +30,7 @@ from typing import Any
 from .errors import TestbedError
 from .lifecycle import Testbed
 from .nodes import spawn
+from .status import print_table
 
 HISTORY = Path.home() / ".testbed_history"
 MAX_LOAD_RATE = 100_000  # req/s: a typo guard for `load`
@@ -62,17 +63,17 @@ class TestbedShell(cmd.Cmd):
     def do_nodes(self, arg: str) -> None:
         """nodes: every node with its role, namespace, addresses and CPU budget."""
         plan = self.tb.plan
-        for n in self.tb.topology.nodes:
-            addrs = " ".join(f"{a}({l})" for l, a in plan.addresses_of(n.netns_key))
-            cpu = "unlimited" if n.cpu is None else f"{n.cpu:g} CPU"
-            self._say(f"{n.name:10} {n.role:10} {self.tb.netns(n.name):22} {cpu:12} {addrs}")
+        rows = [(n.name, n.role, self.tb.netns(n.name), "unlimited" if n.cpu is None else f"{n.cpu:g}",
+                 " ".join(f"{a}({l})" for l, a in plan.addresses_of(n.netns_key)))
+                for n in self.tb.topology.nodes]
+        print_table(("NODE", "ROLE", "NAMESPACE", "CPU", "ADDRESSES (LINK)"), rows, out=self.stdout)
 
     def do_links(self, arg: str) -> None:
         """links: every link with its ends (node:interface address) and rate."""
-        for lp in self.tb.plan.links:
-            ends = " ".join(f"{k}:{lp.interfaces[k]}={lp.addresses[k]}" for k in lp.addresses)
-            rate = f"{lp.link.mbit:g} Mbit/s" if lp.link.mbit else "unlimited"
-            self._say(f"{lp.link.name:8} {lp.link.kind:7} {rate:14} {ends}")
+        rows = [(lp.link.name, lp.link.kind, f"{lp.link.mbit:g} Mbit/s" if lp.link.mbit else "unlimited",
+                 " ".join(f"{k}:{lp.interfaces[k]}={lp.addresses[k]}" for k in lp.addresses))
+                for lp in self.tb.plan.links]
+        print_table(("LINK", "KIND", "RATE", "ENDS (NODE:INTERFACE=ADDRESS)"), rows, out=self.stdout)
 
     def do_pingall(self, arg: str) -> None:
         """pingall: one ping between every pair of nodes that share a link, both ways, and

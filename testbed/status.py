@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any, Sequence
+from typing import Any, Sequence, TextIO
 
 
 def status_of(name: str) -> dict[str, Any]:
@@ -79,13 +79,14 @@ def print_status(state: dict[str, Any]) -> None:
     print(f"stop it:   sudo testbed down {state['name']}")
 
 
-def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    """A table with rich: a ruled, bold header on a terminal; in a pipe or a file the same
-    columns, two spaces apart, no colour and no wrapping, for grep and awk."""
+def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:
+    """A table with rich on ``out`` (standard output by default): a ruled, bold header on a
+    terminal; in a pipe or a file the same columns, two spaces apart, no colour and no
+    wrapping, for grep and awk."""
     from rich import box
     from rich.console import Console
     from rich.table import Table
-    out = sys.stdout
+    out = out or sys.stdout
     tty = out.isatty()
     table = Table(box=box.SIMPLE_HEAD if tty else None, pad_edge=False, padding=(0, 1),
                   show_edge=False, header_style="bold" if tty else "")
@@ -100,7 +101,8 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> None
         from rich.measure import Measurement
         console = Console(file=out, highlight=False)
         wide = console.options.update(max_width=10_000)
-        console.width = max(console.width, Measurement.get(console, wide, table).maximum)
+        # size, not width: under TERM=dumb rich keeps 80 columns unless both are set
+        console.size = (max(console.width, Measurement.get(console, wide, table).maximum), console.height)
         console.print(table)
         return
     console = Console(file=out, width=10_000, color_system=None, highlight=False)

@@ -40,10 +40,10 @@ def sweep(url: str, out) -> list[str]:
             "--step-seconds", "2", "--warmup", "0.5", "--out", str(out)]
 
 
-def run_in_terminal(argv: list[str], timeout: float = 60, columns: int = 200) -> str:
+def run_in_terminal(argv: list[str], timeout: float = 60, columns: int = 200, term: str = "xterm") -> str:
     master, slave = pty.openpty()
     proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, cwd=ROOT,
-                            env={**os.environ, "TERM": "xterm", "COLUMNS": str(columns)})
+                            env={**os.environ, "TERM": term, "COLUMNS": str(columns)})
     os.close(slave)
     buf = b""
     deadline = time.monotonic() + timeout
@@ -97,13 +97,14 @@ def test_status_table_on_a_terminal_has_a_ruled_bold_header():
     assert re.search(r"tcpserver\s+tcpserver", ANSI.sub("", shown))
 
 
-def test_status_table_on_a_narrow_terminal_keeps_every_name_whole():
+@pytest.mark.parametrize("term", ["xterm", "dumb"])  # rich sizes a dumb terminal its own way
+def test_status_table_on_a_narrow_terminal_keeps_every_name_whole(term: str):
     code = ("from testbed.status import print_table\n"
             "print_table(('NODE', 'NAMESPACE', 'ADDRESSES'), "
-            "[('tcpserver', 'tcps-lead-tcpserver', '10.77.0.2(public) 10.77.1.1(san)')])")
-    shown = ANSI.sub("", run_in_terminal([sys.executable, "-c", code], columns=40))
+            "[('tcpserver', 'tcps-lead-tcpserver', '10.77.0.2(public) 10.77.1.1(san) 10.77.2.1(san2) 10.77.3.1(san3)')])")
+    shown = ANSI.sub("", run_in_terminal([sys.executable, "-c", code], columns=40, term=term))
     assert "…" not in shown
-    assert re.search(r"tcpserver\s+tcps-lead-tcpserver\s+10\.77\.0\.2\(public\) 10\.77\.1\.1\(san\)", shown)
+    assert re.search(r"tcpserver\s+tcps-lead-tcpserver\s+10\.77\.0\.2\(public\) 10\.77\.1\.1\(san\) 10\.77\.2\.1\(san2\) 10\.77\.3\.1\(san3\)", shown)
 
 
 def test_runner_display_counts_the_time_left_down_from_the_points_estimate():
