@@ -1,19 +1,20 @@
 """Overload (docs/limits.md, "Overload"): goodput holds past saturation in every mode, on a small budget.
 
-Two 0.05-CPU nodes (capacity about 700-950 static requests/s here), a new connection
+Two 0.05-CPU nodes (capacity about 650-950 static requests/s here), a new connection
 per request, offered open loop by a small generator in the client node whose clients give
 up (reset) after 2 s. Per mode, in a fresh testbed each: a step at 300/s (under capacity),
-then one at 3,000/s (three to four times it: at 0.1 CPU each the native relay put the
-capacity at 2,100-2,200/s, too near 3,000/s for the uncontrolled daemon to collapse). With the TCP server's overload control (its defaults)
-goodput at 3,000/s must stay near the 500/s step's; in the modes where hosts pull
-connections (split, async-send, eager-receive), the same step without the control
-(``overload_control: false``: the daemon before its overload control, which accepted everything,
-queued up to 4,096 and reset the rest) collapses, and the
-test checks that it does, against the controlled run right before it. The push modes and
-Regular TCP did not collapse before either (``python -m bench.overload``); for them only the holding
-is checked. Thresholds are ratios with wide margins, not absolute rates (measured here:
-controlled 850-940/s at 3,000/s, Regular TCP 680/s; uncontrolled pull modes 47-60/s,
-0.05-0.07x the controlled run before them).
+then one at 3,000/s (three to four times it; at 0.1 CPU each the native relay put the
+capacity at 2,100-2,200/s, too near 3,000/s for the uncontrolled daemon to collapse). With
+the TCP server's overload control (its defaults) goodput at 3,000/s must stay at or above
+the 300/s step's; in the modes where hosts pull connections (split, async-send,
+eager-receive), the same step without the control (``overload_control: false``: the daemon
+before its overload control, which accepted everything, queued up to 4,096 and reset the
+rest) collapses, and the test checks that it does, against the controlled run right before
+it. The push modes and Regular TCP did not collapse before either (``python -m
+bench.overload``); for them only the holding is checked. Thresholds are ratios with wide
+margins, not absolute rates (measured here in two runs: controlled 796-946/s at 3,000/s,
+Regular TCP 657-678/s; uncontrolled pull modes 38-64/s, 0.05-0.08x the controlled run
+before them).
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def test_goodput_holds_past_saturation(mode: str, tb_name: str) -> None:
             st0 = stats(tb)
         print(f"; without the control {without:.0f}/s")
         assert st0["backlog"] == 4096 and not st0["overload_control"], st0  # the options got there
-        # the collapse the control prevents: measured 0.05-0.07x of the controlled goodput
+        # the collapse the control prevents: measured 0.05-0.08x of the controlled goodput
         assert without < 0.6 * over, (f"{mode}: without overload control {without:.0f}/s at {OVER}/s, "
                                       f"with it {over:.0f}/s: no collapse to prevent?")
 
