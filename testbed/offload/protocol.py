@@ -16,7 +16,7 @@ feed received bytes to a ``FrameDecoder`` and build frames with ``HDR.pack``. Th
 
 ``FrameDecoder.feed`` splits a batch into frames with the native decoder (``native.py``)
 when it is built: the per-frame loop is the largest single item of both processes' SAN
-work in the profile (docs/performance.md); ``_feed_python`` is the reference, the same
+work in the profile (docs/performance.md); ``_split_python`` is the reference, the same
 frames byte for byte (tests/test_native.py).
 """
 
@@ -85,6 +85,31 @@ def pack(ftype: int, conn: int = 0, arg: int = 0, payload: bytes = b"") -> bytes
     return HDR.pack(len(payload), PROTOCOL_VERSION, ftype, 0, conn, arg) + payload
 
 
+def _split_python(data: bytes, version: int, max_type: int,
+                  max_payload: int) -> tuple[list[tuple[int, int, int, bytes]], int, bool]:
+    """The complete frames from the start of ``data``, where the first incomplete or bad
+    frame starts, and whether its header is bad: ``_native.decode`` in pure Python, the
+    reference it is tested against (tests/test_native.py)."""
+    out: list[tuple[int, int, int, bytes]] = []
+    end = len(data)
+    off = 0
+    unpack = HDR.unpack_from
+    while end - off >= HDR_SIZE:
+        length, v, ftype, flags, conn, arg = unpack(data, off)
+        if v != version or not 1 <= ftype <= max_type or flags or length > max_payload:
+            return out, off, True
+        stop = off + HDR_SIZE + length
+        if stop > end:
+            break
+        out.append((ftype, conn, arg, data[off + HDR_SIZE : stop]))
+        off = stop
+    return out, off, False
+
+
+_decode = NATIVE.decode if NATIVE is not None else None
+_split = _decode or _split_python  # chosen once, at import
+
+
 class FrameDecoder:
     """Incremental decoder: ``feed(bytes)`` returns the complete frames seen so far.
 
@@ -105,9 +130,9 @@ class FrameDecoder:
     def buffered(self) -> int:
         return len(self._rest)
 
-    def feed(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
-        if _decode is None:
-            return self._feed_python(data)
+    def feed(self, data: bytes, split=_split) -> list[tuple[int, int, int, bytes]]:
+        """``split``: the frame splitter, native when built (bound as a default: no lookup
+        per batch); ``_feed_python`` passes the pure-Python one."""
         self.bytes_in += len(data)
         rest = self._rest
         if rest:
@@ -116,7 +141,7 @@ class FrameDecoder:
                 return []
             data = bytes(rest)
             rest.clear()
-        out, off, bad = _decode(data, PROTOCOL_VERSION, MAX_TYPE, MAX_PAYLOAD)
+        out, off, bad = split(data, PROTOCOL_VERSION, MAX_TYPE, MAX_PAYLOAD)
         if bad:
             _check_header(data, off)
         end = len(data)
@@ -130,46 +155,12 @@ class FrameDecoder:
         return out
 
     def _feed_python(self, data: bytes) -> list[tuple[int, int, int, bytes]]:
-        self.bytes_in += len(data)
-        rest = self._rest
-        if rest:
-            rest += data
-            if len(rest) < self._need:
-                return []
-            data = bytes(rest)
-            rest.clear()
-        out: list[tuple[int, int, int, bytes]] = []
-        end = len(data)
-        off = 0
-        unpack = HDR.unpack_from
-        while end - off >= HDR_SIZE:
-            length, version, ftype, flags, conn, arg = unpack(data, off)
-            if version != PROTOCOL_VERSION:
-                raise ProtocolError(f"frame version {version}, expected {PROTOCOL_VERSION}")
-            if not 1 <= ftype <= MAX_TYPE or flags:
-                raise ProtocolError(f"unknown frame type {ftype} or flags {flags:#x}")
-            if length > MAX_PAYLOAD:
-                raise ProtocolError(f"frame payload {length} exceeds MAX_PAYLOAD {MAX_PAYLOAD}")
-            stop = off + HDR_SIZE + length
-            if stop > end:
-                break
-            out.append((ftype, conn, arg, data[off + HDR_SIZE : stop]))
-            off = stop
-        if off < end:
-            self._rest += data[off:]
-            if end - off >= HDR_SIZE:
-                self._need = HDR_SIZE + HDR.unpack_from(data, off)[0]
-            else:
-                self._need = HDR_SIZE
-        self.frames_in += len(out)
-        return out
-
-
-_decode = NATIVE.decode if NATIVE is not None else None
+        """``feed`` through the pure-Python splitter, whatever is built (for the tests)."""
+        return self.feed(data, _split_python)
 
 
 def _check_header(data: bytes, off: int) -> None:
-    """The ProtocolError the Python decoder raises for the bad header at ``off``."""
+    """The ProtocolError for the bad header at ``off``, where either splitter stopped."""
     length, version, ftype, flags, _, _ = HDR.unpack_from(data, off)
     if version != PROTOCOL_VERSION:
         raise ProtocolError(f"frame version {version}, expected {PROTOCOL_VERSION}")
