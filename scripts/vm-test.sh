@@ -25,11 +25,11 @@ for arg in "$@"; do
     esac
 done
 
-# command -> the Debian package that provides it
-declare -A NEEDS=([qemu-system-x86_64]=qemu-system-x86 [debootstrap]=debootstrap [mkfs.ext4]=e2fsprogs)
+# command:the Debian package that provides it, in the order a refusal names them
+NEEDS=(qemu-system-x86_64:qemu-system-x86 debootstrap:debootstrap mkfs.ext4:e2fsprogs)
 missing=()
-for cmd in "${!NEEDS[@]}"; do
-    command -v "$cmd" >/dev/null || missing+=("${NEEDS[$cmd]}")
+for need in "${NEEDS[@]}"; do
+    command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$INSTALL" -eq 0 ]; then

@@ -25,7 +25,9 @@ def test_vm_scripts_pass_shellcheck(script):
 
 
 def test_missing_qemu_is_refused_in_one_line_naming_its_package(tmp_path):
-    """A PATH holding every command of this machine except qemu-system-x86_64."""
+    """A PATH holding every command of this machine except qemu-system-x86_64. The other
+    tools the script needs may be missing too (a new machine lacks debootstrap until the
+    first VM run installs it): the one line names each missing package, qemu's first."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
@@ -37,6 +39,9 @@ def test_missing_qemu_is_refused_in_one_line_naming_its_package(tmp_path):
     env = {**os.environ, "PATH": str(bin_dir)}
     proc = subprocess.run(["bash", str(SCRIPTS[0])], capture_output=True, text=True, env=env, timeout=30)
     assert proc.returncode == 2
+    others = [pkg for cmd, pkg in (("debootstrap", "debootstrap"), ("mkfs.ext4", "e2fsprogs"))
+              if shutil.which(cmd, path=str(bin_dir)) is None]
+    packages = " ".join(["qemu-system-x86", *others])
     assert proc.stderr.splitlines() == [
-        "vm-test.sh: missing qemu-system-x86: apt-get install qemu-system-x86 (or run with --install)"]
+        f"vm-test.sh: missing {packages}: apt-get install {packages} (or run with --install)"]
     assert proc.stdout == ""
