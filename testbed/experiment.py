@@ -9,6 +9,8 @@
     workloads: [static]       # static | dynamic | mixed
     load: {rates: [500, 1000], step_seconds: 5, warmup_seconds: 1, processes: 1}
     repetitions: 3            # rounds; each round runs every configuration once
+    precision: {half_width_pct: 5, max_rounds: 10, minutes: 60}   # optional: more rounds
+                              # until every headline gain is that precise (testbed.precision)
     seed: 1                   # also shuffles the order within each round (order_seed overrides)
     sweep: {tcpserver_cpu: [0.15, 0.3]}   # optional: crossed with everything else
     configs: [{tcpserver_cpu: 0.1, host_cpu: 0.3}, ...]   # optional: explicit parameter sets
@@ -40,6 +42,7 @@ from .errors import SpecError
 from .services import MODES
 
 if TYPE_CHECKING:
+    from .precision import Precision
     from .spec import Topology
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent / "experiments"  # package data (repo: experiments/ links here)
@@ -47,7 +50,7 @@ WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load i
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
-         "per_mode_params", "backend", "order_seed"}
+         "per_mode_params", "backend", "order_seed", "precision"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
               "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
 DEFAULT_LATENCY_TARGET_MS = 200.0
@@ -100,6 +103,7 @@ class Experiment:
     balance: list[str] = field(default_factory=list)
     phases: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "netns"
+    precision: "Precision | None" = None
     roles: list[str] = field(default_factory=list)  # ROLE=NODE[,NODE] for a Mininet Topo topology
     description: str = ""
     source: str = ""
@@ -315,6 +319,8 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     if str(raw.get("backend", "netns")) not in BACKENDS:
         raise SpecError(f"{source}: backend must be one of {', '.join(BACKENDS)}, not {raw['backend']!r}")
     roles = _roles(raw.get("roles"), str(raw.get("topology", "cluster")), source)
+    from .precision import Precision
+    precision = Precision.from_yaml(raw.get("precision"), source, reps)
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
@@ -323,7 +329,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
         per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
         service=service, balance=balance, phases=phases,
-        backend=str(raw.get("backend", "netns")), roles=roles,
+        backend=str(raw.get("backend", "netns")), roles=roles, precision=precision,
         description=str(raw.get("description", "")).strip(), source=source, raw=raw)
     for wl in workloads:
         if wl != "shifting":

@@ -32,10 +32,11 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from dataclasses import replace
+from dataclasses import asdict, replace
 from typing import Any
 
 from . import cgroups as cg
+from . import guard, precision, probe
 from .errors import TestbedError
 from .experiment import Experiment, Point, load_experiment
 from .lifecycle import Testbed
@@ -77,38 +78,97 @@ def new_run_dir(results: Path, name: str) -> Path:
 
 
 def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
-    """Run every point not yet done; returns 0 when all are done, 130 when interrupted,
-    1 when some failed (named on stderr; the others are measured and kept)."""
+    """Run every point not yet done, round by round; returns 0 when all are done, 130 when
+    interrupted, 1 when some failed (named on stderr; the others are measured and kept).
+
+    Around the whole run the probe (testbed.probe) times a fixed work on each CPU. Before
+    each point the guard waits for a quiet machine running at its own speed; after it, a
+    point with slowed or interfered steps is measured again at the end of its round (its
+    spoiled attempt kept under remeasured/, its reason in the manifest). With ``precision``
+    rounds are added until the headline gains are precise enough (testbed.precision)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "experiment.yaml").exists():
         import yaml
         (run_dir / "experiment.yaml").write_text(yaml.safe_dump(exp.raw, sort_keys=False))
     manifest = write_manifest(exp, run_dir, quick)
     remove_orphans()
-    points = exp.points()
-    todo = [p for p in points if point_status(run_dir, p) != "done"]
+    max_rounds = exp.precision.max_rounds if exp.precision else exp.repetitions
+    points = replace(exp, repetitions=max_rounds).points()
+    rounds = {r: [p for p in points if p.repetition == r] for r in range(1, max_rounds + 1)}
+    planned = [p for p in points if p.repetition <= exp.repetitions]
+    todo = [p for p in planned if point_status(run_dir, p) != "done"]
     total_s = sum(point_seconds(exp, p.workload) + 8 for p in todo)
-    print(f"experiment {exp.name}: {len(points)} points, {len(points) - len(todo)} already done, "
-          f"about {total_s / 60:.1f} min to go -> {run_dir}")
+    more = f", then rounds until {exp.precision.half_width_pct:g}-point precision (at most " \
+           f"{exp.precision.max_rounds} rounds, {exp.precision.minutes:g} min)" if exp.precision else ""
+    print(f"experiment {exp.name}: {len(planned)} points in {exp.repetitions} rounds{more}, "
+          f"{len(planned) - len(todo)} already done, about {total_s / 60:.1f} min to go -> {run_dir}")
+    fidelity = manifest["fidelity"]
+    limit = int(fidelity.get("remeasure", guard.REMEASURE))
+    attempts: dict[str, int] = {}
+    for rec in manifest.get("remeasured", []):
+        attempts[rec["point"]] = max(attempts.get(rec["point"], 0), int(rec["attempt"]))
+    ran: list[Point] = []
     interrupted = False
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)
     try:
         started = time.monotonic()
+        done_before = len(planned) - len(todo)
         display = points_display() if sys.stdout.isatty() else None
-        with display or contextlib.nullcontext():
-            task = display.add_task("", total=len(todo), left_s=total_s, since=started) if display else None
-            for i, p in enumerate(todo, start=1):
-                left = sum(point_seconds(exp, q.workload) + 8 for q in todo[i - 1:])
-                if display is not None and task is not None:
-                    display.update(task, description=p.id, completed=i - 1, left_s=left, since=time.monotonic())
-                else:
-                    print(f"[{i}/{len(todo)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} min, "
-                          f"about {left / 60:.1f} min left)", flush=True)
-                wait_for_quiet(float(manifest["fidelity"].get("max_foreign_cpu", MAX_FOREIGN_CPU)))
-                status = run_point(exp, p, run_dir)
-                print(f"[{i}/{len(todo)}] {p.id}: {status}", flush=True)
+        with display or contextlib.nullcontext(), probe.Probe(run_dir):
+            task = display.add_task("", total=len(planned), completed=done_before, left_s=total_s,
+                                    since=started) if display else None
+            count, rounds_here = done_before, 0
+            for r, round_points in rounds.items():
+                if r > exp.repetitions:
+                    assert exp.precision is not None
+                    used_min = (time.monotonic() - started) / 60
+                    # minutes per round as measured here (a resumed run's earlier rounds took none
+                    # of this process's time), else the estimate
+                    per_round = used_min / rounds_here if rounds_here else \
+                        sum(point_seconds(exp, p.workload) + 8 for p in round_points) / 60
+                    widths = precision.headline_half_widths(run_dir)
+                    stop = precision.decide(widths, exp.precision, r - 1, used_min, per_round)
+                    manifest["precision"] = {**asdict(exp.precision), "rounds": r - 1, "stopped": stop,
+                                             "half_widths": widths}
+                    if stop:
+                        print(f"rounds stop after {r - 1}: {stop}", flush=True)
+                        break
+                    worst = max(widths.values(), default=float("nan"))
+                    print(f"round {r}: the widest headline gain is ±{worst:.1f} points "
+                          f"(target ±{exp.precision.half_width_pct:g})", flush=True)
+                    if display is not None and task is not None:
+                        display.update(task, total=len(planned) + len(round_points))
+                    planned += round_points
+                queue = [p for p in round_points if point_status(run_dir, p) != "done"]
+                ran += [p for p in round_points if p not in queue]
+                rounds_here += bool(queue)
+                while queue:
+                    p = queue.pop(0)
+                    left = sum(point_seconds(exp, q.workload) + 8 for q in [p, *queue])
+                    if display is not None and task is not None:
+                        display.update(task, description=p.id, completed=count, left_s=left, since=time.monotonic())
+                    else:
+                        print(f"[{count + 1}/{len(planned)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} "
+                              f"min, about {left / 60:.1f} min left in this round)", flush=True)
+                    guard.wait_for_quiet(float(fidelity.get("max_foreign_cpu", MAX_FOREIGN_CPU)))
+                    guard.wait_for_speed(run_dir)
+                    status = run_point(exp, p, run_dir)
+                    print(f"[{count + 1}/{len(planned)}] {p.id}: {status}", flush=True)
+                    if status == "done":
+                        judged = guard.judge_point(run_dir, point_dir(run_dir, p), manifest)
+                        if judged.reason and attempts.get(p.id, 0) < limit:
+                            attempts[p.id] = attempts.get(p.id, 0) + 1
+                            _set_aside(run_dir, p, attempts[p.id], judged, manifest)
+                            print(f"    {judged.reason}: measured again at the end of round {r} "
+                                  f"(attempt {attempts[p.id] + 1} of at most {limit + 1})", flush=True)
+                            queue.append(p)
+                            continue
+                        if judged.reason:
+                            print(f"    {judged.reason}: kept, flagged, after {limit + 1} attempts", flush=True)
+                    ran.append(p)
+                    count += 1
             if display is not None and task is not None:
-                display.update(task, completed=len(todo), left_s=0)
+                display.update(task, completed=count, left_s=0)
     except KeyboardInterrupt:
         interrupted = True
         print("interrupted: finished points are kept; resume with "
@@ -116,8 +176,11 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous)
         manifest["finished"] = time.time()
-        manifest["points"] = {p.id: point_status(run_dir, p) for p in points}
-        (run_dir / "manifest.json").write_text(json.dumps(manifest, indent=2, default=str))
+        run_points = [p for p in points if p in ran or p.repetition <= exp.repetitions]
+        manifest["order"] = [p.id for p in run_points]
+        manifest["repetitions"] = max((p.repetition for p in run_points), default=exp.repetitions)
+        manifest["points"] = {p.id: point_status(run_dir, p) for p in run_points}
+        _save_manifest(run_dir, manifest)
         from analysis.tables import build_tables
         try:
             build_tables(run_dir)
@@ -128,10 +191,28 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     failed = [pid for pid, status in manifest["points"].items() if status == "failed"]
     if failed:
         shown = ", ".join(failed[:5]) + (f" and {len(failed) - 5} more" if len(failed) > 5 else "")
-        print(f"{len(failed)} of {len(points)} points failed: {shown} "
+        print(f"{len(failed)} of {len(manifest['points'])} points failed: {shown} "
               f"(their errors: points/<id>/point.json)", file=sys.stderr)
         return 1
     return 0
+
+
+def _set_aside(run_dir: Path, p: Point, attempt: int, judged: "guard.Judgement", manifest: dict[str, Any]) -> None:
+    """Move a spoiled attempt out of points/ (kept for inspection) and record why."""
+    dest = run_dir / "remeasured" / f"{p.id}.a{attempt}"
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.parent.mkdir(exist_ok=True)
+    shutil.move(str(point_dir(run_dir, p)), dest)
+    manifest.setdefault("remeasured", []).append(
+        {"point": p.id, "attempt": attempt, "reason": judged.reason, "slowed_steps": judged.slowed_steps,
+         "interfered_steps": judged.interfered_steps, "steps": judged.steps,
+         "kept_in": str(dest.relative_to(run_dir))})
+    _save_manifest(run_dir, manifest)
+
+
+def _save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
+    _write_json(run_dir / "manifest.json", manifest)
 
 
 def points_display() -> Any:
@@ -163,38 +244,6 @@ def remove_orphans() -> None:
         if owner.get("by") == "runner" and not pid_alive(owner["pid"], owner.get("start_time")):
             teardown(name)
             print(f"removed testbed {name} left by a runner that died (pid {owner['pid']})")
-
-
-def busy_cores(seconds: float = 1.0) -> float:
-    """Cores busy with tasks (user, nice, system, steal) over ``seconds``, machine-wide."""
-    from .metrics import read_proc_stat
-
-    def busy() -> tuple[int, int]:
-        c = read_proc_stat()["cpu"]
-        return c["user"] + c["nice"] + c["system"] + c["steal"], sum(c.values())
-    b0, t0 = busy()
-    time.sleep(seconds)
-    b1, t1 = busy()
-    ncpu = os.cpu_count() or 1
-    return (b1 - b0) / max(t1 - t0, 1) * ncpu
-
-
-def wait_for_quiet(limit: float, patience_s: float = 15.0) -> None:
-    """Between points nothing of ours runs: wait (up to ``patience_s``) while something else
-    keeps the machine busier than the interference threshold, rather than measure into it.
-    Steps that still overlap other work are flagged ``interfered`` by the analysis."""
-    end = time.monotonic() + patience_s
-    used = busy_cores()
-    if used <= limit:
-        return
-    print(f"    the machine is busy ({used:.2f} cores used by other programs); waiting up to "
-          f"{patience_s:.0f} s for it to calm down", flush=True)
-    while time.monotonic() < end:
-        used = busy_cores()
-        if used <= limit:
-            return
-    print(f"    still busy ({used:.2f} cores): measuring anyway; steps it overlaps will be flagged "
-          "interfered", flush=True)
 
 
 def _raise_interrupt(*_: object) -> None:
