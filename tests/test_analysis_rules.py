@@ -63,7 +63,7 @@ def test_peak_capacity_knee_and_gains_by_hand():
     assert sat.loc["eager-accept", "gain_pct"] == pytest.approx(18.109, abs=1e-3)
     assert sat.loc["eager-accept", "gain_ci_lo"] == pytest.approx(-16.507, abs=1e-2)
     assert sat.loc["eager-accept", "gain_ci_hi"] == pytest.approx(52.725, abs=1e-2)
-    assert sat.loc["eager-accept", "gain_verdict"] == "no difference"
+    assert sat.loc["eager-accept", "gain_verdict"] == "not resolved"  # contains 0, and effects beyond ±5%
     # capacity gain: 300/200 in both rounds: +50%, no spread
     assert sat.loc["eager-accept", "capacity_gain_pct"] == pytest.approx(50.0)
     assert sat.loc["eager-accept", "capacity_gain_verdict"] == "higher"
