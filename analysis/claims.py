@@ -7,15 +7,21 @@ intelligent-NIC simulation. Only claims the run has the curves for are listed.
 
 Verdicts:
 
-- **reproduced**: the measured effect has the paper's sign and its 95% interval excludes
-  no effect (for a "what saturates first" claim: the named resource saturated first);
+- **reproduced**: the 95% interval is consistent with the paper's figure (contains it, or
+  overlaps the paper's range; a claim of direction only, "later", "two > one": the
+  interval excludes no effect on the paper's side); for a "what saturates first" claim:
+  the named resource saturated first;
+- **same direction**: the interval excludes no effect on the paper's side but not the
+  paper's figure (a larger or smaller effect of the same sign);
 - **not reproduced**: the interval excludes no effect on the other side (or another
   resource saturated first);
-- **no difference**: the interval contains no effect;
-- **reproduced only when the TCP server's CPU comes on top**: a throughput gain measured
-  with the TCP server's CPU on top of the host's (``budgets: extra``) that would be a loss
-  at the same total CPU (the offloaded mode's server-side CPU per reply above Regular
-  TCP's, ``frames.cpu_at_saturation``).
+- **no difference**: the interval lies inside the equivalence bound (±5% unless the
+  experiment says otherwise); **not resolved**: it contains no effect and effects beyond
+  the bound;
+- **... only when the TCP server's CPU comes on top**: a throughput gain measured with the
+  TCP server's CPU on top of the host's (``budgets: extra``) that would be a loss at the
+  same total CPU: the offloaded mode's server-side CPU per reply above Regular TCP's at
+  matched load (``frames.matched_load_cpu``: the same offered step, below both knees).
 
 Intervals: gains over Regular TCP come from ``Prepared.saturation`` (``gain_pct``,
 ``gain_ci_lo``, ``gain_ci_hi``: paired per interleaved repetition) when the frames have
@@ -33,15 +39,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .frames import REGULAR, Prepared, cpu_at_saturation, of_run
-from .intervals import mean_ci, paired_gain_pct
+from .frames import REGULAR, Prepared, cpu_at_saturation, matched_load_cpu, of_run
+from .intervals import EQUIVALENCE_PCT, mean_ci, paired_gain_pct
 from .run import roles_of
 from .utilization import first_bottleneck
 
 REPRODUCED = "reproduced"
 NOT_REPRODUCED = "not reproduced"
+SAME_DIRECTION = "same direction"
 NO_DIFFERENCE = "no difference"
-ON_TOP = "reproduced only when the TCP server's CPU comes on top"
+NOT_RESOLVED = "not resolved"
+ON_TOP = " only when the TCP server's CPU comes on top"
 IDLE_SHARE = 0.10  # "the host has idle time": at least 10% of its budget unused at saturation
 
 
@@ -52,10 +60,15 @@ class Gain:
     lo: float
     hi: float
     n: int
+    bound: str = ""  # "lower": the value is at least this (a peak on the top offered step)
 
     def text(self) -> str:
         if math.isnan(self.mean):
             return "-"
+        if self.bound == "lower":
+            return f"≥ {self.mean:+.1f}% (one-sided 95%: ≥ {self.lo:+.1f}; {self.n} repetitions)"
+        if self.bound == "upper":
+            return f"≤ {self.mean:+.1f}% (one-sided 95%: ≤ {self.hi:+.1f}; {self.n} repetitions)"
         if self.n < 2 or math.isnan(self.lo):
             return f"{self.mean:+.1f}% ({self.n} repetition{'s' if self.n != 1 else ''}: no interval)"
         return f"{self.mean:+.1f}% [{self.lo:+.1f}, {self.hi:+.1f}] ({self.n} repetitions)"
@@ -70,17 +83,41 @@ def _gain(iv: Any) -> Gain:
     return Gain(iv.mean, iv.lo, iv.hi, iv.n)
 
 
-def gain_verdict(g: Gain, expect_positive: bool = True) -> str:
+def paper_range(paper: str) -> tuple[float, float] | None:
+    """The paper's figure as a range in percent: '+17%' -> (17, 17), '+25-30%' -> (25, 30);
+    None for a claim of direction only ('later', 'two > one')."""
+    import re
+    m = re.fullmatch(r"\s*\+?(\d+(?:\.\d+)?)(?:\s*-\s*(\d+(?:\.\d+)?))?%.*", paper)
+    if not m:
+        return None
+    lo = float(m[1])
+    return lo, float(m[2]) if m[2] else lo
+
+
+def gain_verdict(g: Gain, expect_positive: bool = True, paper: tuple[float, float] | None = None,
+                 equivalence_pct: float = EQUIVALENCE_PCT) -> str:
+    """The verdict of a measured gain against the paper's claim (``paper``: its figure as
+    a range in percent, None for a claim of direction only)."""
     if math.isnan(g.mean):
         return "cannot be measured"
-    if g.n >= 2 and not math.isnan(g.lo):
-        if g.lo <= 0 <= g.hi:
-            return NO_DIFFERENCE
-        positive = g.lo > 0
-    else:
+    lo = g.lo if g.n >= 2 and not math.isnan(g.lo) else (-math.inf if g.bound == "upper" and g.n >= 2 else math.nan)
+    hi = g.hi if g.n >= 2 and not math.isnan(g.hi) else (math.inf if g.bound == "lower" and g.n >= 2 else math.nan)
+    if g.n < 2 or math.isnan(lo) or math.isnan(hi):
         positive = g.mean > 0
-    verdict = REPRODUCED if positive == expect_positive else NOT_REPRODUCED
-    return verdict + ("" if g.n >= 2 else " (one repetition: no interval)")
+        return (REPRODUCED if positive == expect_positive else NOT_REPRODUCED) + " (one repetition: no interval)"
+    if lo > 0 or hi < 0:
+        if (lo > 0) != expect_positive:
+            return NOT_REPRODUCED
+        if paper is None or (lo <= paper[1] and hi >= paper[0]):
+            return REPRODUCED
+        return SAME_DIRECTION + f" (the interval excludes the paper's {_range_text(paper)})"
+    if lo >= -equivalence_pct and hi <= equivalence_pct:
+        return NO_DIFFERENCE
+    return NOT_RESOLVED
+
+
+def _range_text(paper: tuple[float, float]) -> str:
+    return f"+{paper[0]:g}%" if paper[0] == paper[1] else f"+{paper[0]:g}-{paper[1]:g}%"
 
 
 @dataclass
@@ -124,17 +161,19 @@ class _Run:
         """The curve's gain over its Regular TCP: the frames' paired interval when present."""
         if {"gain_ci_lo", "gain_ci_hi"} <= set(row.index) and not pd.isna(row.get("gain_pct")):
             n = int(row.get("gain_pairs", row.get("repetitions", 1)) or 1)
-            return Gain(float(row["gain_pct"]), float(row["gain_ci_lo"]), float(row["gain_ci_hi"]), n)
+            bound = str(row.get("gain_bound") or "")
+            return Gain(float(row["gain_pct"]), float(row["gain_ci_lo"]), float(row["gain_ci_hi"]), n,
+                        bound if bound in ("lower", "upper") else "")
         reg = self.regular_curve(row)
         return paired_gain(self.reps(row["curve"]), self.reps(reg)) if reg else Gain(np.nan, np.nan, np.nan, 0)
 
-    def same_total(self, row: pd.Series) -> float:
-        """Regular TCP's server-side CPU per reply over the mode's: the ratio of rates at the
-        same total CPU when both are CPU-bound."""
-        reg = self.regular_curve(row)
-        a, b = self.cpu_per_reply.get(row["curve"], np.nan), self.cpu_per_reply.get(reg, np.nan)
-        return float(b / a) if a and a > 0 and b == b else float("nan")
-
+    def same_total(self, row: pd.Series) -> tuple[float, float, float, float]:
+        """At matched load (the same offered step, below both knees): (offered, the mode's
+        and Regular TCP's server-side CPU per reply, Regular's over the mode's: the ratio of
+        rates at the same total CPU when both are CPU-bound); NaNs without such a step."""
+        at, mine, reg = matched_load_cpu(self.prep, row["curve"], self.regular_curve(row))
+        ratio = float(reg / mine) if mine and mine > 0 and reg == reg else float("nan")
+        return at, mine, reg, ratio
     def offload_budget(self, row: pd.Series) -> tuple[float, float]:
         """(TCP server's or NIC's budget, host's budget) at the curve's saturation step."""
         p = self.peaks[self.peaks["curve"] == row["curve"]]
@@ -166,7 +205,7 @@ def _label(row: pd.Series) -> str:
 
 
 def _gain_claim(run: _Run, rows: pd.DataFrame, arch: str, claim: str, paper: str,
-                best: bool = True) -> list[Claim]:
+                best: bool = True, figure: str | None = None) -> list[Claim]:
     """A throughput-gain claim over Regular TCP, for the best offloaded curve (or each)."""
     rows = rows[rows["mode_label"] != REGULAR]
     if rows.empty:
@@ -176,15 +215,19 @@ def _gain_claim(run: _Run, rows: pd.DataFrame, arch: str, claim: str, paper: str
     out = []
     for _, r in rows.iterrows():
         g = run.gain(r)
-        verdict = gain_verdict(g)
+        verdict = gain_verdict(g, paper=paper_range(figure if figure is not None else paper),
+                               equivalence_pct=run.prep.equivalence_pct)
         measured = f"{_label(r)}: {g.text()} over Regular TCP"
         if not bool(r.get("saturated", True)) and not bool(r.get("regular_saturated", True)):
             verdict, measured = "cannot be measured", measured + "; neither saturated in the offered range"
-        proj = run.same_total(r)
+        at, mine, reg, proj = run.same_total(r)
         if proj == proj:
-            measured += f"; at the same total CPU {proj:.2f}x Regular TCP's rate"
-        if verdict.startswith(REPRODUCED) and run.budgets == "extra" and proj == proj and proj < 1:
-            verdict = ON_TOP + verdict[len(REPRODUCED):]
+            measured += (f"; at matched load ({at:,.0f} req/s, below both knees) {mine:.0f} against {reg:.0f} µs "
+                         f"of server CPU per reply: at the same total CPU {proj:.2f}x Regular TCP's rate")
+        if (verdict.startswith(REPRODUCED) or verdict.startswith(SAME_DIRECTION)) and run.budgets == "extra" \
+                and proj == proj and proj < 1:
+            head, _, rest = verdict.partition(" (")
+            verdict = head + ON_TOP + (f" ({rest}" if rest else "")
         out.append(Claim(arch, claim, paper, measured, verdict))
     return out
 
@@ -220,7 +263,8 @@ def _bottleneck_claim(run: _Run, row: pd.Series, arch: str, claim: str, paper: s
 
 def _pair_claim(run: _Run, a: pd.Series, b: pd.Series, arch: str, claim: str, paper: str) -> Claim:
     g = paired_gain(run.reps(a["curve"]), run.reps(b["curve"]))
-    return Claim(arch, claim, paper, f"{_label(a)} against {_label(b)}: {g.text()}", gain_verdict(g))
+    return Claim(arch, claim, paper, f"{_label(a)} against {_label(b)}: {g.text()}",
+                 gain_verdict(g, equivalence_pct=run.prep.equivalence_pct))
 
 
 def cluster_claims(run: _Run) -> list[Claim]:
@@ -236,7 +280,7 @@ def cluster_claims(run: _Run) -> list[Claim]:
             off, host = run.offload_budget(r)
             out += _gain_claim(run, others.loc[[i]], arch, "Offloading raises peak throughput on static load "
                                f"(a TCP server of {off:g} CPU, the host {host:g})", "+17% (equal nodes)",
-                               best=False)
+                               best=False, figure="later")  # the paper's 17% is for equal nodes: sign only
         split, asyn = eq[eq["mode_label"] == "split"], eq[eq["mode_label"] == "async-send"]
         if not split.empty and not asyn.empty:
             out.append(_pair_claim(run, asyn.iloc[0], split.iloc[0], arch, "Asynchronous send outperforms "

@@ -3,7 +3,8 @@
 Every function takes the prepared frames and an output directory, writes one PNG and
 returns its file name (the report links it relatively). Flagged steps are drawn the same
 way in every figure: a hollow red square around a generator-bound point, a hollow orange
-diamond around an oversubscribed one; bars for a flagged saturation step are hatched and
+diamond around an oversubscribed one, a hollow purple triangle around an interfered or
+slowed one (the machine was taken by something else, or ran slow); bars for a flagged saturation step are hatched and
 their label carries the flag.
 """
 
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 DPI = 110
 GEN_BOUND = dict(marker="s", s=150, facecolors="none", edgecolors="red", linewidths=1.6, zorder=5)
 OVERSUB = dict(marker="D", s=110, facecolors="none", edgecolors="darkorange", linewidths=1.6, zorder=5)
+DISTURBED = dict(marker="v", s=130, facecolors="none", edgecolors="purple", linewidths=1.6, zorder=5)
 LINESTYLES = ["-", "--", ":", "-."]
 
 
@@ -50,7 +52,9 @@ def _flag_legend() -> list[object]:
     return [Line2D([], [], marker="s", markerfacecolor="none", markeredgecolor="red", linestyle="none",
                    markersize=9, label="generator-bound step"),
             Line2D([], [], marker="D", markerfacecolor="none", markeredgecolor="darkorange",
-                   linestyle="none", markersize=8, label="oversubscribed step")]
+                   linestyle="none", markersize=8, label="oversubscribed step"),
+            Line2D([], [], marker="v", markerfacecolor="none", markeredgecolor="purple",
+                   linestyle="none", markersize=8, label="interfered or slowed step")]
 
 
 def _mark_flags(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
@@ -60,6 +64,9 @@ def _mark_flags(ax: plt.Axes, df: pd.DataFrame, x: str, y: str) -> None:
         ax.scatter(gb[x], gb[y], **GEN_BOUND)
     if not ov.empty:
         ax.scatter(ov[x], ov[y], **OVERSUB)
+    dist = df[(df["interfered"] | df.get("slowed", False)) & df[y].notna()] if "interfered" in df else df.iloc[:0]
+    if not dist.empty:
+        ax.scatter(dist[x], dist[y], **DISTURBED)
 
 
 def _facets(prep: Prepared, ncols_max: int = 2) -> tuple[plt.Figure, list[plt.Axes], list[str]]:
@@ -295,13 +302,16 @@ def gain(prep: Prepared, out: Path) -> str:
                hatch="//" if flagged else None, edgecolor="white")
         lo, hi = s.get("peak_ci_lo", np.nan), s.get("peak_ci_hi", np.nan)
         lo, hi = (s["peak_min"], s["peak_max"]) if pd.isna(lo) else (lo, hi)
+        hi = s["peak_mean"] if pd.isna(hi) else hi  # a lower bound: no upper whisker
         ax.errorbar(x[k], s["peak_mean"], yerr=[[s["peak_mean"] - lo], [hi - s["peak_mean"]]],
                     color="black", capsize=4)
-        txt = f"{s['peak_mean']:.0f}"
+        txt = ("≥ " if s.get("peak_bound") == "lower" else "") + f"{s['peak_mean']:.0f}"
         if not np.isnan(s["ratio_to_regular"]) and s["mode_label"] != "regular":
-            txt += f"\n{s['gain_pct']:+.0f}%"
+            txt += "\n" + {"lower": "≥ ", "upper": "≤ "}.get(s.get("gain_bound", ""), "") + f"{s['gain_pct']:+.0f}%"
             if s.get("gain_verdict") == "no difference":
                 txt += " (n.d.)"
+            elif s.get("gain_verdict") == "not resolved":
+                txt += " (n.r.)"
         if not s["saturated"]:
             txt += "\n(not saturated)"
         ax.text(x[k], max(s["peak_max"], hi), txt, ha="center", va="bottom", fontsize=8)

@@ -9,20 +9,29 @@ Definitions the report states next to its numbers:
 - a *curve* is one (run, workload, sweep configuration, mode[:balance]) over offered load;
 - a step is *faithful* when it is neither ``generator_bound`` (the generator limited the
   load) nor ``oversubscribed`` (the node did not get its budget) nor ``interfered``
-  (something outside the testbed took the machine). A *saturated* step (past the knee:
+  (something outside the testbed took the machine) nor ``slowed`` (the machine itself ran
+  slow, ``testbed.probe``). A *saturated* step (past the knee:
   replies under 95% of offered, errors over 1%, or p99 over the latency target) is the
   server's answer and counts;
+- the *reply rate* of a step counts replies to the step's own requests (``reply_rate_own``,
+  ``tables.apply_rules``), never the previous step's backlog answered in its window;
 - the *peak* of a curve (per repetition) is the highest reply rate over its faithful
   steps, saturated ones included; the step it comes from is the *saturation point*. A
   curve whose reply rate never fell below ``KNEE_FRACTION`` of the offered rate did not
-  saturate within the sweep, and its peak is only a lower bound;
+  saturate within the sweep, and its peak is only a lower bound; so is a peak on the top
+  offered step that kept up with it (shown as "≥", with a one-sided 95% bound; a gain
+  against it is one-sided too);
+- *the grid's resolution*: a saturation step that kept up with its offered rate says the
+  true peak lies between it and the next offered step, so no interval is narrower than
+  that (``peak_step``: the spacing); capacity likewise. Intervals are clipped to what is
+  possible (rates >= 0, goodput kept in [0, 1], gains >= -100%), and say so (``*_clipped``);
 - the *capacity at target* (per repetition) is the highest offered rate whose step was
   faithful and not saturated: errors <= 1% and p99 <= the latency target;
 - *retained* (per repetition): the reply rate at the highest offered load over the peak,
   with ``overload_x`` = that load over the capacity: how much goodput survives overload;
 - over repetitions, peaks and capacities are given as mean and 95% interval, and gains
-  over Regular TCP are paired by round (``intervals``); a gain whose interval contains 0
-  is "no difference";
+  over Regular TCP are paired by round (``intervals``): "higher"/"lower" when the interval
+  excludes 0, "no difference" only inside the equivalence bound, else "not resolved";
 - the *knee* is the offered rate from which on the mean reply rate stayed below
   ``KNEE_FRACTION`` of the offered rate up to the highest offered rate; a curve whose
   highest step was still served has no knee and did not saturate.
@@ -39,7 +48,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .intervals import mean_ci, paired_gain_pct, verdict
+from .intervals import EQUIVALENCE_PCT, Interval, mean_ci, one_sided_lower, one_sided_upper, verdict
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +59,10 @@ REGULAR = "regular"
 COLUMNS: dict[str, tuple[str, ...]] = {
     "offered": ("offered_rate", "offered", "rate", "target_rate"),
     "send_rate": ("achieved_rate", "send_rate", "achieved_send_rate", "sent_rate"),
-    "reply_rate": ("reply_rate_avg", "reply_rate", "replies_per_s"),
+    # replies to the step's own requests; the completed-in-window rate where a table lacks it
+    "reply_rate": ("reply_rate_own", "reply_rate_avg", "reply_rate", "replies_per_s"),
+    # replies completed inside the window (the window the CPU was measured over)
+    "reply_rate_done": ("reply_rate_avg", "reply_rate", "replies_per_s"),
     "reply_rate_min": ("reply_rate_min",),
     "reply_rate_max": ("reply_rate_max",),
     "reply_rate_std": ("reply_rate_stddev", "reply_rate_std"),
@@ -114,11 +126,13 @@ class Prepared:
     cpus: list[str]
     error_kinds: list[str]
     missing: list[str] = field(default_factory=list)  # canonical columns loadgen did not give
+    equivalence_pct: float = EQUIVALENCE_PCT
 
 
 def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
-            run: str | None = None) -> Prepared:
-    """Canonical columns, labels and the derived frames. ``roles``: node -> role."""
+            run: str | None = None, equivalence_pct: float = EQUIVALENCE_PCT) -> Prepared:
+    """Canonical columns, labels and the derived frames. ``roles``: node -> role;
+    ``equivalence_pct``: the bound inside which a gain's interval is "no difference"."""
     steps = steps.copy()
     missing = []
     for name in COLUMNS:
@@ -134,7 +148,7 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     # CPU was measured over. steps.csv's `replies` counts answers to requests *intended* in the
     # window, finished whenever: past saturation that overstates the window's replies (up to
     # 2x seen) and understates the CPU per reply.
-    rate = steps["reply_rate"].where(steps["reply_rate"] > 0)
+    rate = steps["reply_rate_done"].where(steps["reply_rate_done"] > 0)
     for c in [c for c in steps.columns if c.startswith("cpu_") and not c.startswith("cpu_us_per_reply")]:
         suffix = c[len("cpu_"):]
         steps[f"cpu_us_per_reply_{suffix}"] = pd.to_numeric(steps[c], errors="coerce") / rate * 1e6
@@ -145,15 +159,18 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     dur = steps["duration_s"] if "duration_s" in steps else (steps["t_end"] - steps["t_start"])
     steps["duration_s"] = dur
     steps["error_rate"] = steps["errors_total"] / dur.where(dur > 0)
-    for flag in ("generator_bound", "oversubscribed", "interfered"):
+    for flag in ("generator_bound", "oversubscribed", "interfered", "slowed"):
         steps[flag] = steps[flag].fillna(False).astype(bool) if flag in steps else False
+    if "slowdown" not in steps:
+        steps["slowdown"] = np.nan
     if "saturated" in steps:
         steps["saturated"] = steps["saturated"].fillna(False).astype(bool)
     else:  # steps from before the loadgen classified them: the reply-rate rule alone
         steps["saturated"] = steps["reply_rate"] < KNEE_FRACTION * steps["offered"]
-    steps["faithful"] = ~(steps["generator_bound"] | steps["oversubscribed"] | steps["interfered"])
-    steps["flags"] = [_flag_text(g, o, i) for g, o, i in
-                      zip(steps["generator_bound"], steps["oversubscribed"], steps["interfered"])]
+    steps["faithful"] = ~(steps["generator_bound"] | steps["oversubscribed"] | steps["interfered"]
+                          | steps["slowed"])
+    steps["flags"] = [_flag_text(g, o, i, w) for g, o, i, w in
+                      zip(steps["generator_bound"], steps["oversubscribed"], steps["interfered"], steps["slowed"])]
     steps["run"] = run if run is not None else steps.get("run", "")
     steps["mode_label"] = [m if not isinstance(b, str) or not b else f"{m}:{b}"
                            for m, b in zip(steps["mode"], steps.get("balance", [None] * len(steps)))]
@@ -181,15 +198,15 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     server_nodes = [n for n in nodes if roles.get(n, "client" if n == "client" else "server") != "client"]
     curves = _curves(steps, kinds)
     peaks = _peaks(steps)
-    saturation = _saturation(peaks, curves)
+    saturation = _saturation(peaks, curves, equivalence_pct)
     return Prepared(steps=steps, curves=curves, peaks=peaks, saturation=saturation, nodes=nodes,
                     server_nodes=server_nodes, cpus=cpus_of(steps), error_kinds=list(kinds),
-                    missing=missing)
+                    missing=missing, equivalence_pct=equivalence_pct)
 
 
-def _flag_text(gen_bound: bool, over: bool, interfered: bool = False) -> str:
+def _flag_text(gen_bound: bool, over: bool, interfered: bool = False, slowed: bool = False) -> str:
     return ",".join(f for f, on in (("generator_bound", gen_bound), ("oversubscribed", over),
-                                    ("interfered", interfered)) if on)
+                                    ("interfered", interfered), ("slowed", slowed)) if on)
 
 
 _KEYS = ["group", "base_group", "run", "workload", "config_label", "mode_label", "curve"]
@@ -210,9 +227,10 @@ def _curves(steps: pd.DataFrame, kinds: dict[str, str]) -> pd.DataFrame:
     out["generator_bound"] = g["generator_bound"].any()
     out["oversubscribed"] = g["oversubscribed"].any()
     out["interfered"] = g["interfered"].any()
+    out["slowed"] = g["slowed"].any()
     out["saturated"] = g["saturated"].any()
     out = out.reset_index()
-    out["faithful"] = ~(out["generator_bound"] | out["oversubscribed"] | out["interfered"])
+    out["faithful"] = ~(out["generator_bound"] | out["oversubscribed"] | out["interfered"] | out["slowed"])
     return out
 
 
@@ -245,6 +263,18 @@ def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
         within = faithful[~faithful["saturated"]]
         best["capacity"] = float(within["offered"].max()) if not within.empty else float("nan")
         best["lowest_offered"] = float(df["offered"].min())
+        # the grid: where the true peak and capacity can lie between offered steps
+        offered = np.sort(df["offered"].dropna().unique())
+        top = float(offered[-1]) if len(offered) else float("nan")
+        nxt = lambda x: float(offered[offered > x][0]) if (offered > x).any() else float("nan")  # noqa: E731
+        kept_up = bool(best["reply_rate"] >= KNEE_FRACTION * best["offered"])
+        # the top step still kept up: more load might have given more, so a lower bound
+        best["peak_at_top"] = bool(best["offered"] >= top) and kept_up
+        # a step that kept up with its load: the peak lies up to the next offered step
+        best["peak_grid_hi"] = nxt(best["offered"]) if kept_up else float(best["reply_rate"])
+        best["peak_step"] = nxt(best["offered"]) - float(best["offered"])
+        best["capacity_at_top"] = bool(best["capacity"] >= top)
+        best["capacity_grid_hi"] = nxt(best["capacity"]) if best["capacity"] == best["capacity"] else float("nan")
         # overload: the goodput kept at the highest offered load, as a share of the peak
         top = df.loc[df["offered"].idxmax()]
         best["overload_x"] = float(top["offered"]) / best["capacity"] if best["capacity"] > 0 else float("nan")
@@ -254,7 +284,49 @@ def _peaks(steps: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).reset_index(drop=True) if rows else pd.DataFrame(columns=list(steps.columns))
 
 
-def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
+def _paired(mine: dict[int, dict[str, Any]], base: dict[int, dict[str, Any]], val: str, ghi: str,
+            top: str) -> tuple[Interval, str]:
+    """The gain of ``mine`` over ``base`` in percent, paired by round, and its bound: a
+    value on the top offered step is only a lower bound, so the gain is one-sided
+    ("lower": at least; "upper": at most; "unknown": both sides were). Two-sided gains
+    are no narrower than the grid allows (each side up to its next offered step)."""
+    rounds = [r for r in sorted(set(mine) & set(base))
+              if _pos(mine[r][val]) and _pos(base[r][val])]
+    gains = [(mine[r][val] / base[r][val] - 1.0) * 100.0 for r in rounds]
+    m_top = any(bool(mine[r][top]) for r in rounds)
+    b_top = any(bool(base[r][top]) for r in rounds)
+    if m_top and b_top:
+        return mean_ci(gains), "unknown"
+    if m_top:
+        return one_sided_lower(gains), "lower"
+    if b_top:
+        return one_sided_upper(gains), "upper"
+    iv = mean_ci(gains)
+    if iv.n < 2:
+        return iv, ""
+    grid_lo = [(mine[r][val] / _or(base[r][ghi], base[r][val]) - 1.0) * 100.0 for r in rounds]
+    grid_hi = [(_or(mine[r][ghi], mine[r][val]) / base[r][val] - 1.0) * 100.0 for r in rounds]
+    return Interval(iv.mean, min(iv.lo, float(np.mean(grid_lo))), max(iv.hi, float(np.mean(grid_hi))),
+                    iv.n, iv.std), ""
+
+
+def _pos(x: Any) -> bool:
+    try:
+        return float(x) > 0
+    except (TypeError, ValueError):
+        return False
+
+
+def _or(x: Any, default: float) -> float:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return default
+    return v if v == v else default
+
+
+def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame,
+                equivalence_pct: float = EQUIVALENCE_PCT) -> pd.DataFrame:
     """Per curve: peak reply rate over repetitions (mean, spread) and gain over Regular TCP
     of the same run, workload and configuration."""
     if peaks.empty:
@@ -268,12 +340,38 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
                   capacity_reps=("capacity", "count"), overload_x=("overload_x", "mean")).reset_index()
     sat = sat.merge(extra, on=_KEYS)
     per_rep = {key: df for key, df in g}
-    for prefix, col in (("peak", "reply_rate"), ("capacity", "capacity"), ("retained", "retained")):
-        ivs = [mean_ci(per_rep[tuple(k)][col]) for k in sat[_KEYS].itertuples(index=False)]
+    keys = [tuple(k) for k in sat[_KEYS].itertuples(index=False)]
+    # a peak (or capacity) on the top offered step is a lower bound: one-sided interval
+    sat["peak_bound"] = ["lower" if per_rep[k]["peak_at_top"].any() else "" for k in keys]
+    sat["capacity_bound"] = ["lower" if per_rep[k]["capacity_at_top"].fillna(False).any() else "" for k in keys]
+    for prefix, col, grid, hi_max in (("peak", "reply_rate", "peak_grid_hi", np.inf),
+                                      ("capacity", "capacity", "capacity_grid_hi", np.inf),
+                                      ("retained", "retained", None, 1.0)):
+        bounds = sat[f"{prefix}_bound"] if f"{prefix}_bound" in sat else [""] * len(sat)
+        means, los, his, clipped = [], [], [], []
+        for k, bound in zip(keys, bounds):
+            vals = per_rep[k][col]
+            iv = one_sided_lower(vals) if bound == "lower" else mean_ci(vals)
+            lo, hi = iv.lo, iv.hi
+            if grid is not None and iv.n >= 1 and bound != "lower":
+                # no interval narrower than the grid allows: up to the next offered step
+                ghi = pd.to_numeric(per_rep[k][grid], errors="coerce").dropna()
+                if len(ghi):
+                    hi = float(np.nanmax([hi, ghi.mean()])) if hi == hi else float(ghi.mean())
+                    lo = float(np.nanmin([lo, iv.mean])) if lo == lo else iv.mean
+            was = (lo, hi)
+            lo = max(lo, 0.0) if lo == lo else lo  # nothing here can be negative
+            hi = min(hi, hi_max) if hi == hi else hi  # goodput kept cannot exceed all of it
+            clipped.append(was != (lo, hi))
+            means.append(iv.mean)
+            los.append(lo)
+            his.append(hi)
         if prefix != "peak":
-            sat[f"{prefix}_mean"] = [iv.mean for iv in ivs]
-        sat[f"{prefix}_ci_lo"] = [iv.lo for iv in ivs]
-        sat[f"{prefix}_ci_hi"] = [iv.hi for iv in ivs]
+            sat[f"{prefix}_mean"] = means
+        sat[f"{prefix}_ci_lo"], sat[f"{prefix}_ci_hi"], sat[f"{prefix}_clipped"] = los, his, clipped
+    sat["peak_step"] = [float(pd.to_numeric(per_rep[k]["peak_step"], errors="coerce").mean()) for k in keys]
+    sat["peak_grid"] = [bool((per_rep[k]["reply_rate"] >= KNEE_FRACTION * per_rep[k]["offered"]).all()
+                             and per_rep[k]["offered"].nunique() == 1) for k in keys]
     knees = [(*key, knee_of(df)) for key, df in curves.groupby(_KEYS, dropna=False)]
     sat = sat.merge(pd.DataFrame(knees, columns=_KEYS + ["knee_offered"]), on=_KEYS, how="left")
     flagged = curves.groupby(_KEYS, dropna=False)["faithful"].apply(lambda s: int((~s).sum())).reset_index()
@@ -287,24 +385,32 @@ def _saturation(peaks: pd.DataFrame, curves: pd.DataFrame) -> pd.DataFrame:
         sat[col] = sat["baseline"].map(reg[src])
     sat["regular_capacity"] = sat["baseline"].map(reg["capacity_mean"])
     # gains paired by round: each repetition against Regular TCP of the same round
-    by_rep = {key: dict(zip(df["repetition"], zip(df["reply_rate"], df["capacity"]))) for key, df in per_rep.items()}
+    cols = ("reply_rate", "capacity", "peak_grid_hi", "capacity_grid_hi", "peak_at_top", "capacity_at_top")
+    by_rep = {key: {r: dict(zip(cols, v)) for r, *v in zip(df["repetition"], *(df[c] for c in cols))}
+              for key, df in per_rep.items()}
     reg_key = {r["group"]: tuple(r[k] for k in _KEYS) for _, r in reg.reset_index().iterrows()}
-    for prefix, i in (("gain", 0), ("capacity_gain", 1)):
-        means, los, his, ns, verdicts = [], [], [], [], []
+    for prefix, val, ghi, top in (("gain", "reply_rate", "peak_grid_hi", "peak_at_top"),
+                                  ("capacity_gain", "capacity", "capacity_grid_hi", "capacity_at_top")):
+        means, los, his, ns, verdicts, bounds, clipped = [], [], [], [], [], [], []
         for _, s in sat.iterrows():
             base = reg_key.get(s["baseline"]) if s["baseline"] is not None else None
+            bound = ""
             if base is None or s["mode_label"] == REGULAR:
                 iv = mean_ci([])
             else:
-                mine = {r: v[i] for r, v in by_rep[tuple(s[k] for k in _KEYS)].items()}
-                iv = paired_gain_pct(mine, {r: v[i] for r, v in by_rep[base].items()})
+                iv, bound = _paired(by_rep[tuple(s[k] for k in _KEYS)], by_rep[base], val, ghi, top)
+            lo = max(iv.lo, -100.0) if iv.lo == iv.lo else iv.lo  # a rate cannot fall below zero
+            clipped.append(lo != iv.lo and iv.lo == iv.lo)
             means.append(iv.mean)
-            los.append(iv.lo)
+            los.append(lo)
             his.append(iv.hi)
             ns.append(iv.n)
-            verdicts.append(verdict(iv))
+            bounds.append(bound)
+            verdicts.append(verdict(Interval(iv.mean, lo, iv.hi, iv.n, iv.std), equivalence_pct)
+                            if bound != "unknown" else "not measurable: both on the top offered step")
         sat[f"{prefix}_pct"], sat[f"{prefix}_ci_lo"], sat[f"{prefix}_ci_hi"] = means, los, his
         sat[f"{prefix}_pairs"], sat[f"{prefix}_verdict"] = ns, verdicts
+        sat[f"{prefix}_bound"], sat[f"{prefix}_clipped"] = bounds, clipped
     sat["gain_significant"] = sat["gain_verdict"].isin(["higher", "lower"])
     sat["ratio_to_regular"] = 1.0 + sat["gain_pct"] / 100.0
     # the ratio's 95% interval (paired rounds); NaN with one round
@@ -339,13 +445,40 @@ def cpu_at_saturation(prep: Prepared) -> pd.DataFrame:
     out = num.groupby(_KEYS, sort=False, dropna=False)[cols].mean().reset_index()
     flags = peaks.groupby(_KEYS, sort=False, dropna=False).agg(
         generator_bound=("generator_bound", "any"), oversubscribed=("oversubscribed", "any"),
-        interfered=("interfered", "any")).reset_index()
+        interfered=("interfered", "any"), slowed=("slowed", "any")).reset_index()
     out = out.merge(flags, on=_KEYS)
-    out["flags"] = [_flag_text(g, o, i) for g, o, i in
-                    zip(out["generator_bound"], out["oversubscribed"], out["interfered"])]
+    out["flags"] = [_flag_text(g, o, i, w) for g, o, i, w in
+                    zip(out["generator_bound"], out["oversubscribed"], out["interfered"], out["slowed"])]
     budgets = [f"budget_{n}" for n in prep.server_nodes if f"budget_{n}" in out]
     out["budget_servers"] = out[budgets].sum(axis=1, min_count=1) if budgets else np.nan
     return out
+
+
+def matched_load_cpu(prep: Prepared, curve: str, other: str | None) -> tuple[float, float, float]:
+    """Server-side CPU per reply of two curves at matched load: the highest offered rate
+    at which both were faithful and not saturated in every repetition (below both knees),
+    as (offered, µs/reply of ``curve``, µs/reply of ``other``); NaNs when no such step.
+    Comparing CPU per reply at each curve's own saturation point compares different loads."""
+    nan = float("nan")
+    if other is None or "cpu_us_per_reply_servers" not in prep.steps:
+        return nan, nan, nan
+    ok = {}
+    for c in (curve, other):
+        st = prep.steps[prep.steps["curve"] == c]
+        if st.empty:
+            return nan, nan, nan
+        knee = knee_of(st)
+        good = st.groupby("offered").apply(lambda d: bool((d["faithful"] & ~d["saturated"]).all()),
+                                           include_groups=False)
+        rates = {float(o) for o, g in good.items() if g and (knee != knee or o < knee)}
+        ok[c] = (rates, st)
+    common = sorted(ok[curve][0] & ok[other][0])
+    if not common:
+        return nan, nan, nan
+    at = common[-1]
+    us = [float(pd.to_numeric(ok[c][1].loc[ok[c][1]["offered"] == at, "cpu_us_per_reply_servers"],
+                              errors="coerce").mean()) for c in (curve, other)]
+    return at, us[0], us[1]
 
 
 def machine_cpu_per_reply(prep: Prepared, ncpus: int | None) -> pd.Series:

@@ -45,9 +45,16 @@ def _iv(d: dict[str, Any], unit: str = "", signed: bool = False) -> str:
     if mean is None:
         return "-"
     fmt = (lambda v: f"{v:+.1f}") if signed else (lambda v: f"{v:,.0f}")
+    bound = d.get("bound")
+    if bound == "lower":  # a value on the top offered step: at least this
+        return f"≥ {fmt(mean)}{unit}" + ("" if lo is None else f" (one-sided 95%: ≥ {fmt(lo)})")
+    if bound == "upper":
+        return f"≤ {fmt(mean)}{unit}" + ("" if hi is None else f" (one-sided 95%: ≤ {fmt(hi)})")
     text = fmt(mean) + unit
     if lo is not None and hi is not None:
         text += f" [{fmt(lo)}, {fmt(hi)}]"
+    if d.get("clipped"):
+        text += " (clipped)"
     return text
 
 
@@ -65,7 +72,9 @@ def render(name: str) -> str:
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
              f"{', dirty tree' if s.get('dirty') else ''}; {reps} interleaved repetition(s); budgets: "
              f"{s.get('budgets')}; latency target {s.get('latency_target_ms')} ms). Mean [95% interval]; "
-             "gains paired by round against Regular TCP.", ""]
+             "gains paired by round against Regular TCP; \"no difference\" only inside "
+             f"±{s.get('equivalence_pct') or 5:g}%, \"not resolved\" when the interval holds 0 and more; "
+             "≥: a peak on the top offered step, a lower bound.", ""]
     overload = any((c.get("max_load_over_capacity") or 0) >= 2.0 for c in s["curves"])
     head = ["workload", "configuration", "mode", "peak replies/s", "capacity req/s", "peak gain", "capacity gain"]
     if overload:
@@ -73,11 +82,11 @@ def render(name: str) -> str:
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in s["curves"]:
         gain = _iv(c["peak_gain_pct"], "%", signed=True)
-        if c.get("peak_gain_verdict") == "no difference":
-            gain += " (no difference)"
+        if c.get("peak_gain_verdict") in ("no difference", "not resolved"):
+            gain += f" ({c['peak_gain_verdict']})"
         cap_gain = _iv(c["capacity_gain_pct"], "%", signed=True)
-        if c.get("capacity_gain_verdict") == "no difference":
-            cap_gain += " (no difference)"
+        if c.get("capacity_gain_verdict") in ("no difference", "not resolved"):
+            cap_gain += f" ({c['capacity_gain_verdict']})"
         # a shifting mix is one curve per phase: say which
         phase = next((p for p in str(c.get("curve", "")).split(" / ") if p.startswith("phase ")), None)
         workload = f"{c['workload']}, {phase}" if phase else c["workload"]

@@ -54,6 +54,34 @@ class RunInfo:
     def ncpus(self) -> int | None:
         return (self.manifest.get("machine") or {}).get("cpus")
 
+    @property
+    def equivalence_pct(self) -> float:
+        return equivalence_of(self.dir, self.manifest)
+
+
+def equivalence_of(run_dir: Path, manifest: dict[str, Any]) -> float:
+    """The experiment's equivalence bound in percent (``equivalence_pct``: a gain whose
+    interval lies inside ± it is "no difference"), read from the raw ``experiment.yaml``
+    mapping of the run (then the manifest), else ``intervals.EQUIVALENCE_PCT``."""
+    from .intervals import EQUIVALENCE_PCT
+    value: Any = None
+    path = Path(run_dir) / "experiment.yaml"
+    if path.exists():
+        import yaml
+        try:
+            raw = yaml.safe_load(path.read_text())
+        except yaml.YAMLError:
+            raw = None
+        if isinstance(raw, dict):
+            value = raw.get("equivalence_pct")
+    if value is None:
+        value = manifest.get("equivalence_pct")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return EQUIVALENCE_PCT
+    return v if v >= 0 else EQUIVALENCE_PCT
+
 
 class EmptyRun(ValueError):
     """A run without a single measured step: there is nothing to plot."""
@@ -80,7 +108,8 @@ def prepare_runs(runs: list[RunInfo]) -> Prepared:
     if not frames:
         raise EmptyRun("no steps measured: " + ", ".join(str(r.dir) for r in runs))
     steps = pd.concat(frames, ignore_index=True)
-    prep = prepare(steps, roles=roles_of(runs), run=None)
+    eq = max(r.equivalence_pct for r in runs)  # several runs: the widest bound any states
+    prep = prepare(steps, roles=roles_of(runs), run=None, equivalence_pct=eq)
     if prep.missing:
         log.info("load generator columns not found: %s", ", ".join(prep.missing))
     return prep

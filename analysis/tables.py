@@ -13,10 +13,26 @@ cgroup samples), CPU per reply, and the fidelity flags:
   its cpuset had no idle time left (it wanted more and did not get it);
 - ``interfered``: something outside the testbed took the machine: the CPU busy on all
   CPUs minus what the testbed's own cgroups used (``foreign_cpu``, cores) was above
-  ``max_foreign_cpu``. It includes the runner and softirq work the kernel charged to no
-  cgroup, so the threshold sits above what a quiet run shows (see docs/results.md);
-- ``faithful`` = none of generator_bound, oversubscribed, interfered: the steps a peak
-  may come from.
+  ``max_foreign_cpu``. Both sides count softirq and irq: the machine's busy time is every
+  /proc/stat field but idle and iowait (``(1 - machine_idle) x CPUs``), because a cgroup's
+  exact CPU time includes the softirq the kernel ran in its tasks' context. What remains
+  is the runner and softirq charged to no cgroup (run on an idle CPU or in ksoftirqd);
+- ``slowed``: the machine itself ran slow (``testbed.probe``: a fixed work timed on each
+  CPU once a second; ``slowdown`` is its worst CPU's median over the run's baseline, NaN
+  without probe data, as in every run before the probe);
+- ``faithful`` = none of generator_bound, oversubscribed, interfered, slowed: the steps a
+  peak may come from.
+
+``reply_rate_own`` is the reply rate a step is credited with: the replies completed in its
+window (``reply_rate_avg``, what the server did then), but no more than its *own* requests
+got (those intended in the window, answered whenever: ``replies / window_s``). Completed
+replies alone can exceed the offered rate (the previous step's backlog answered inside
+this window: up to 1.08x in the shipped runs); own replies alone cannot show a knee (a
+queue answers every request eventually, seconds late). Peaks, knees and gains use it; CPU
+per reply keeps ``reply_rate_avg``, the replies of the window the CPU was measured over.
+
+``apply_rules`` recomputes these derived columns from the stored ones, so a shipped
+table made under an older rule is read under today's (``analysis.load`` calls it).
 """
 
 from __future__ import annotations
@@ -27,6 +43,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from testbed import probe as _probe
 
 from . import utilization
 
@@ -65,8 +83,11 @@ def _cpu_idle_fraction(cpu: pd.DataFrame, t0: float, t1: float) -> float:
 
 
 def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, Any],
-                 min_idle: float, max_foreign_cpu: float = 0.25) -> pd.DataFrame:
-    """Add per-node CPU over each step window and the fidelity flags."""
+                 min_idle: float, max_foreign_cpu: float = 0.25,
+                 readings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
+                 base: dict[str, float] | None = None) -> pd.DataFrame:
+    """Add per-node CPU over each step window and the fidelity flags; ``readings`` and
+    ``base``: the run's probe readings and their baselines (``testbed.probe``), if any."""
     steps = steps.copy()
     nodes = samples[samples["kind"] == "node"] if not samples.empty else samples
     cpus = samples[samples["kind"] == "cpu"] if not samples.empty else samples
@@ -95,6 +116,8 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
             extra[f"user_{node}"] = _window(nd, "user_s", t0, t1) / dur
             extra[f"system_{node}"] = _window(nd, "system_s", t0, t1) / dur
             extra[f"throttled_{node}"] = _window(nd, "throttled_s", t0, t1) / dur
+            extra[f"nr_throttled_{node}"] = (_window(nd, "nr_throttled", t0, t1) if "nr_throttled" in nd
+                                             else float("nan"))
             budget = node_info.get(node, {}).get("cpu")
             extra[f"budget_{node}"] = budget
             extra[f"cpu_us_per_reply_{node}"] = used * dur / replies * 1e6 if replies > 0 else float("nan")
@@ -107,22 +130,64 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
                                        for c in utilization.cpus_in(node_info.get(node, {}).get("cpuset"), ncpus)])
                 if used < STARVED_USE * budget and idle_own < STARVED_IDLE:
                     starved.append(node)
-        # task time (not irq/softirq, which the kernel charges to no cgroup or to whoever ran)
-        # outside the testbed's cgroups, plus time a hypervisor stole
-        all_nodes = sum(v for k, v in extra.items() if k.startswith("cpu_") and not k.startswith("cpu_us"))
-        busy = sum(_window(machine, c, t0, t1) for c in ("user_s", "nice_s", "system_s", "steal_s")
-                   if c in machine) / dur if not machine.empty else float("nan")
-        extra["foreign_cpu"] = busy - all_nodes
-        extra["interfered"] = bool(extra["foreign_cpu"] > max_foreign_cpu)
+        extra["slowdown"] = (_probe.slowdown(readings, base or {}, t0, t1) if readings
+                             else float("nan"))
         extra["cpu_servers"] = server_cpu
         extra["cpu_us_per_reply_servers"] = server_cpu * dur / replies * 1e6 if replies > 0 else float("nan")
         extra["starved_nodes"] = ",".join(starved)
         extra["oversubscribed"] = bool((not np.isnan(idle) and idle < min_idle) or starved)
         rows.append(extra)
     enriched = pd.concat([steps.reset_index(drop=True), pd.DataFrame(rows)], axis=1)
-    gb = enriched["generator_bound"].astype(bool) if "generator_bound" in enriched else False
-    enriched["faithful"] = ~(gb | enriched["oversubscribed"].astype(bool) | enriched["interfered"].astype(bool))
+    enriched = apply_rules(enriched, max_foreign_cpu, ncpus=ncpus)
     return utilization.add_columns(enriched, samples, point)  # per-node time, links, bottleneck
+
+
+def _cgroup_cpu_columns(steps: pd.DataFrame) -> list[str]:
+    return [c for c in steps.columns if c.startswith("cpu_") and not c.startswith("cpu_us")
+            and c != "cpu_servers"]
+
+
+def foreign_cpu(steps: pd.DataFrame, ncpus: int | None = None) -> pd.Series:
+    """Cores busy outside the testbed's cgroups: every CPU's busy time (all of /proc/stat
+    but idle and iowait, so irq and softirq count) minus every node's cgroup CPU, which
+    includes the softirq run in its tasks' context. NaN without the machine's idle share."""
+    n = ncpus or len([c for c in steps.columns if c.startswith("softirq_cpu")]) or 1
+    idle = pd.to_numeric(steps["machine_idle"], errors="coerce") if "machine_idle" in steps \
+        else pd.Series(np.nan, index=steps.index)
+    cgroups = steps[_cgroup_cpu_columns(steps)].apply(pd.to_numeric, errors="coerce").sum(axis=1)
+    return (1.0 - idle) * n - cgroups
+
+
+def apply_rules(steps: pd.DataFrame, max_foreign_cpu: float = 0.25, ncpus: int | None = None) -> pd.DataFrame:
+    """The derived columns of a steps table, recomputed from its stored columns under
+    today's rules: ``foreign_cpu`` and ``interfered``, ``reply_rate_own``, ``slowdown``
+    (NaN when the table has none) and ``slowed``, ``nr_throttled_<node>`` (NaN when the
+    samples did not carry it) and ``faithful``. Idempotent; a table without the machine's
+    CPU columns (a bare load-generator table) keeps its flags."""
+    if steps.empty:
+        return steps
+    steps = steps.copy()
+    if "machine_idle" in steps:
+        steps["foreign_cpu"] = foreign_cpu(steps, ncpus)
+        steps["interfered"] = (steps["foreign_cpu"] > max_foreign_cpu).fillna(False).astype(bool)
+    if "replies" in steps and "window_s" in steps and "reply_rate_avg" in steps:
+        win = pd.to_numeric(steps["window_s"], errors="coerce")
+        own = pd.to_numeric(steps["replies"], errors="coerce") / win.where(win > 0)
+        steps["reply_rate_own"] = np.fmin(pd.to_numeric(steps["reply_rate_avg"], errors="coerce"), own)
+    if "slowdown" not in steps:
+        steps["slowdown"] = np.nan
+    steps["slowdown"] = pd.to_numeric(steps["slowdown"], errors="coerce")
+    steps["slowed"] = [_probe.is_slowed(r) for r in steps["slowdown"]]
+    for c in [c for c in steps.columns if c.startswith("throttled_")]:
+        if f"nr_{c}" not in steps:
+            steps[f"nr_{c}"] = np.nan
+    flags = [f for f in ("generator_bound", "oversubscribed", "interfered", "slowed") if f in steps]
+    if flags:
+        bad = np.zeros(len(steps), dtype=bool)
+        for f in flags:
+            bad |= steps[f].fillna(False).astype(bool).to_numpy()
+        steps["faithful"] = ~bad
+    return steps
 
 
 def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
@@ -132,6 +197,8 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
     min_idle = float(manifest.get("fidelity", {}).get("min_idle", 0.05))
     max_foreign = float(manifest.get("fidelity", {}).get("max_foreign_cpu", 0.25))
     all_steps, all_samples, point_rows, decisions = [], [], [], []
+    readings = _probe.read(run_dir)  # {} for runs before the probe: slowdown stays NaN
+    base = _probe.baselines(readings)
     for point in _read_points(run_dir):
         pdir = Path(point["dir"])
         meta = {"point": point["point"], "mode": point["mode"], "workload": point["workload"],
@@ -161,7 +228,8 @@ def build_tables(run_dir: Path | str) -> dict[str, pd.DataFrame]:
         if frames:
             steps = pd.concat(frames, ignore_index=True)
             if not steps.empty:
-                enriched = step_metrics(steps, samples, point, min_idle, max_foreign) if not samples.empty else steps
+                enriched = (step_metrics(steps, samples, point, min_idle, max_foreign, readings, base)
+                            if not samples.empty else apply_rules(steps, max_foreign))
                 all_steps.append(enriched.assign(**meta))
     tables = {
         "steps": pd.concat(all_steps, ignore_index=True) if all_steps else pd.DataFrame(),

@@ -214,7 +214,8 @@ def test_cluster_figures_sections_and_claims(tmp_path):
     # the TCP server (2,500/s) is below Regular's host (2,000/s)? no: above it, so offloading gains
     gain = [v for (c, m), v in by.items() if c.startswith("Offloading raises")]
     # 140 µs of server CPU per reply against Regular's 100: a gain bought with the extra CPU
-    assert gain == [claims.ON_TOP]
+    # (and the synthetic gain, far above the paper's +17%, only has the paper's direction)
+    assert len(gain) == 1 and claims.ON_TOP in gain[0] and gain[0].startswith(claims.SAME_DIRECTION)
     idle = [v for (c, m), v in by.items() if c.startswith("Under Split-TCP and AsyncSend")]
     assert idle == [claims.REPRODUCED, claims.REPRODUCED]  # TCP server first, host 25% idle
     same = [v for (c, m), v in by.items() if c.startswith("Asynchronous send")]
@@ -238,7 +239,9 @@ def test_paired_gain_interval():
     assert claims.gain_verdict(g) == claims.REPRODUCED
     assert claims.gain_verdict(g, expect_positive=False) == claims.NOT_REPRODUCED
     flat = claims.paired_gain(pd.Series([90.0, 110.0]), pd.Series([100.0, 100.0]))
-    assert claims.gain_verdict(flat) == claims.NO_DIFFERENCE
+    assert claims.gain_verdict(flat) == claims.NOT_RESOLVED  # holds 0, and ±127 points
+    tight = claims.paired_gain(pd.Series([99.0, 101.0, 100.0]), pd.Series([100.0, 100.0, 100.0]))
+    assert claims.gain_verdict(tight) == claims.NO_DIFFERENCE  # inside ±5%
     one = claims.paired_gain(pd.Series([120.0]), pd.Series([100.0]))
     assert claims.gain_verdict(one).startswith(claims.REPRODUCED) and "no interval" in claims.gain_verdict(one)
 

@@ -3,5 +3,5 @@
 A new section is a module here that calls ``registry.register`` and its template under
 ``analysis/templates/sections/``; the report needs no change."""
 
-from . import summary, balancing, nodes, claims, limits, plots, cpu, steps, provenance  # noqa: F401
+from . import summary, balancing, nodes, claims, limits, plots, cpu, throttling, steps, provenance  # noqa: F401
 from .registry import SECTIONS, Report, Section, register  # noqa: E402,F401

@@ -1,5 +1,5 @@
 """The report's "Balancing host and TCP server" section, beyond the paper: per run that
-balanced, the balancing goals met or missed, where the pass-through path's kernel work is
+balanced, the measured comparisons with their intervals, where the pass-through path's kernel work is
 charged, the adaptive policy against the best fixed split and Regular TCP, and per
 workload a figure and the policies side by side (``analysis.balance`` computes them,
 ``analysis.balance_figure`` draws). The section also adds the same results to the
@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from ..balance import (SHIFTING, accounting_note, comparisons, goal_sentences, has_balance, points_table,
+from ..balance import (SHIFTING, accounting_note, comparison_sentences, comparisons, has_balance, points_table,
                        summary_for, summary_table)
 from ..balance_figure import draw_workload
 from ..frames import Prepared, of_run
@@ -53,7 +53,7 @@ def html(report: Report) -> Any:
         comps = comparisons(prep, run.tables.get("balance"), run.manifest.get("workloads"))
         shown.append({
             "name": run.name if len(runs) > 1 else "", "measured": bool(comps),
-            "goals": goal_sentences(comps, [run]) if comps else [], "accounting": accounting_note([run]),
+            "goals": comparison_sentences(comps, [run]) if comps else [], "accounting": accounting_note([run]),
             "summary": summary_table(comps) if comps else None,
             "summary_id": "balance" if len(runs) == 1 else f"balance-{_slug(run.name)}",
             "workloads": [_workload(c, run, runs, prep, report) for c in comps]})

@@ -34,14 +34,14 @@ def summary_table(prep: Prepared) -> pd.DataFrame:
         rows.append({
             "group": s["group"] or "-",
             "mode": s["mode_label"],
-            "peak replies/s": _num(s["peak_mean"]) + _ci(s["peak_ci_lo"], s["peak_ci_hi"])
-            + ("" if s["saturated"] else " (≥, not saturated)"),
+            "peak replies/s": _peak(s),
             "capacity req/s": _capacity(s),
             "reps": int(s["repetitions"]),
             "knee at": _num(s["knee_offered"]) if not np.isnan(s["knee_offered"]) else "none",
             "vs regular of": "-" if is_reg else (s["baseline"] or "-"),
             "peak gain": "-" if is_reg else _gain(s, "gain"),
             "capacity gain": "-" if is_reg else _gain(s, "capacity_gain"),
+            "precision (±pts)": "-" if is_reg else _precision(s),
             "server CPU µs/reply": _num(cpu.loc[s["curve"], "cpu_us_per_reply_servers"])
             if s["curve"] in cpu.index and "cpu_us_per_reply_servers" in cpu else "-",
             "flagged steps": int(s["flagged_steps"]),
@@ -54,27 +54,73 @@ def _ci(lo: Any, hi: Any, digits: int = 0) -> str:
     return "" if pd.isna(lo) or pd.isna(hi) else f" [{_num(lo, digits)}, {_num(hi, digits)}]"
 
 
-def _capacity(s: pd.Series) -> str:
-    if pd.isna(s["capacity_mean"]):
-        return f"< {_num(s['lowest_offered'])} (no step met the target)"
-    text = _num(s["capacity_mean"]) + _ci(s["capacity_ci_lo"], s["capacity_ci_hi"])
-    if s["capacity_reps"] < s["repetitions"]:
-        text += f" ({int(s['capacity_reps'])} of {int(s['repetitions'])} reps met it)"
+def _bounded(mean: Any, lo: Any, hi: Any, bound: str, digits: int = 0) -> str:
+    """'1,234 [1,100, 1,400]', or for a lower bound '≥ 1,234 (95%: ≥ 1,150)'."""
+    if bound == "lower":
+        return f"≥ {_num(mean, digits)}" + ("" if pd.isna(lo) else f" (one-sided 95%: ≥ {_num(lo, digits)})")
+    return _num(mean, digits) + _ci(lo, hi, digits)
+
+
+def _peak(s: pd.Series) -> str:
+    text = _bounded(s["peak_mean"], s["peak_ci_lo"], s["peak_ci_hi"], s.get("peak_bound", ""))
+    if s.get("peak_bound") != "lower" and not s["saturated"]:
+        text += " (≥, not saturated)"
+    if bool(s.get("peak_grid")) and s.get("peak_bound") != "lower":
+        text += f" (grid: every round on one step; resolution {_num(s.get('peak_step'))} req/s)"
+    if bool(s.get("peak_clipped")):
+        text += " (interval clipped at 0)"
     return text
 
 
-def _gain(s: pd.Series, prefix: str) -> str:
-    """'+12.3% [+4.1, +20.5]' or '+2.0% [-3.1, +7.2] no difference'."""
+def _capacity(s: pd.Series) -> str:
+    if pd.isna(s["capacity_mean"]):
+        return f"< {_num(s['lowest_offered'])} (no step met the target)"
+    text = _bounded(s["capacity_mean"], s["capacity_ci_lo"], s["capacity_ci_hi"], s.get("capacity_bound", ""))
+    if s["capacity_reps"] < s["repetitions"]:
+        text += f" ({int(s['capacity_reps'])} of {int(s['repetitions'])} reps met it)"
+    if bool(s.get("capacity_clipped")):
+        text += " (interval clipped at 0)"
+    return text
+
+
+def half_width(s: pd.Series, prefix: str = "gain") -> float:
+    """The precision reached: half the width of a two-sided 95% gain interval (points)."""
+    lo, hi = s.get(f"{prefix}_ci_lo"), s.get(f"{prefix}_ci_hi")
+    if s.get(f"{prefix}_bound") or pd.isna(lo) or pd.isna(hi):
+        return float("nan")
+    return (float(hi) - float(lo)) / 2.0
+
+
+def _precision(s: pd.Series) -> str:
+    h = half_width(s)
+    if np.isnan(h):
+        return "one-sided" if s.get("gain_bound") else "-"
+    return f"±{h:.1f}" + (" (> ±5)" if h > PRECISION_PTS else "")
+
+
+PRECISION_PTS = 5.0  # the precision a headline gain is meant to reach (issue 25)
+
+
+def _gain(s: pd.Series, prefix: str, with_verdict: bool = True) -> str:
+    """'+12.3% [+4.1, +20.5] higher', '+2.0% [-3.1, +7.2] not resolved', '≥ +30.1% (...)'."""
     mean, v = s[f"{prefix}_pct"], s[f"{prefix}_verdict"]
     if pd.isna(mean):
         return "-"
-    text = f"{mean:+.1f}%"
-    if not pd.isna(s[f"{prefix}_ci_lo"]):
-        text += f" [{s[f'{prefix}_ci_lo']:+.1f}, {s[f'{prefix}_ci_hi']:+.1f}]"
-    if v == "no difference":
-        text += " no difference"
-    elif v.startswith("one repetition"):
+    lo, hi, bound = s[f"{prefix}_ci_lo"], s[f"{prefix}_ci_hi"], s.get(f"{prefix}_bound", "")
+    if bound == "lower":
+        text = f"≥ {mean:+.1f}%" + ("" if pd.isna(lo) else f" (one-sided 95%: ≥ {lo:+.1f})")
+    elif bound == "upper":
+        text = f"≤ {mean:+.1f}%" + ("" if pd.isna(hi) else f" (one-sided 95%: ≤ {hi:+.1f})")
+    else:
+        text = f"{mean:+.1f}%"
+        if not pd.isna(lo):
+            text += f" [{lo:+.1f}, {hi:+.1f}]"
+    if v.startswith("one repetition"):
         text += " (1 rep)"
+    elif v.startswith("not measurable"):
+        text += " (both on the top offered step: not measurable)"
+    elif v and with_verdict:
+        text += f" {v}"
     return text
 
 
@@ -110,18 +156,22 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
                 continue
             pct = s["gain_pct"]
             reps = int(s["gain_pairs"])
-            if s["gain_verdict"] == "no difference":
-                text = (f"{where}{s['mode_label']}: no difference in peak throughput against Regular TCP{against} "
-                        f"(gain {pct:+.1f}%, 95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over "
-                        f"{reps} paired rounds; peaks {s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; "
-                        f"{budget_note}).")
+            v = s["gain_verdict"]
+            peaks = f"peaks {_peak_short(s)} vs {s['regular_peak']:.0f} replies/s"
+            if reps < 2:
+                text = (f"{where}{s['mode_label']}: peak throughput {pct:+.1f}% against Regular TCP{against} "
+                        f"(one repetition: no interval, so the sign is not established; {peaks}; {budget_note}).")
+            elif v in ("higher", "lower"):
+                text = (f"{where}{s['mode_label']}: peak throughput {v} than Regular TCP{against} with the same app "
+                        f"and event loop: {_gain(s, 'gain', False)} over {reps} paired rounds ({peaks}; {budget_note}).")
+            elif v == "no difference":
+                text = (f"{where}{s['mode_label']}: no difference in peak throughput against Regular TCP{against}: "
+                        f"{_gain(s, 'gain', False)} over {reps} paired rounds lies inside ±{prep.equivalence_pct:g}% "
+                        f"({peaks}; {budget_note}).")
             else:
-                verb = "raised" if pct > 0 else "lowered"
-                interval = (f"95% interval [{s['gain_ci_lo']:+.1f}, {s['gain_ci_hi']:+.1f}]% over {reps} paired rounds"
-                            if reps > 1 else "one repetition: no interval, so the sign is not established")
-                text = (f"{where}{s['mode_label']}: offloading {verb} peak throughput by {abs(pct):.1f}% "
-                        f"against Regular TCP{against} with the same app and event loop "
-                        f"({s['peak_mean']:.0f} vs {s['regular_peak']:.0f} replies/s; {interval}; {budget_note}).")
+                text = (f"{where}{s['mode_label']}: peak throughput against Regular TCP{against} not resolved: "
+                        f"{_gain(s, 'gain', False)} over {reps} paired rounds neither excludes 0 nor lies inside "
+                        f"±{prep.equivalence_pct:g}% ({peaks}; {budget_note}).")
             if not pd.isna(s.get("capacity_gain_pct")):
                 text += (f" Capacity at the latency target: {_gain(s, 'capacity_gain')} "
                          f"({_num(s['capacity_mean'])} vs {_num(s['regular_capacity'])} req/s).")
@@ -150,7 +200,18 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         lo, hi = s["retained_ci_lo"], s["retained_ci_hi"]
         ci = "" if pd.isna(lo) else f" [{lo:.0%}, {hi:.0%}]"
         out.append(f"[{s['group'] or s['workload']}] {s['mode_label']}: at {s['overload_x']:.1f}x its capacity it "
-                   f"kept {s['retained_mean']:.0%}{ci} of its peak goodput.")
+                   f"kept {s['retained_mean']:.0%}{ci} of its peak goodput"
+                   + (" (interval clipped to [0%, 100%], what is possible)." if s.get("retained_clipped") else "."))
+    wide = [s for _, s in sat.iterrows() if s["mode_label"] != REGULAR and half_width(s) > PRECISION_PTS]
+    two_sided = [s for _, s in sat.iterrows() if s["mode_label"] != REGULAR and not np.isnan(half_width(s))]
+    if two_sided:
+        hw = sorted(half_width(s) for s in two_sided)
+        text = (f"Precision reached: {len(two_sided) - len(wide)} of {len(two_sided)} two-sided peak gains have a "
+                f"95% interval within ±{PRECISION_PTS:g} points (median half-width ±{float(np.median(hw)):.1f}).")
+        if wide:
+            text += (" Wider than ±5 points, so they cannot decide an effect of that size: "
+                     + "; ".join(f"{_where(s)}{s['mode_label']} ±{half_width(s):.1f}" for s in wide) + ".")
+        out.append(text)
     bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
     total = sum(len(r.points) for r in runs)
     if bad:
@@ -163,17 +224,34 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         out.append(f"{n_int} of {len(prep.steps)} steps were interfered: programs outside the testbed used more "
                    "than the fidelity threshold's CPU while they ran (foreign_cpu); measure again on a quiet "
                    "machine before quoting them.")
+    n_slow = int(prep.steps["slowed"].sum()) if "slowed" in prep.steps else 0
+    if n_slow:
+        out.append(f"{n_slow} of {len(prep.steps)} steps were slowed: the fixed-work probe ran at least "
+                   "1.2x its baseline on some CPU while they ran (the machine itself ran slow); they are left "
+                   "out of peaks like interfered steps.")
+    elif "slowdown" in prep.steps and prep.steps["slowdown"].isna().all():
+        out.append("No probe data (the run predates the slowdown probe): no step could be judged slowed.")
     if n_flag:
-        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed or "
-                   "interfered) and marked in every figure and table; peaks use faithful steps only where any exist.")
+        out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed, "
+                   "interfered or slowed) and marked in every figure and table; peaks use faithful steps only "
+                   "where any exist.")
     return out
+
+
+def _where(s: pd.Series) -> str:
+    return f"[{s['group']}] " if s["group"] else ""
+
+
+def _peak_short(s: pd.Series) -> str:
+    return ("≥ " if s.get("peak_bound") == "lower" else "") + f"{s['peak_mean']:.0f}"
 
 
 def html(report: Report) -> Any:
     if report.prep is None:
         return render("sections/summary.html", prep=None)
     return render("sections/summary.html", prep=report.prep, sentences=summary_sentences(report.prep, report.runs),
-                  summary=summary_table(report.prep), targets=targets(report.runs), knee_fraction=KNEE_FRACTION)
+                  summary=summary_table(report.prep), targets=targets(report.runs), knee_fraction=KNEE_FRACTION,
+                  equivalence=report.prep.equivalence_pct)
 
 
 register(Section("summary", 10, html=html, needs_steps=False))
