@@ -252,12 +252,10 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
                             "params": params, "budgets": exp.budgets, "status": "running",
                             "started": time.time()}
     _write_json(out / "point.json", info)
-    topo = exp.topology_for({k: ("none" if v is None else str(v)) for k, v in params.items()})
+    topo = exp.topology_for(params)
     info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
-    service = exp.service_options(p)
-    if p.balance:
-        service["balance"] = p.balance
-    info["service"] = service
+    service = exp.service_options(p)  # the point's balancing policy included
+    info["service"] = service.to_values()
     name = f"r{os.getpid() % 100000}"
     sampler: Sampler | None = None
     from .kernel import pid_start_time
