@@ -312,7 +312,7 @@ def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix
     """Run one load-generator invocation in the client node, relaying its progress lines."""
     timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
+    proc = tb.popen(tb.topology.by_role("client")[0].name, argv, log_name="loadgen", stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
     deadline = time.monotonic() + timeout
     with open(out / "loadgen.log", "a") as logf:
