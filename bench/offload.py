@@ -423,8 +423,9 @@ def report(res: dict) -> str:
                 name = ""
             lines.append(f"{name:<18}{last.get('replies', 0):>8}{last.get('errors', -1):>5}{cm:>18}{h:>20}{hr:>20}"
                          f"{ts:>20}{tr:>20}{nr:>20}")
-    lines.append("\ngoals: host/regular <= 0.50 (static, every offloaded mode); tcpsrv/nginx <= 1.15 "
-                 "(setup-with-accept, per event), <= 1.4 (split). In regular mode the "
+    lines.append("\nratios: each configuration's CPU per request over the reference's, round by round, "
+                 "median [min-max] (host/regular: the host's against Regular TCP's; tcpsrv/haproxy and "
+                 "tcpsrv/nginx: the TCP server's against that relay's). In regular mode the "
                  "tcpserver node only forwards (its softirq is charged to senders). replies/err: last round; "
                  "conn ms: httperf's mean connection time (connect to close).")
     return "\n".join(lines)
