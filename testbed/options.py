@@ -227,8 +227,11 @@ class ServiceOptions:
         """``up``'s flags for the options it takes (strings; ``from_args`` types and checks them)."""
         for f in fields(ServiceOptions):
             if f.metadata["flag"]:
+                help_ = f.metadata["help"]
+                if f.default not in (None, 0) and "default" not in help_:
+                    help_ += f" (default {f.default})"
                 p.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", default=None,
-                               metavar=f.metadata["metavar"], help=f.metadata["help"])
+                               metavar=f.metadata["metavar"], help=help_)
         p.add_argument("--no-overload-control", dest="opt_overload_control", action="store_false",
                        default=None, help="the TCP server without overload control, for comparisons")
 
