@@ -291,25 +291,26 @@ def _reference(tb, args, argv: list[str], name: str, port: int) -> dict[str, dic
 
 
 def variant_args(variant: list[str]) -> list[str]:
-    """``MODE/asyncio/poll=1000`` -> the TCP server's options for that variant."""
+    """``MODE/asyncio`` -> the TCP server's options for that variant that are not service
+    options (its client sockets' I/O)."""
     out: list[str] = []
     for v in variant:
         if v in ("asyncio", "epoll"):
             out += ["--client-io", v]
-        elif v.startswith("poll="):
-            out += ["--poll-us", v[5:]]
-        elif v not in ("shm", "unix") and not v.startswith("hostpoll="):
+        elif v not in ("shm", "unix") and not v.startswith(("poll=", "hostpoll=")):
             raise SystemExit(f"unknown variant {v!r}: asyncio, epoll, shm, unix, poll=US or hostpoll=US")
     return out
 
 
 def variant_options(variant: list[str]) -> dict[str, Any]:
     """``MODE/shm/poll=2000/hostpoll=2000`` -> the service options for that variant: the
-    SAN channel (``shm``, ``unix``; tcp by default) and the host's polling period."""
+    SAN channel (``shm``, ``unix``; tcp by default) and the polling periods."""
     opts: dict[str, Any] = {"tcpserver_args": variant_args(variant)}
     for v in variant:
         if v in ("shm", "unix"):
             opts["channel"] = v
+        elif v.startswith("poll="):
+            opts["poll_us"] = int(v[5:])
         elif v.startswith("hostpoll="):
             opts["host_poll_us"] = int(v[9:])
     return opts
@@ -422,8 +423,9 @@ def report(res: dict) -> str:
                 name = ""
             lines.append(f"{name:<18}{last.get('replies', 0):>8}{last.get('errors', -1):>5}{cm:>18}{h:>20}{hr:>20}"
                          f"{ts:>20}{tr:>20}{nr:>20}")
-    lines.append("\ngoals: host/regular <= 0.50 (static, every offloaded mode); tcpsrv/nginx <= 1.15 "
-                 "(setup-with-accept, per event), <= 1.4 (split). In regular mode the "
+    lines.append("\nratios: each configuration's CPU per request over the reference's, round by round, "
+                 "median [min-max] (host/regular: the host's against Regular TCP's; tcpsrv/haproxy and "
+                 "tcpsrv/nginx: the TCP server's against that relay's). In regular mode the "
                  "tcpserver node only forwards (its softirq is charged to senders). replies/err: last round; "
                  "conn ms: httperf's mean connection time (connect to close).")
     return "\n".join(lines)

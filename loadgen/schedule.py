@@ -17,31 +17,48 @@ class ScheduleError(ValueError):
     """Rates or durations that make no sense."""
 
 
-def parse_rates(text: str) -> list[float]:
-    """``100:1000:100`` (start:stop:step, stop included), ``500`` or ``100,200,400``."""
-    text = text.strip()
-    try:
-        if ":" in text:
-            parts = [float(p) for p in text.split(":")]
-            if len(parts) != 3:
-                raise ScheduleError(f"--rates {text!r}: use START:STOP:STEP, e.g. 100:1000:100")
-            start, stop, step = parts
-            if step <= 0:
-                raise ScheduleError(f"--rates {text!r}: the step must be positive")
-            if stop < start:
-                raise ScheduleError(f"--rates {text!r}: STOP is below START")
-            count = int(math.floor((stop - start) / step + 1e-9)) + 1
-            if count > 1000:
-                raise ScheduleError(f"--rates {text!r}: {count} steps; at most 1000")
-            rates = [start + i * step for i in range(count)]
-        else:
-            rates = [float(p) for p in text.split(",") if p.strip()]
-    except ValueError as e:
-        if isinstance(e, ScheduleError):
-            raise
-        raise ScheduleError(f"--rates {text!r}: not numbers (use 100:1000:100 or 100,200)") from None
+MAX_STEPS = 1000  # offered-rate steps in one sweep
+
+
+def parse_rates(spec: object) -> list[float]:
+    """The one parser of offered rates (the load generator's ``--rates``, experiment files'
+    ``load.rates``): ``"100:1000:100"`` (start:stop:step, stop included), ``"500"``,
+    ``"100,200,400"``, a number or a list of numbers. ScheduleError says what is wrong."""
+    if isinstance(spec, bool) or not isinstance(spec, (str, int, float, list, tuple)):
+        raise ScheduleError(f"rates must be a list of numbers or START:STOP:STEP, not {spec!r}")
+    if isinstance(spec, (int, float)):
+        rates = [float(spec)]
+    elif isinstance(spec, (list, tuple)):
+        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in spec):
+            raise ScheduleError(f"rates {spec!r}: not a list of numbers")
+        rates = [float(r) for r in spec]
+    elif ":" in spec:
+        try:
+            parts = [float(p) for p in spec.strip().split(":")]
+        except ValueError:
+            raise ScheduleError(f"rates {spec!r}: START, STOP and STEP must be numbers, e.g. 100:1000:100") from None
+        if len(parts) != 3:
+            raise ScheduleError(f"rates {spec!r}: use START:STOP:STEP, e.g. 100:1000:100")
+        start, stop, step = parts
+        if not all(math.isfinite(x) for x in parts):
+            raise ScheduleError(f"rates {spec!r}: START, STOP and STEP must be numbers, e.g. 100:1000:100")
+        if step <= 0:
+            raise ScheduleError(f"rates {spec!r}: the step must be positive")
+        if stop < start:
+            raise ScheduleError(f"rates {spec!r}: STOP is below START")
+        count = int(math.floor((stop - start) / step + 1e-9)) + 1
+        if count > MAX_STEPS:
+            raise ScheduleError(f"rates {spec!r}: {count} steps; at most {MAX_STEPS}")
+        rates = [start + i * step for i in range(count)]
+    else:
+        try:
+            rates = [float(p) for p in spec.split(",") if p.strip()]
+        except ValueError:
+            raise ScheduleError(f"rates {spec!r}: not a list of numbers (use 100:1000:100 or 100,200)") from None
     if not rates:
-        raise ScheduleError("--rates: no rate given")
+        raise ScheduleError("rates: no offered rate given")
+    if len(rates) > MAX_STEPS:
+        raise ScheduleError(f"rates: {len(rates)} steps; at most {MAX_STEPS}")
     for r in rates:
         check_rate(r)
     return rates

@@ -25,7 +25,8 @@ from typing import Any, Sequence
 
 from .backends import BACKENDS
 from .errors import TestbedError
-from .offload.modes import MODES
+from .offload.modes import MODES, get_mode
+from .options import ServiceOptions
 from .status import print_status, status_of
 
 
@@ -67,33 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("-p", "--param", action="append", default=[], metavar="KEY=VALUE",
                     help="override a topology parameter, e.g. -p hosts=4 -p host_cpu=0.25")
     up.add_argument("--subnet", default=None, help="address block (default 10.77.0.0/16)")
-    up.add_argument("--channel", choices=("tcp", "unix", "shm"), help="SAN channel (default: the topology's)")
-    up.add_argument("--balance", default=None, help="adaptive | fixed:SPLIT (work/CPU split controller)")
-    up.add_argument("--knob", default=None, choices=("work", "cpu", "place"),
-                    help="what --balance moves (default: cpu on smp, work otherwise; place: the TCP "
-                    "server answers a share of static requests itself)")
     up.add_argument("--backend", default="netns", choices=BACKENDS,
                     help="how nodes and links are built (default: netns, via pyroute2)")
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
-    up.add_argument("--seed", type=int, default=1, help="document root seed")
-    up.add_argument("--dynamic-cost-us", type=int, default=1000, help="CPU cost of /dynamic (us)")
-    up.add_argument("--poll-us", type=int, default=0, metavar="US",
-                    help="TCP server polls every US microseconds instead of waking per event "
-                         "(the paper's 'No Interrupts'; default 0 = off)")
-    up.add_argument("--host-poll-us", type=int, default=0, metavar="US",
-                    help="offloaded modes: the host application polls the SAN every US microseconds "
-                         "while busy (over shm, no doorbell then; default 0 = off)")
-    ov = up.add_argument_group("overload control of the TCP server (defaults: the daemon's; docs/modes.md)")
-    ov.add_argument("--backlog", type=int, default=None, metavar="N",
-                    help="connections accepted but not yet given to a host, per port")
-    ov.add_argument("--listen-backlog", type=int, default=None, metavar="N",
-                    help="the kernel's listen backlog on the public port")
-    ov.add_argument("--queue-deadline", type=float, default=None, metavar="SECONDS",
-                    help="a connection queued longer is reset (0 = never)")
-    ov.add_argument("--host-conns", type=int, default=None, metavar="N",
-                    help="push modes: connections one host may have unfinished (0 = no bound)")
-    ov.add_argument("--no-overload-control", action="store_true",
-                    help="the daemon without it, for comparisons")
+    # the service options: declared, typed and checked by testbed/options.py
+    ServiceOptions.add_arguments(up.add_argument_group(
+        "service options (the TCP server's overload control defaults to the daemon's; docs/modes.md)"))
     up.add_argument("--json", action="store_true", help="print the status as JSON when up")
     up.set_defaults(func=cmd_up)
 
@@ -170,11 +150,14 @@ def _pick(name: str | None) -> str:
 
 def cmd_up(args: argparse.Namespace) -> int:
     from .lifecycle import Testbed
-    from .services import check_mode
     from .spec import DEFAULT_SUBNET, load_topology, parse_params
     _require_root()
-    check_mode(args.mode)
-    if args.knob and not args.balance:
+    try:
+        mode = get_mode(args.mode)
+    except ValueError as e:
+        raise TestbedError(f"--mode: {e}") from None
+    options = ServiceOptions.from_args(args)  # every bad option: one line now, before anything is built
+    if options.balance_knob and not options.balance:
         raise TestbedError("--knob chooses what --balance moves: give --balance adaptive|fixed:SPLIT too")
     from .spec_mininet import is_mininet_ref, load_custom_topology, load_mininet_topology
     if bool(args.custom) != bool(args.topo):
@@ -190,23 +173,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                            "and YAML files name their roles themselves")
     else:
         topo = load_topology(args.topology, parse_params(args.param))
-    from .offload.polling import check_period_us
-    for flag, us in (("--poll-us", args.poll_us), ("--host-poll-us", args.host_poll_us)):
-        try:
-            check_period_us(us)
-        except ValueError as e:
-            raise TestbedError(f"{flag}: {e}") from None
-    opts: dict[str, Any] = {"seed": args.seed, "dynamic_cost_us": args.dynamic_cost_us,
-                            "channel": args.channel, "balance": args.balance,
-                            "balance_knob": args.knob, "poll_us": args.poll_us,
-                            "host_poll_us": args.host_poll_us,
-                            "backlog": args.backlog, "listen_backlog": args.listen_backlog,
-                            "queue_deadline": args.queue_deadline, "host_conns": args.host_conns,
-                            "overload_control": False if args.no_overload_control else None}
-    from .services import overload_args
-    overload_args(opts)  # bad bounds: one line now, before anything is built
-    tb = Testbed(topo, args.name, mode=args.mode, subnet=args.subnet or DEFAULT_SUBNET,
-                 start_services=not args.no_services, service_options=opts, backend=args.backend)
+    tb = Testbed(topo, args.name, mode=mode, subnet=args.subnet or DEFAULT_SUBNET,
+                 start_services=not args.no_services, service_options=options, backend=args.backend)
     tb.up()
     for w in tb.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -335,8 +303,8 @@ def _dry_run(args: argparse.Namespace) -> int:
     points = exp.points()
     load_s = sum(point_seconds(exp, p.workload) for p in points)  # the runner's own estimate
     for p in points:
-        extra = {k: v for k, v in exp.service_options(p).items() if k != "seed"}
-        print(f"  {p.index:3d} round {p.repetition} {p.mode:18} {p.workload:8} "
+        extra = {k: v for k, v in exp.service_options(p).changed().items() if k != "seed"}
+        print(f"  {p.index:3d} round {p.repetition} {p.mode.name:18} {p.workload:8} "
               f"{exp.topology_params(p)} {extra or ''}")
     print(f"{exp.name}: {len(points)} points, {load_s / 60:.0f} min of offered load "
           f"(plus testbed set-up, about half a minute per point)")

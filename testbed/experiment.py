@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import SpecError
-from .services import MODES
+from .offload.modes import MODES, Mode, get_mode
+from .options import BalanceSpec, OptionError, ServiceOptions
 
 if TYPE_CHECKING:
     from .precision import Precision
@@ -54,8 +55,6 @@ _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
               "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
 DEFAULT_LATENCY_TARGET_MS = 200.0
-MAX_RATE = 200_000
-MAX_STEPS = 1000  # offered-rate steps per sweep
 SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
 
 
@@ -67,19 +66,19 @@ class Point:
     """One element of the matrix: a testbed configuration under one mode and workload."""
     index: int
     config: dict[str, Any]  # topology parameters of this sweep configuration
-    mode: str
+    mode: Mode
     workload: str
     repetition: int
-    balance: str | None = None
+    balance: BalanceSpec | None = None
 
     @property
     def id(self) -> str:
         cfg = "-".join(f"{k}{v}" for k, v in sorted(self.config.items())) or "base"
-        bal = f"-{self.balance.replace(':', '')}" if self.balance else ""
+        bal = f"-{self.balance.text.replace(':', '')}" if self.balance else ""
         # a directory name under results/: a swept value such as "../x" or "a/b" must not
         # leave it, so anything but letters, digits, '.', '_' and '-' becomes '_'
         cfg = _UNSAFE.sub("_", cfg).replace("..", "_")
-        return f"{self.index:03d}-{cfg}-{self.mode}{bal}-{self.workload}-r{self.repetition}"
+        return f"{self.index:03d}-{cfg}-{self.mode.name}{bal}-{self.workload}-r{self.repetition}"
 
 
 @dataclass
@@ -88,7 +87,7 @@ class Experiment:
     topology: str
     params: dict[str, Any]
     budgets: str
-    modes: list[str]
+    modes: list[Mode]
     workloads: list[str]
     load: dict[str, Any]
     repetitions: int = 1
@@ -99,8 +98,8 @@ class Experiment:
     sweep_modes: list[str] | None = None
     per_mode_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     fidelity: dict[str, Any] = field(default_factory=dict)
-    service: dict[str, Any] = field(default_factory=dict)
-    balance: list[str] = field(default_factory=list)
+    service: ServiceOptions = field(default_factory=ServiceOptions)
+    balance: list[BalanceSpec | None] = field(default_factory=list)  # None: a point without
     phases: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "netns"
     precision: "Precision | None" = None
@@ -114,13 +113,13 @@ class Experiment:
         keys = sorted(self.sweep)
         combos = [dict(zip(keys, values)) for values in itertools.product(*(self.sweep[k] for k in keys))]
         combos = [{**c, **extra} for c in (combos or [{}]) for extra in (self.configs or [{}])]
-        balances: list[str | None] = list(self.balance) or [None]
+        balances: list[BalanceSpec | None] = list(self.balance) or [None]
         one_round = []
         for wl in self.workloads:
             for mode in self.modes:
-                swept = self.sweep_modes is None or mode in self.sweep_modes
+                swept = self.sweep_modes is None or mode.name in self.sweep_modes
                 for cfg in combos if swept else [{}]:
-                    for bal in balances if mode != "regular" else [None]:
+                    for bal in balances if mode.offloaded else [None]:
                         one_round.append((cfg, mode, wl, bal))
         out: list[Point] = []
         seed = self.seed if self.order_seed is None else self.order_seed
@@ -155,55 +154,30 @@ class Experiment:
     def topology_params(self, point: Point) -> dict[str, Any]:
         """Parameters for the point's testbed, with the budget comparison applied."""
         topo_cfg = {k: v for k, v in point.config.items() if not k.startswith(SERVICE_PREFIX)}
-        params = {**self.params, **topo_cfg, **self.per_mode_params.get(point.mode, {})}
-        if self.budgets == "same-total" and point.mode == "regular":
+        params = {**self.params, **topo_cfg, **self.per_mode_params.get(point.mode.name, {})}
+        if self.budgets == "same-total" and not point.mode.offloaded:
             host, tcp = params.get("host_cpu"), params.get("tcpserver_cpu")
             if host is not None and tcp is not None:
                 params["host_cpu"] = round(float(host) + float(tcp), 4)
         return params
 
-    def service_options(self, point: Point) -> dict[str, Any]:
-        """The experiment's ``service:`` options, with the point's ``service.KEY`` sweep values."""
+    def service_options(self, point: Point) -> ServiceOptions:
+        """The experiment's ``service:`` options, with the point's ``service.KEY`` sweep
+        values and its balancing policy (checked when the experiment was loaded)."""
         swept = {k[len(SERVICE_PREFIX):]: v for k, v in point.config.items() if k.startswith(SERVICE_PREFIX)}
-        return {"seed": self.seed, **self.service, **swept}
+        if point.balance is not None:
+            swept["balance"] = point.balance
+        return self.service.with_values(swept, f"{self.source}: point {point.id}: ") if swept else self.service
 
 
 def rates_from(spec: Any) -> list[float]:
-    """``[100, 200]``, ``"100:1000:100"`` (start:stop:step, inclusive) or ``"100,200"``."""
-    if isinstance(spec, bool):
-        raise SpecError(f"rates must be a list or START:STOP:STEP, not {spec!r}")
-    if isinstance(spec, (int, float)):
-        rates = [float(spec)]
-    elif isinstance(spec, list):
-        if not all(isinstance(r, (int, float)) and not isinstance(r, bool) for r in spec):
-            raise SpecError(f"rates {spec!r}: not a list of numbers")
-        rates = [float(r) for r in spec]
-    elif isinstance(spec, str) and ":" in spec:
-        try:
-            start, stop, step = (float(x) for x in spec.split(":"))
-        except ValueError:
-            raise SpecError(f"rates {spec!r}: expected START:STOP:STEP") from None
-        if not (math.isfinite(start) and math.isfinite(stop) and math.isfinite(step)) or step <= 0:
-            raise SpecError(f"rates {spec!r}: START, STOP and a positive STEP must be numbers")
-        count = int(math.floor((stop - start) / step + 1e-9)) + 1
-        if count > MAX_STEPS:
-            raise SpecError(f"rates {spec!r}: {count} steps; at most {MAX_STEPS}")
-        rates = [start + i * step for i in range(max(count, 0))]
-    elif isinstance(spec, str):
-        try:
-            rates = [float(x) for x in spec.split(",")]
-        except ValueError:
-            raise SpecError(f"rates {spec!r}: not a list of numbers") from None
-    else:
-        raise SpecError(f"rates must be a list or START:STOP:STEP, not {spec!r}")
-    if not rates:
-        raise SpecError("rates: no offered rate given")
-    if len(rates) > MAX_STEPS:
-        raise SpecError(f"rates: {len(rates)} steps; at most {MAX_STEPS}")
-    for r in rates:
-        if not 0 < r <= MAX_RATE:
-            raise SpecError(f"offered rate {r:g} req/s is outside (0, {MAX_RATE}]")
-    return rates
+    """``[100, 200]``, ``"100:1000:100"`` (start:stop:step, inclusive) or ``"100,200"``: the
+    load generator's own parser (loadgen/schedule.py), its error as a SpecError."""
+    from loadgen.schedule import ScheduleError, parse_rates
+    try:
+        return parse_rates(spec)
+    except ScheduleError as e:
+        raise SpecError(str(e)) from None
 
 
 def available_experiments() -> list[str]:
@@ -255,6 +229,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         v = load.setdefault(key, default)
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
             raise SpecError(f"{source}: load.{key} must be a number of seconds in (0, 3600], not {v!r}")
+    _check_load_extras(load, source)
     procs = load.setdefault("processes", 1)
     if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= 64:
         raise SpecError(f"{source}: load.processes must be a whole number from 1 to 64, not {procs!r}")
@@ -263,10 +238,14 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
             or not math.isfinite(target):
         raise SpecError(f"{source}: load.latency_target_ms must be a number of milliseconds in (0, 600000], "
                         f"not {target!r}")
-    modes = list(raw.get("modes") or ["regular"])
-    for m in modes:
-        if m not in MODES:
+    names = raw.get("modes") or ["regular"]
+    if not isinstance(names, list):
+        raise SpecError(f"{source}: modes is a list of modes: {', '.join(MODES)}")
+    modes = []
+    for m in names:
+        if not isinstance(m, str) or m not in MODES:
             raise SpecError(f"{source}: unknown mode {m!r}; modes: {', '.join(MODES)}")
+        modes.append(get_mode(m))
     workloads = list(raw.get("workloads") or ["static"])
     for w in workloads:
         if w not in WORKLOADS:
@@ -292,7 +271,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         raise SpecError(f"{source}: configs is a list of parameter mappings")
     sweep_modes = raw.get("sweep_modes")
     for m in sweep_modes or []:
-        if m not in modes:
+        if m not in names:
             raise SpecError(f"{source}: sweep_modes names {m!r}, which is not in modes")
     reps = raw.get("repetitions", 1)
     if isinstance(reps, bool) or not isinstance(reps, int) or reps < 1:
@@ -300,21 +279,28 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     order_seed = raw.get("order_seed")
     if order_seed is not None and (isinstance(order_seed, bool) or not isinstance(order_seed, int)):
         raise SpecError(f"{source}: order_seed must be a whole number")
-    balance = raw.get("balance") or []
-    balance = [balance] if isinstance(balance, str) else list(balance)
+    raw_balance = raw.get("balance") or []
+    raw_balance = [raw_balance] if isinstance(raw_balance, str) else raw_balance
+    if not isinstance(raw_balance, list):
+        raise SpecError(f"{source}: balance is a policy or a list of policies (adaptive, fixed:SPLIT)")
+    try:
+        balance = [None if b is None else BalanceSpec(b) for b in raw_balance]  # null: no balancer
+    except OptionError as e:
+        raise e.where(f"{source}: balance: ") from None
     if not isinstance(raw.get("service") or {}, dict):
         raise SpecError(f"{source}: service is a mapping of service options (e.g. {{dynamic_cost_us: 100}})")
-    service = dict(raw.get("service") or {})
-    _check_service(service, source, "service")
+    given = dict(raw.get("service") or {})
+    if raw.get("balance_knob") is not None:  # passed to the services like any service option
+        if "balance_knob" in given:
+            raise SpecError(f"{source}: balance_knob is given twice (top level and service:)")
+        given["balance_knob"] = raw["balance_knob"]
+    service = ServiceOptions.from_mapping({"seed": int(raw.get("seed", 1)), **given}, f"{source}: service: ")
+    for b in filter(None, balance):  # the knob's own limits, when the experiment names the knob
+        service.with_values({"balance": b}, f"{source}: balance: ")
     swept = [(k, v) for k, vs in sweep.items() for v in vs] + [kv for c in configs for kv in c.items()]
     for k, v in swept:
         if k.startswith(SERVICE_PREFIX):
-            _check_service({k[len(SERVICE_PREFIX):]: v}, source, "sweep/configs service.")
-    if raw.get("balance_knob") is not None:  # passed to the services like any service option
-        from .balance.policy import KNOBS
-        if raw["balance_knob"] not in KNOBS:
-            raise SpecError(f"{source}: balance_knob must be one of {', '.join(KNOBS)}, not {raw['balance_knob']!r}")
-        service["balance_knob"] = raw["balance_knob"]
+            service.with_values({k[len(SERVICE_PREFIX):]: v}, f"{source}: sweep/configs {k}: ")
     from .backends import BACKENDS
     if str(raw.get("backend", "netns")) not in BACKENDS:
         raise SpecError(f"{source}: backend must be one of {', '.join(BACKENDS)}, not {raw['backend']!r}")
@@ -359,35 +345,44 @@ def _roles(raw: Any, topology: str, source: str) -> list[str]:
     return out
 
 
-def _check_service(service: dict[str, Any], source: str, where: str) -> None:
-    from .services import SERVICE_KEYS
-    unknown = sorted(set(service) - SERVICE_KEYS)
-    if unknown:
-        raise SpecError(f"{source}: {where}: unknown service option(s) {', '.join(unknown)}; "
-                        f"known: {', '.join(sorted(SERVICE_KEYS))}")
-    from .offload.polling import check_period_us
-    from .spec import CHANNELS
-    if service.get("channel") is not None and service["channel"] not in CHANNELS:
-        raise SpecError(f"{source}: {where}: channel must be one of {', '.join(CHANNELS)}, "
-                        f"not {service['channel']!r}")
-    for key in ("poll_us", "host_poll_us"):
-        try:
-            check_period_us(service.get(key, 0))
-        except ValueError as e:
-            raise SpecError(f"{source}: {where}: {key}: {e}") from None
+def _check_load_extras(load: dict[str, Any], source: str) -> None:
+    """The load settings beyond rates and step lengths: each of its type and range."""
+    for key in ("keepalive", "poisson"):
+        if key in load and not isinstance(load[key], bool):
+            raise SpecError(f"{source}: load.{key} must be true or false, not {load[key]!r}")
+    if "mix" in load:
+        v = load["mix"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
+            raise SpecError(f"{source}: load.mix is the static share, a number in [0, 1], not {v!r}")
+    if "dynamic_cost_us" in load:
+        v = load["dynamic_cost_us"]
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 10_000_000:
+            raise SpecError(f"{source}: load.dynamic_cost_us must be a whole number in [0, 10000000], not {v!r}")
+    if "timeout_s" in load:
+        v = load["timeout_s"]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 3600:
+            raise SpecError(f"{source}: load.timeout_s must be a number of seconds in (0, 3600], not {v!r}")
 
 
 def _check_topologies(exp: Experiment, source: str) -> None:
-    """Every point's topology must load and fit this machine before anything runs."""
-    from .spec import check_cpu_budgets
-    seen = set()
+    """Every point's topology must load and fit this machine, and its services must plan
+    (a balancing knob its topology can move, ...), before anything runs."""
+    from .errors import TestbedError
+    from .services import plan_services
+    from .spec import check_cpu_budgets, plan_addresses
+    topologies: dict[str, Topology] = {}
+    planned = set()
     for p in exp.points():
-        params = {k: ("none" if v is None else str(v)) for k, v in exp.topology_params(p).items()}
-        key = tuple(sorted(params.items()))
-        if key in seen:
-            continue
-        seen.add(key)
+        params = exp.topology_params(p)  # typed as the YAML gave them; spec checks each
+        key = repr(sorted(params.items()))
         try:
-            check_cpu_budgets(exp.topology_for(params))
-        except SpecError as e:
+            if key not in topologies:
+                topologies[key] = exp.topology_for(params)
+                check_cpu_budgets(topologies[key])
+            topo = topologies[key]
+            options = exp.service_options(p)
+            if (key, p.mode, options) not in planned:
+                planned.add((key, p.mode, options))
+                plan_services("check", topo, plan_addresses(topo), p.mode, options, Path("/nonexistent"))
+        except TestbedError as e:
             raise SpecError(f"{source}: point {p.id}: {e}") from None

@@ -20,7 +20,7 @@ import logging
 import subprocess
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from pyroute2 import IPRoute
 
@@ -32,6 +32,8 @@ from .errors import SpecError, TestbedError
 from .kernel import is_root
 from .names import cgroup_name, netns_name, shm_prefix
 from .nodes import ProcessRecord, kill_pids, record, spawn, stop
+from .offload.modes import Mode, get_mode
+from .options import ServiceOptions
 from .services import plan_services
 from .spec import DEFAULT_SUBNET, SERVICE_PORT, Topology, check_cpu_budgets, plan_addresses
 from .starter import start
@@ -69,19 +71,24 @@ class Testbed:
 
     __test__ = False  # not a pytest test class despite the name
 
-    def __init__(self, topology: Topology, name: str = "tb", *, mode: str = "regular",
+    def __init__(self, topology: Topology, name: str = "tb", *, mode: Mode | str = "regular",
                  subnet: str = DEFAULT_SUBNET, start_services: bool = False,
-                 service_options: dict[str, Any] | None = None, backend: str = "netns"):
+                 service_options: ServiceOptions | Mapping[str, Any] | None = None, backend: str = "netns"):
+        """``mode`` and ``service_options`` may come as names and a mapping from a program:
+        they are made a ``Mode`` and ``ServiceOptions`` here, checked, before anything else."""
         self.topology = topology
         self.name = name
         self.backend = backend
         self.store = StateStore(name)
         self.network = make_backend(backend, name, journal=self.store.journal)  # unknown: an error now
         self.built = BuiltTopology()
-        self.mode = mode
+        try:
+            self.mode = mode if isinstance(mode, Mode) else get_mode(mode)
+        except ValueError as e:
+            raise SpecError(str(e)) from None
         self.subnet = subnet
         self.start_services = start_services
-        self.service_options = dict(service_options or {})
+        self.service_options = ServiceOptions.from_mapping(service_options or {})
         self.plan = plan_addresses(topology, subnet)
         self.cgroups = cg.detect()
         self.processes: list[ProcessRecord] = []
@@ -215,7 +222,7 @@ class Testbed:
                 "pids": [p.pid for p in self.processes if p.node == n.name],
             }
         return {
-            "name": self.name, "building": building, "mode": self.mode, "backend": self.backend,
+            "name": self.name, "building": building, "mode": self.mode.name, "backend": self.backend,
             "network": self.built.to_dict(),
             "topology": self.topology.to_dict(), "subnet": self.subnet,
             "service_address": self.plan.service_address, "service_url": self.service_url,

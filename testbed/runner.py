@@ -301,12 +301,10 @@ def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
                             "params": params, "budgets": exp.budgets, "status": "running",
                             "started": time.time()}
     _write_json(out / "point.json", info)
-    topo = exp.topology_for({k: ("none" if v is None else str(v)) for k, v in params.items()})
+    topo = exp.topology_for(params)
     info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
-    service = exp.service_options(p)
-    if p.balance:
-        service["balance"] = p.balance
-    info["service"] = service
+    service = exp.service_options(p)  # the point's balancing policy included
+    info["service"] = service.to_values()
     name = f"r{os.getpid() % 100000}"
     sampler: Sampler | None = None
     from .kernel import pid_start_time
@@ -363,7 +361,7 @@ def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix
     """Run one load-generator invocation in the client node, relaying its progress lines."""
     timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = tb.popen("client", argv, log_name="loadgen", stdout=subprocess.PIPE,
+    proc = tb.popen(tb.topology.by_role("client")[0].name, argv, log_name="loadgen", stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
     deadline = time.monotonic() + timeout
     with open(out / "loadgen.log", "a") as logf:

@@ -7,8 +7,9 @@ Clients always use ``http://<service address>/`` (10.77.255.1 by default):
   only routes IP to it (several hosts: a multipath route hashed per connection), and the
   host's own kernel TCP serves clients.
 - offloaded modes: the address is on the front node, where the TCP-server daemon
-  (``python -m testbed.offload.server``) accepts clients and relays to the hosts over the
-  SAN channel (TCP over the SAN link; a Unix socket or shared memory inside the smp node).
+  (``python -m testbed.offload``, its argv made by ``ServerConfig.to_argv``) accepts
+  clients and relays to the hosts over the SAN channel (TCP over the SAN link; a Unix
+  socket or shared memory inside the smp node).
 - with ``balance``: one controller per front node; for the work knob the hosts also serve
   on their kernel TCP (the pass-through path), for the place knob the TCP server answers
   a share of static requests itself.
@@ -16,8 +17,9 @@ Clients always use ``http://<service address>/`` (10.77.255.1 by default):
 The plan is a tuple of steps in the order they must happen (a command run to its end, an
 address, a route, a process and what shows it is ready, the service answering through the
 client). Because nothing here touches the kernel, what starts where for a topology and a
-mode is tested as plain values (tests/test_services_plan.py), and bad options are refused
-with one line before anything is built.
+mode is tested as plain values (tests/test_services_plan.py). The options arrive checked
+(a ``ServiceOptions``, testbed/options.py); what only the topology and the mode decide (the
+balancing knob, balancing without a TCP server) is refused here, before anything is built.
 """
 
 from __future__ import annotations
@@ -29,21 +31,13 @@ from typing import Any, Union
 
 from .errors import TestbedError
 from .names import cgroup_name, shm_channel_name
-from .offload.modes import MODES as MODE_TABLE
+from .offload import channels
+from .offload.config import ServerConfig
+from .offload.modes import Mode
+from .options import ServiceOptions
 from .spec import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
-MODES = tuple(MODE_TABLE)  # names, in the table's order (testbed/offload/modes.py)
 SAN_PORT = 7000
-DEFAULTS = {"seed": 1, "dynamic_cost_us": 1000, "docroot_dirs": 2, "channel": None,
-            "ready_timeout": 20.0, "balance_knob": None, "poll_us": 0,
-            # the host application polls its SAN channel too (0 = woken per event)
-            "host_poll_us": 0,
-            # the TCP server's overload control (None: the daemon's defaults; offload/config.py)
-            "backlog": None, "listen_backlog": None, "queue_deadline": None, "host_conns": None,
-            "overload_control": None}
-OVERLOAD_KEYS = ("backlog", "listen_backlog", "queue_deadline", "host_conns")
-# what a user may set (experiment files' ``service:``); tcpserver_args is for benchmarks
-SERVICE_KEYS = set(DEFAULTS) | {"balance", "tcpserver_args"}
 DOCROOT_TIMEOUT_S = 120.0
 
 
@@ -122,32 +116,6 @@ class ServicePlan:
         return [s for s in self.steps if isinstance(s, Process)]
 
 
-# -- checks ----------------------------------------------------------------------------------
-
-def check_mode(mode: str) -> None:
-    if mode not in MODES:
-        raise TestbedError(f"unknown mode {mode!r}; modes: {', '.join(MODES)}")
-
-
-def overload_args(opts: dict[str, Any]) -> list[str]:
-    """The TCP server's overload-control options given as service options (``backlog``,
-    ``listen_backlog``, ``queue_deadline``, ``host_conns``), checked, as daemon arguments."""
-    from .offload.config import ServerConfig, check_overload
-    given = {k: opts.get(k) for k in OVERLOAD_KEYS if opts.get(k) is not None}
-    full = {k: given.get(k, getattr(ServerConfig, k)) for k in OVERLOAD_KEYS}
-    try:
-        check_overload(full["backlog"], full["listen_backlog"], full["queue_deadline"], full["host_conns"])
-    except ValueError as e:
-        raise TestbedError(f"service options: {e}") from None
-    args = [a for k, v in given.items() for a in (f"--{k.replace('_', '-')}", str(v))]
-    oc = opts.get("overload_control")
-    if oc is not None:
-        if not isinstance(oc, bool):
-            raise TestbedError(f"service options: overload_control must be true or false, not {oc!r}")
-        args += ["--overload-control", "on" if oc else "off"]
-    return args
-
-
 # -- the topology seen from the services -----------------------------------------------------
 
 def fronts_of(topo: Topology, addresses: AddressPlan, host: str) -> list[str]:
@@ -182,13 +150,10 @@ def balance_knob(topo: Topology, addresses: AddressPlan) -> str:
     return "cpu" if same else "work"
 
 
-def chosen_knob(topo: Topology, addresses: AddressPlan, opts: dict[str, Any]) -> str:
+def chosen_knob(topo: Topology, addresses: AddressPlan, opts: ServiceOptions) -> str:
     """The knob asked for (``balance_knob`` service option, ``up --knob``), else by topology."""
-    from .balance.policy import KNOBS
     by_topology = balance_knob(topo, addresses)
-    knob = opts.get("balance_knob") or by_topology
-    if knob not in KNOBS:
-        raise TestbedError(f"balance knob {knob!r}: one of {', '.join(KNOBS)}")
+    knob = opts.balance_knob or by_topology
     if knob == "work" and by_topology == "cpu":
         raise TestbedError("the work knob needs the TCP server in its own node (cluster, multihost, "
                            "inic); with smp choose cpu or place")
@@ -197,22 +162,20 @@ def chosen_knob(topo: Topology, addresses: AddressPlan, opts: dict[str, Any]) ->
 
 # -- the plan --------------------------------------------------------------------------------
 
-def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: str,
-                  options: dict[str, Any], run_dir: Path, python: str = sys.executable) -> ServicePlan:
-    """What starts where for ``mode`` on this topology; raises TestbedError for bad options.
-    ``run_dir`` is the testbed's state directory (document root, sockets, stats files)."""
-    check_mode(mode)
-    opts = {**DEFAULTS, **options}
-    overload = overload_args(opts)
+def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mode,
+                  opts: ServiceOptions, run_dir: Path, python: str = sys.executable) -> ServicePlan:
+    """What starts where for ``mode`` on this topology with options checked when they were
+    made; raises TestbedError for what only the topology and the mode decide (a knob the
+    topology cannot move, balancing without a TCP server). ``run_dir`` is the testbed's
+    state directory (document root, sockets, stats files)."""
     policy = None
     knob = None
-    if opts.get("balance"):
-        from .balance.policy import parse_policy
-        if mode == "regular":
-            raise TestbedError("--balance needs an offloaded mode: in regular mode the TCP server "
+    if opts.balance is not None:
+        if not mode.offloaded:
+            raise TestbedError(f"--balance needs an offloaded mode: in {mode.name} mode the TCP server "
                                "does no TCP work to balance (e.g. --mode eager-accept)")
         knob = chosen_knob(topo, addresses, opts)
-        policy = parse_policy(str(opts["balance"]), knob)  # a clear error before anything starts
+        policy = opts.balance.policy(knob)  # the knob's limits: a clear error before anything starts
 
     def module(name: str, *args: str) -> tuple[str, ...]:
         return (python, "-m", name, *args)
@@ -221,19 +184,19 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: st
     hosts = [n.name for n in topo.by_role("host")]
     docroot = run_dir / "docroot"
     token_file = run_dir / "token"
-    channel = opts["channel"] or topo.channel
+    channel = opts.channel or topo.channel
     port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
     url = f"http://{vip}{port}/"
-    app_common = ("--docroot", str(docroot), "--dynamic-cost-us", str(opts["dynamic_cost_us"]))
-    steps: list[Step] = [RunToEnd(hosts[0], module("testbed.app.docroot", str(docroot), "--seed", str(opts["seed"]),
-                                                   "--dirs", str(opts["docroot_dirs"])), DOCROOT_TIMEOUT_S)]
+    app_common = ("--docroot", str(docroot), "--dynamic-cost-us", str(opts.dynamic_cost_us))
+    steps: list[Step] = [RunToEnd(hosts[0], module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
+                                                   "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)]
     by_front: dict[str, list[str]] = {}
-    if mode == "regular":
+    if not mode.offloaded:
         for host in hosts:
             for front in fronts_of(topo, addresses, host):
                 by_front.setdefault(front, []).append(host)
             # the public port is the app's here: the listen_backlog option bounds its queue
-            backlog = ("--listen-backlog", str(opts["listen_backlog"])) if opts.get("listen_backlog") else ()
+            backlog = ("--listen-backlog", str(opts.listen_backlog)) if opts.listen_backlog else ()
             steps += [LocalAddress(host, vip),
                       Process(host, "app", module("testbed.app.server", *app_common, "--listen",
                                                   f"0.0.0.0:{SERVICE_PORT}", *backlog,
@@ -243,38 +206,40 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: st
                 steps.append(Route(front, f"{vip}/32",
                                    tuple(address_toward(topo, addresses, h, front) for h in fhosts)))
     else:
-        place = ()
+        # the daemon's options as given (None: its default), its argv made by ServerConfig
+        tuning = {k: getattr(opts, k) for k in ("backlog", "listen_backlog", "queue_deadline",
+                                                "host_conns", "overload_control")
+                  if getattr(opts, k) is not None}
         if knob == "place":  # the balancer moves the share through this file
-            place = ("--serve-static", str(docroot), "--placement-file", str(run_dir / "placement.json"))
-        poll = ("--poll-us", str(int(opts["poll_us"]))) if opts["poll_us"] else ()
-        host_poll = ("--poll-us", str(int(opts["host_poll_us"]))) if opts["host_poll_us"] else ()
+            tuning.update(serve_static=str(docroot), placement_file=run_dir / "placement.json")
+        host_poll = ("--poll-us", str(opts.host_poll_us)) if opts.host_poll_us else ()
         for host in hosts:
             front = fronts_of(topo, addresses, host)[0]
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
             if front not in by_front:
                 ready = PathAppears(Path(san.split(":", 1)[1])) if channel == "unix" else None
+                daemon = ServerConfig(vip, SERVICE_PORT, channels.parse(san), mode, token_file=token_file,
+                                      stats_file=run_dir / f"stats-{front}.json", poll_us=opts.poll_us,
+                                      **tuning)
                 steps += [LocalAddress(front, vip),
-                          Process(front, "tcpserver", module(
-                              "testbed.offload.server", "--listen", f"{vip}:{SERVICE_PORT}", "--san", san,
-                              "--mode", mode, "--token-file", str(token_file),
-                              "--stats-file", str(run_dir / f"stats-{front}.json"), *place, *poll, *overload,
-                              *opts.get("tcpserver_args", ())), waits_for=ready)]
+                          Process(front, "tcpserver", module("testbed.offload", *daemon.to_argv(),
+                                                             *opts.tcpserver_args), waits_for=ready)]
             by_front.setdefault(front, []).append(host)
             steps.append(Process(host, "app", module(
-                "testbed.app.server", *app_common, "--mode", mode, "--tunnel", san,
+                "testbed.app.server", *app_common, "--mode", mode.name, "--tunnel", san,
                 "--token-file", str(token_file), "--listen-port", str(SERVICE_PORT), "--host-id", host,
                 "--stats-file", str(run_dir / f"stats-{host}.json"), *host_poll)))
     for client in (n.name for n in topo.by_role("client")):
         steps.append(Route(client, f"{vip}/32",
                            tuple(address_toward(topo, addresses, f, client) for f in sorted(by_front))))
     steps.append(ServiceAnswers(topo.by_role("client")[0].name))
-    state: dict[str, Any] = {"docroot": str(docroot), "mode": mode, "channel": channel, "service_url": url,
-                             "dynamic_url": f"{url}dynamic?cost_us={opts['dynamic_cost_us']}"}
-    if policy is not None and knob is not None:
-        steps += _balancer(testbed, topo, addresses, str(opts["balance"]), knob, by_front, app_common,
+    state: dict[str, Any] = {"docroot": str(docroot), "mode": mode.name, "channel": channel, "service_url": url,
+                             "dynamic_url": f"{url}dynamic?cost_us={opts.dynamic_cost_us}"}
+    if policy is not None and knob is not None and opts.balance is not None:
+        steps += _balancer(testbed, topo, addresses, opts.balance.text, knob, by_front, app_common,
                            run_dir, module)
         state["balance"] = {"knob": knob, "policy": policy.describe()}
-    return ServicePlan(token_file, tuple(steps), float(opts["ready_timeout"]), state)
+    return ServicePlan(token_file, tuple(steps), float(opts.ready_timeout), state)
 
 
 def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, knob: str,

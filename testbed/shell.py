@@ -125,7 +125,7 @@ class TestbedShell(cmd.Cmd):
             argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", workload,
                     "--rates", f"{rate:g}", "--step-seconds", f"{seconds + 1:g}", "--warmup", "1",
                     "--out", out, "-q"]
-            code = self.run_in("client", argv)
+            code = self.run_in(self.tb.topology.by_role("client")[0].name, argv)
             steps = Path(out) / "summary.json"
             if code != 0 or not steps.exists():
                 self._say(f"load: the generator failed (exit {code})")

@@ -254,7 +254,10 @@ def _milliseconds(value: Any) -> float:
     return float(m.group(1)) * scale
 
 
-def _literal(value: str) -> Any:
+def _literal(value: Any) -> Any:
+    """A command-line string as the Python literal it spells; typed values (YAML) as they are."""
+    if not isinstance(value, str):
+        return value
     try:
         return ast.literal_eval(value)
     except (ValueError, SyntaxError):

@@ -74,9 +74,16 @@ def print_status(state: dict[str, Any]) -> None:
     if "docroot" in state:
         print(f"service: {state['service_url']}   dynamic: {state.get('dynamic_url', '-')}")
         print(f"document root: {state['docroot']}")
-    print(f"reach it:  sudo testbed exec client -- curl -s {state['service_url']}manifest.json")
-    print("           sudo testbed exec host1 -- ip -br addr")
+    client, host = node_of_role(state, "client"), node_of_role(state, "host")
+    print(f"reach it:  sudo testbed exec {client} -- curl -s {state['service_url']}manifest.json")
+    print(f"           sudo testbed exec {host} -- ip -br addr")
     print(f"stop it:   sudo testbed down {state['name']}")
+
+
+def node_of_role(state: dict[str, Any], role: str) -> str:
+    """The first node of ``role`` in this testbed (hints name the topology's own nodes:
+    a user's Mininet Topo calls its client h1, not client)."""
+    return next((n for n, info in state["nodes"].items() if info["role"] == role), role)
 
 
 def print_table(header: Sequence[str], rows: Sequence[Sequence[object]], out: TextIO | None = None) -> None:

@@ -22,3 +22,16 @@ class TwoTier(Topo):
 
 # Mininet's own convention for `--custom FILE --topo NAME[,ARG...]`
 topos = {"twotier": TwoTier}
+
+
+class Star(Topo):
+    """c1 --s1-- ts --s2-- h1, h2: node names that are none of the testbed's own."""
+
+    def build(self) -> None:  # Mininet calls build()
+        c1, ts = self.addHost("c1"), self.addHost("ts")
+        s1, s2 = self.addSwitch("s1"), self.addSwitch("s2")
+        self.addLink(c1, s1)
+        self.addLink(ts, s1)
+        self.addLink(ts, s2)
+        for h in ("h1", "h2"):
+            self.addLink(self.addHost(h), s2)

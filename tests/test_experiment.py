@@ -42,18 +42,18 @@ def test_service_options_can_be_swept() -> None:
     exp = experiment_from_dict({"modes": ["regular", "setup-with-accept"], "sweep_modes": ["setup-with-accept"],
                                 "sweep": {"service.poll_us": [0, 2000]}, "params": {"host_cpu": 0.3},
                                 "service": {"dynamic_cost_us": 100}})
-    pts = [p for p in exp.points() if p.mode == "setup-with-accept"]
-    assert sorted(exp.service_options(p)["poll_us"] for p in pts) == [0, 2000]
-    assert all(exp.service_options(p)["dynamic_cost_us"] == 100 for p in pts)
+    pts = [p for p in exp.points() if p.mode.name == "setup-with-accept"]
+    assert sorted(exp.service_options(p).poll_us for p in pts) == [0, 2000]
+    assert all(exp.service_options(p).dynamic_cost_us == 100 for p in pts)
     assert all("service.poll_us" not in exp.topology_params(p) for p in exp.points())
-    regular = [p for p in exp.points() if p.mode == "regular"]
-    assert len(regular) == 1 and "poll_us" not in exp.service_options(regular[0])
+    regular = [p for p in exp.points() if not p.mode.offloaded]
+    assert len(regular) == 1 and "poll_us" not in exp.service_options(regular[0]).changed()
 
 
 @pytest.mark.parametrize("raw, message", [
-    ({"sweep": {"service.poll_us": [0, -1]}}, r"sweep/configs service.*poll_us must be.*-1"),
+    ({"sweep": {"service.poll_us": [0, -1]}}, r"sweep/configs service.poll_us: poll_us must be.*-1"),
     ({"configs": [{"service.colour": "red"}]}, "unknown service option.*colour"),
-    ({"configs": [{"service.host_poll_us": 2_000_000}]}, r"host_poll_us: poll_us must be.*2000000"),
+    ({"configs": [{"service.host_poll_us": 2_000_000}]}, r"host_poll_us must be.*2000000"),
     ({"configs": [{"service.channel": "via"}]}, "channel must be one of tcp, unix, shm, not 'via'"),
 ])
 def test_swept_service_options_are_checked(raw, message: str) -> None:
@@ -65,12 +65,12 @@ def test_repetitions_are_interleaved_rounds_in_a_seeded_order() -> None:
     raw = {"modes": ["regular", "split", "eager-accept", "async-send"], "workloads": ["static", "dynamic"],
            "params": {"host_cpu": 0.3}, "repetitions": 3, "seed": 4}
     pts = experiment_from_dict(raw).points()
-    combos = lambda ps: sorted((p.mode, p.workload) for p in ps)  # noqa: E731
+    combos = lambda ps: sorted((p.mode.name, p.workload) for p in ps)  # noqa: E731
     rounds = [[p for p in pts if p.repetition == r] for r in (1, 2, 3)]
     # round by round, each configuration once per round
     assert [p.repetition for p in pts] == sorted(p.repetition for p in pts)
     assert all(combos(r) == combos(rounds[0]) and len(r) == 8 for r in rounds)
-    orders = [[(p.mode, p.workload) for p in r] for r in rounds]
+    orders = [[(p.mode.name, p.workload) for p in r] for r in rounds]
     assert len({tuple(o) for o in orders}) > 1, "every round in the same order: not shuffled"
     assert [p.id for p in experiment_from_dict(raw).points()] == [p.id for p in pts]  # resumable
     other = experiment_from_dict({**raw, "order_seed": 5}).points()
@@ -96,7 +96,8 @@ def test_bad_load_settings_are_refused_before_anything_runs(load: dict, message:
 
 @pytest.mark.parametrize("value", ["a/b", "../../etc", "x y", "\u00e9t\u00e9"])
 def test_swept_values_make_safe_point_directories(value: str) -> None:
-    pid = Point(0, {"name": value}, "regular", "static", 1).id
+    from testbed.offload.modes import get_mode
+    pid = Point(0, {"name": value}, get_mode("regular"), "static", 1).id
     assert "/" not in pid and ".." not in pid and " " not in pid and pid.isascii(), pid
     assert pid.startswith("000-name") and pid.endswith("-regular-static-r1")
 
@@ -105,8 +106,8 @@ def test_san_cost_pairs_each_channel_with_both_sides_polling_or_not() -> None:
     """The shipped SAN experiment: tcp and shm, each per event and with both sides polling."""
     from testbed.experiment import load_experiment
     exp = load_experiment("san-cost")
-    pts = [p for p in exp.points() if p.mode == "eager-accept" and p.repetition == 1]
-    got = sorted((o["channel"], o["poll_us"], o["host_poll_us"]) for o in map(exp.service_options, pts))
+    pts = [p for p in exp.points() if p.mode.name == "eager-accept" and p.repetition == 1]
+    got = sorted((o.channel, o.poll_us, o.host_poll_us) for o in map(exp.service_options, pts))
     assert got == [("shm", 0, 0), ("shm", 2000, 2000), ("tcp", 0, 0), ("tcp", 2000, 2000)]
     assert len(exp.points()) == 15
 

@@ -181,9 +181,9 @@ def test_cli_errors_are_one_line_without_traceback(tb_name):
     assert "Traceback" not in bad.stderr
     bad = run_cli("exec", "--name", "nosuchtb", "host1", "--", "true", check=False)
     assert bad.returncode == 2 and "no running testbed named 'nosuchtb'" in bad.stderr
-    for args, message in ((["--host-conns", "-1"], "host_conns must be a whole number in [0, 65535]"),
-                          (["--queue-deadline", "nan"], "queue_deadline must be seconds"),
-                          (["--backlog", "0"], "backlog must be a whole number in [1, 65535]"),
+    for args, message in ((["--host-conns", "-1"], "--host-conns: must be a whole number in [0, 65535]"),
+                          (["--queue-deadline", "nan"], "--queue-deadline: must be seconds"),
+                          (["--backlog", "0"], "--backlog: must be a whole number in [1, 65535]"),
                           (["--subnet", "0.0.0.0/0"], "from /8 to /16"),
                           (["-p", "host_cpu=1/0"], "host1.cpu must be a number")):
         bad = run_cli("up", "cluster", "--name", tb_name, "--mode", "eager-accept", *args, check=False, timeout=20)

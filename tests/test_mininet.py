@@ -292,3 +292,15 @@ def test_an_experiment_file_can_use_a_mininet_topo():
         experiment_from_dict({k: v for k, v in raw.items() if k != "roles"}, source="topo.yaml")
     with pytest.raises(SpecError, match="roles are for a Mininet Topo"):
         experiment_from_dict({"topology": "cluster", "roles": {"client": "h1"}}, source="x.yaml")
+
+
+def test_hints_name_the_nodes_of_a_users_topo(capsys):
+    """`up` with a Topo whose client is c1 and hosts h1, h2 prints hints naming c1 and h1,
+    not the shipped topologies' client and host1 (no kernel object is made for this)."""
+    from testbed.status import print_status
+    topo = load_mininet_topology("tests.mininet_topos:Star", ["client=c1", "tcpserver=ts", "host=h1,h2"])
+    tb = Testbed(topo, "hints", mode="split")
+    print_status(tb._state())
+    out = capsys.readouterr().out
+    assert "sudo testbed exec c1 -- curl" in out and "sudo testbed exec h1 -- ip" in out, out
+    assert "exec client" not in out and "exec host1" not in out

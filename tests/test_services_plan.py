@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import TestbedError
+from testbed.offload.modes import get_mode
+from testbed.options import ServiceOptions
 from testbed.services import (LocalAddress, PathAppears, PortListens, Process, Route, RunToEnd,
                               ServiceAnswers, plan_services)
 from testbed.spec import load_topology, plan_addresses
@@ -21,7 +23,8 @@ MAKE_DOCROOT = RunToEnd("host1", ("py", "-m", "testbed.app.docroot", "/run/tcps/
 
 def plan(topology: str, mode: str, params: dict[str, str] | None = None, **options):
     topo = load_topology(topology, params or {})
-    return plan_services("p1", topo, plan_addresses(topo), mode, options, RUN, python="py")
+    return plan_services("p1", topo, plan_addresses(topo), get_mode(mode), ServiceOptions.from_mapping(options),
+                         RUN, python="py")
 
 
 def test_regular_on_cluster_puts_the_address_on_the_host_and_routes_through_the_tcp_server():
@@ -51,7 +54,7 @@ def test_offloaded_on_cluster_starts_the_daemon_on_the_tcp_server_and_the_app_ov
         MAKE_DOCROOT,
         LocalAddress("tcpserver", VIP),
         Process("tcpserver", "tcpserver", (
-            "py", "-m", "testbed.offload.server", "--listen", "10.77.255.1:80", "--san", "tcp:10.77.1.1:7000",
+            "py", "-m", "testbed.offload", "--listen", "10.77.255.1:80", "--san", "tcp:10.77.1.1:7000",
             "--mode", "eager-accept", "--token-file", "/run/tcps/p1/token",
             "--stats-file", "/run/tcps/p1/stats-tcpserver.json")),
         Process("host1", "app", (
@@ -80,9 +83,9 @@ def test_shm_channel_is_named_after_the_testbed_and_the_front():
 
 
 def test_overload_and_polling_options_reach_the_daemon_only():
-    p = plan("cluster", "split", poll_us=50, backlog=64, overload_control=False)
+    p = plan("cluster", "split", poll_us=50, backlog=65, overload_control=False)
     daemon, app = p.processes()
-    assert daemon.argv[-6:] == ("--poll-us", "50", "--backlog", "64", "--overload-control", "off")
+    assert daemon.argv[-6:] == ("--backlog", "65", "--overload-control", "off", "--poll-us", "50")
     assert "--backlog" not in app.argv and "--poll-us" not in app.argv
 
 
@@ -125,15 +128,34 @@ def test_place_balance_lets_the_daemon_serve_static_files():
 
 
 @pytest.mark.parametrize("topology, mode, options, message", [
-    ("cluster", "sometimes", {}, "unknown mode 'sometimes'"),
     ("cluster", "regular", {"balance": "adaptive"}, "needs an offloaded mode"),
     ("smp", "eager-accept", {"balance": "adaptive", "balance_knob": "work"}, "work knob needs the TCP server"),
-    ("cluster", "eager-accept", {"balance": "sometimes"}, "expected adaptive"),
-    ("cluster", "eager-accept", {"overload_control": "yes"}, "overload_control must be true or false"),
+    ("smp", "eager-accept", {"balance": "fixed:0.02"}, "a CPU split must leave each side"),
 ])
 def test_bad_options_are_refused_before_anything_is_built(topology, mode, options, message):
     with pytest.raises(TestbedError, match=message):
         plan(topology, mode, **options)
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"balance": "sometimes"}, "expected adaptive"),
+    ({"overload_control": "yes"}, "overload_control must be true or false"),
+    ({"backlog": 0}, r"backlog must be a whole number in \[1, 65535\], not 0"),
+])
+def test_bad_options_are_refused_when_the_options_are_made(options, message):
+    with pytest.raises(TestbedError, match=message):
+        ServiceOptions.from_mapping(options)
+
+
+def test_the_daemons_argv_is_read_back_as_the_configuration_it_was_made_from():
+    from testbed.offload.config import ServerConfig
+    daemon = plan("cluster", "split", poll_us=50, backlog=65, queue_deadline=0.5,
+                  overload_control=False).processes()[0]
+    cfg, _ = ServerConfig.from_argv(list(daemon.argv[3:]))
+    assert cfg.to_argv() == list(daemon.argv[3:])
+    assert (cfg.mode, cfg.poll_us, cfg.backlog, cfg.queue_deadline, cfg.overload_control) == \
+        (get_mode("split"), 50, 65, 0.5, False)
+    assert cfg.token_file == RUN / "token" and str(cfg.san) == "tcp:10.77.1.1:7000"
 
 
 def test_cpu_split_without_budgets_is_refused():

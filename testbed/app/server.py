@@ -414,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     from testbed.offload.modes import get_mode
-    from testbed.offload.polling import PollingPacer, check_period_us
+    from testbed.offload.config import check_option
+    from testbed.offload.polling import PollingPacer
     from testbed.offload.runtime import install_loop, read_token
 
     try:
@@ -429,7 +430,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ValueError("regular mode needs --listen ADDR:PORT")
         if a.poll_us and not mode.offloaded:
             raise ValueError("--poll-us polls the SAN: it needs an offloaded mode")
-        check_period_us(a.poll_us)
+        check_option("poll_us", a.poll_us)  # the daemon's rule for a polling period
     except (ValueError, OSError) as e:
         print(f"app.server: {e}", file=sys.stderr)
         return 2

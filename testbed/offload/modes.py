@@ -20,6 +20,9 @@ class Mode:
     setup_with_accept: bool  # the announcement waits for, and carries, the first data
     san_frames_per_request: int  # expected frames for one short request, new connection
 
+    def __str__(self) -> str:  # in records and messages a mode is its name
+        return self.name
+
 
 MODES: dict[str, Mode] = {
     m.name: m
