@@ -50,13 +50,14 @@ class Precision:
 def headline_half_widths(run_dir: Path) -> dict[str, float]:
     """Every offloaded curve's peak gain over Regular TCP: the half-width of its 95% interval
     in percentage points (inf with fewer than two paired rounds)."""
+    from analysis.frames import REGULAR
     from analysis.run import RunInfo, prepare_runs
     from analysis.tables import build_tables
     build_tables(run_dir)
     sat = prepare_runs([RunInfo.load(run_dir)]).saturation
     out = {}
     for _, row in sat.iterrows():
-        if row["mode_label"] == "regular" or row.get("baseline") is None:
+        if row["mode_label"] == REGULAR or row.get("baseline") is None:
             continue
         lo, hi = float(row["gain_ci_lo"]), float(row["gain_ci_hi"])
         out[str(row["curve"])] = (hi - lo) / 2 if math.isfinite(lo) and math.isfinite(hi) else math.inf
