@@ -100,8 +100,8 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     total_s = sum(point_seconds(exp, p.workload) + 8 for p in todo)
     more = f", then rounds until {exp.precision.half_width_pct:g}-point precision (at most " \
            f"{exp.precision.max_rounds} rounds, {exp.precision.minutes:g} min)" if exp.precision else ""
-    print(f"experiment {exp.name}: {len(planned)} points in {exp.repetitions} rounds{more}, "
-          f"{len(planned) - len(todo)} already done, about {total_s / 60:.1f} min to go -> {run_dir}")
+    print(f"experiment {exp.name}: {len(planned)} points, {len(planned) - len(todo)} already done "
+          f"({exp.repetitions} rounds{more}), about {total_s / 60:.1f} min to go -> {run_dir}")
     fidelity = manifest["fidelity"]
     limit = int(fidelity.get("remeasure", guard.REMEASURE))
     attempts: dict[str, int] = {}
