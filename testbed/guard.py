@@ -105,17 +105,16 @@ def judge_point(run_dir: Path, point_dir: Path, manifest: dict[str, Any]) -> Jud
     steps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
     if steps.empty:
         return Judgement("", 0, 0, 0)
-    interfered = 0
     samples_path = point_dir / "samples.parquet"
-    if samples_path.exists():
-        fidelity = manifest.get("fidelity") or {}
-        point = json.loads((point_dir / "point.json").read_text())
-        enriched = step_metrics(steps, pd.read_parquet(samples_path), point,
-                                float(fidelity.get("min_idle", 0.05)), float(fidelity.get("max_foreign_cpu", 0.25)))
-        interfered = int(enriched["interfered"].astype(bool).sum())
+    if not samples_path.exists():
+        return Judgement("", 0, 0, len(steps))
+    fidelity = manifest.get("fidelity") or {}
+    point = json.loads((point_dir / "point.json").read_text())
     readings = probe.read(run_dir)
-    base = probe.baselines(readings)
-    ratios = [probe.slowdown(readings, base, float(s["t_start"]), float(s["t_end"])) for _, s in steps.iterrows()]
+    enriched = step_metrics(steps, pd.read_parquet(samples_path), point, float(fidelity.get("min_idle", 0.05)),
+                            float(fidelity.get("max_foreign_cpu", 0.25)), readings, probe.baselines(readings))
+    interfered = int(enriched["interfered"].astype(bool).sum())
+    ratios = [float(r) for r in enriched["slowdown"]]
     slowed = sum(probe.is_slowed(r) for r in ratios)
     parts = []
     if slowed:
