@@ -70,7 +70,9 @@ def render(name: str) -> str:
     s = load_summary(name)
     reps = s.get("repetitions")
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
-             f"{', dirty tree' if s.get('dirty') else ''}; {reps} interleaved repetition(s); budgets: "
+             f"{', dirty tree' if s.get('dirty') else ''}; {reps} interleaved repetition(s)"
+             + ("; the configurations taking turns at each offered rate" if s.get("pairing") == "step" else "")
+             + f"; budgets: "
              f"{s.get('budgets')}; latency target {s.get('latency_target_ms')} ms). Mean [95% interval]; "
              "gains paired by round against Regular TCP; \"no difference\" only inside "
              f"±{s.get('equivalence_pct') or 5:g}%, \"not resolved\" when the interval holds 0 and more; "

@@ -71,6 +71,7 @@ def summary(prep: Prepared | None, manifest: dict[str, Any]) -> dict[str, Any]:
             "quick": manifest.get("quick", False), "repetitions": manifest.get("repetitions"),
             "order_seed": manifest.get("order_seed"), "latency_target_ms": manifest.get("latency_target_ms"),
             "budgets": manifest.get("budgets"),
+            "pairing": (manifest.get("fidelity") or {}).get("pairing", "round"),
             "equivalence_pct": prep.equivalence_pct if prep is not None else None, "curves": curves}
 
 

@@ -11,6 +11,9 @@
     repetitions: 3            # rounds; each round runs every configuration once
     precision: {half_width_pct: 5, max_rounds: 10, minutes: 60}   # optional: more rounds
                               # until every headline gain is that precise (testbed.precision)
+    equivalence_pct: 5        # a gain inside ± this is "no difference" (else "not resolved")
+    fidelity: {pairing: step, remeasure: 2}   # optional: how rounds are paired in time and how
+                              # often a spoiled part is measured again (testbed.fidelity)
     seed: 1                   # also shuffles the order within each round (order_seed overrides)
     sweep: {tcpserver_cpu: [0.15, 0.3]}   # optional: crossed with everything else
     configs: [{tcpserver_cpu: 0.1, host_cpu: 0.3}, ...]   # optional: explicit parameter sets
@@ -19,10 +22,10 @@
 
 The matrix is sweep configurations x modes x workloads x repetitions; each element is a
 *point*: one testbed, one offered-load sweep. Repetitions are *interleaved*: round r runs
-every configuration once, in an order shuffled with the recorded ``order_seed``, so that a
-drift of the machine (another program busy for a few minutes) spreads over all
-configurations instead of landing on the ones that happened to run then, and each round
-pairs every mode with a Regular TCP measured minutes apart at most.
+every configuration once, in an order shuffled with the recorded ``order_seed``. Within a
+round, by default (``fidelity.pairing: step``) the configurations of one workload are up at
+once and take turns at each offered rate, so every mode's step is measured seconds from
+Regular TCP's at the same rate, and a slowdown of the machine lasting minutes hits both.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from .errors import SpecError
+from .fidelity import Fidelity
 from .offload.modes import MODES, Mode, get_mode
 from .options import BalanceSpec, OptionError, ServiceOptions
 
@@ -51,7 +55,7 @@ WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load i
 BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
-         "per_mode_params", "backend", "order_seed", "precision"}
+         "per_mode_params", "backend", "order_seed", "precision", "equivalence_pct"}
 _LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
               "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
 DEFAULT_LATENCY_TARGET_MS = 200.0
@@ -97,7 +101,8 @@ class Experiment:
     configs: list[dict[str, Any]] = field(default_factory=list)
     sweep_modes: list[str] | None = None
     per_mode_params: dict[str, dict[str, Any]] = field(default_factory=dict)
-    fidelity: dict[str, Any] = field(default_factory=dict)
+    fidelity: Fidelity = field(default_factory=Fidelity)
+    equivalence_pct: float = 5.0  # a gain whose interval lies inside ± this is "no difference"
     service: ServiceOptions = field(default_factory=ServiceOptions)
     balance: list[BalanceSpec | None] = field(default_factory=list)  # None: a point without
     phases: list[dict[str, Any]] = field(default_factory=list)
@@ -307,13 +312,18 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     roles = _roles(raw.get("roles"), str(raw.get("topology", "cluster")), source)
     from .precision import Precision
     precision = Precision.from_yaml(raw.get("precision"), source, reps)
+    fidelity = Fidelity.from_yaml(raw.get("fidelity"), source)
+    eq = raw.get("equivalence_pct", 5.0)
+    if isinstance(eq, bool) or not isinstance(eq, (int, float)) or not 0 < eq <= 100:
+        raise SpecError(f"{source}: equivalence_pct must be percentage points in (0, 100], not {eq!r}")
     exp = Experiment(
         name=str(raw.get("name") or Path(source).stem), topology=str(raw.get("topology", "cluster")),
         params=dict(raw.get("params") or {}), budgets=budgets, modes=modes, workloads=workloads,
         load=load, repetitions=reps, seed=int(raw.get("seed", 1)), order_seed=order_seed,
         sweep=sweep, configs=configs,
         sweep_modes=list(sweep_modes) if sweep_modes is not None else None,
-        per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=dict(raw.get("fidelity") or {}),
+        per_mode_params=dict(raw.get("per_mode_params") or {}), fidelity=fidelity,
+        equivalence_pct=float(eq),
         service=service, balance=balance, phases=phases,
         backend=str(raw.get("backend", "netns")), roles=roles, precision=precision,
         description=str(raw.get("description", "")).strip(), source=source, raw=raw)

@@ -17,12 +17,13 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from . import probe
 
-REMEASURE = 0  # attempts beyond the first, per point: opt-in with fidelity.remeasure until the
-               # probe is shown not to read the testbed's own load as a slowdown
 QUIET_PATIENCE_S = 15.0
 SPEED_PATIENCE_S = 90.0  # slow windows last minutes: wait a while, then measure and judge
 
@@ -96,22 +97,25 @@ class Judgement:
 
 
 def judge_point(run_dir: Path, point_dir: Path, manifest: dict[str, Any]) -> Judgement:
-    """Its steps judged as the analysis will judge them: slowed by the probe (against the
-    run's baseline so far) and interfered by foreign CPU."""
+    """A finished point's steps judged as the analysis will judge them."""
     import pandas as pd
-
-    from analysis.tables import step_metrics
     frames = [pd.read_csv(f) for f in sorted((point_dir / "load").glob("**/steps.csv")) if f.stat().st_size > 0]
     steps = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-    if steps.empty:
-        return Judgement("", 0, 0, 0)
     samples_path = point_dir / "samples.parquet"
-    if not samples_path.exists():
+    samples = pd.read_parquet(samples_path) if samples_path.exists() else pd.DataFrame()
+    return judge_steps(run_dir, steps, samples, json.loads((point_dir / "point.json").read_text()), manifest)
+
+
+def judge_steps(run_dir: Path, steps: "pd.DataFrame", samples: "pd.DataFrame", point: dict[str, Any],
+                manifest: dict[str, Any]) -> Judgement:
+    """Steps judged as the analysis will judge them: slowed by the probe (against the run's
+    baseline so far) and interfered by foreign CPU. Unjudged without samples."""
+    from analysis.tables import step_metrics
+    if steps.empty or samples.empty:
         return Judgement("", 0, 0, len(steps))
     fidelity = manifest.get("fidelity") or {}
-    point = json.loads((point_dir / "point.json").read_text())
     readings = probe.read(run_dir)
-    enriched = step_metrics(steps, pd.read_parquet(samples_path), point, float(fidelity.get("min_idle", 0.05)),
+    enriched = step_metrics(steps, samples, point, float(fidelity.get("min_idle", 0.05)),
                             float(fidelity.get("max_foreign_cpu", 0.25)), readings, probe.baselines(readings))
     interfered = int(enriched["interfered"].astype(bool).sum())
     ratios = [float(r) for r in enriched["slowdown"]]

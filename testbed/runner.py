@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import copy
 import datetime as dt
 import json
 import logging
@@ -39,16 +38,10 @@ from . import cgroups as cg
 from . import guard, precision, probe
 from .errors import TestbedError
 from .experiment import Experiment, Point, load_experiment
-from .lifecycle import Testbed
-from .metrics import Sampler, offload_flags, sysctls_of, write_rows
+from .interleave import run_side_by_side
+from .measure import RECORDED_SYSCTLS, ROOT, point_dir, point_seconds, point_status, run_point, write_json
 
 log = logging.getLogger(__name__)
-ROOT = Path(__file__).resolve().parent.parent
-#: cores used on the machine outside the testbed's cgroups above which a step is `interfered`
-MAX_FOREIGN_CPU = 0.25
-RECORDED_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range",
-                    "net.core.somaxconn", "net.ipv4.tcp_max_syn_backlog", "net.ipv4.tcp_congestion_control",
-                    "net.netfilter.nf_conntrack_tcp_timeout_time_wait")
 
 
 def run_experiment_cli(args: argparse.Namespace) -> int:
@@ -81,11 +74,13 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     """Run every point not yet done, round by round; returns 0 when all are done, 130 when
     interrupted, 1 when some failed (named on stderr; the others are measured and kept).
 
-    Around the whole run the probe (testbed.probe) times a fixed work on each CPU. Before
-    each point the guard waits for a quiet machine running at its own speed; after it, a
-    point with slowed or interfered steps is measured again at the end of its round (its
-    spoiled attempt kept under remeasured/, its reason in the manifest). With ``precision``
-    rounds are added until the headline gains are precise enough (testbed.precision)."""
+    Around the whole run the probe (testbed.probe) times a fixed work on each CPU. A round's
+    points of one workload are measured side by side, taking turns at each rate
+    (``fidelity.pairing: step``, testbed.interleave), or one after another (``round``).
+    Before each turn or point the guard waits for a quiet machine; with ``fidelity.remeasure``
+    a turn or point with slowed or interfered steps is measured again (the spoiled steps kept
+    under remeasured/, the reason in the manifest). With ``precision`` rounds are added until
+    the headline gains are precise enough (testbed.precision)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     if not (run_dir / "experiment.yaml").exists():
         import yaml
@@ -102,10 +97,10 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
            f"{exp.precision.max_rounds} rounds, {exp.precision.minutes:g} min)" if exp.precision else ""
     print(f"experiment {exp.name}: {len(planned)} points, {len(planned) - len(todo)} already done "
           f"({exp.repetitions} rounds{more}), about {total_s / 60:.1f} min to go -> {run_dir}")
-    fidelity = manifest["fidelity"]
-    limit = int(fidelity.get("remeasure", guard.REMEASURE))
     attempts: dict[str, int] = {}
     for rec in manifest.get("remeasured", []):
+        if "point" not in rec:
+            continue  # a rate's turn measured again side by side (testbed.interleave)
         attempts[rec["point"]] = max(attempts.get(rec["point"], 0), int(rec["attempt"]))
     ran: list[Point] = []
     interrupted = False
@@ -142,32 +137,25 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
                 queue = [p for p in round_points if point_status(run_dir, p) != "done"]
                 ran += [p for p in round_points if p not in queue]
                 rounds_here += bool(queue)
-                while queue:
-                    p = queue.pop(0)
-                    left = sum(point_seconds(exp, q.workload) + 8 for q in [p, *queue])
+                for k, batch in enumerate(batches(exp, queue)):
+                    left = sum(point_seconds(exp, q.workload) + 8 for b in batches(exp, queue)[k:] for q in b)
+                    what = batch[0].id if len(batch) == 1 else f"round {r}: {len(batch)} {batch[0].workload} points side by side"
                     if display is not None and task is not None:
-                        display.update(task, description=p.id, completed=count, left_s=left, since=time.monotonic())
+                        display.update(task, description=what, completed=count, left_s=left, since=time.monotonic())
                     else:
-                        print(f"[{count + 1}/{len(planned)}] {p.id}  (elapsed {(time.monotonic() - started) / 60:.1f} "
+                        span = f"{count + 1}" if len(batch) == 1 else f"{count + 1}-{count + len(batch)}"
+                        print(f"[{span}/{len(planned)}] {what}  (elapsed {(time.monotonic() - started) / 60:.1f} "
                               f"min, about {left / 60:.1f} min left in this round)", flush=True)
-                    guard.wait_for_quiet(float(fidelity.get("max_foreign_cpu", MAX_FOREIGN_CPU)))
-                    if limit:
-                        guard.wait_for_speed(run_dir)
-                    status = run_point(exp, p, run_dir)
-                    print(f"[{count + 1}/{len(planned)}] {p.id}: {status}", flush=True)
-                    if status == "done":
-                        judged = guard.judge_point(run_dir, point_dir(run_dir, p), manifest)
-                        if judged.reason and attempts.get(p.id, 0) < limit:
-                            attempts[p.id] = attempts.get(p.id, 0) + 1
-                            _set_aside(run_dir, p, attempts[p.id], judged, manifest)
-                            print(f"    {judged.reason}: measured again at the end of round {r} "
-                                  f"(attempt {attempts[p.id] + 1} of at most {limit + 1})", flush=True)
-                            queue.append(p)
-                            continue
-                        if judged.reason:
-                            print(f"    {judged.reason}: kept, flagged, after {limit + 1} attempts", flush=True)
-                    ran.append(p)
-                    count += 1
+                    guard.wait_for_quiet(exp.fidelity.max_foreign_cpu)
+                    if len(batch) == 1:
+                        statuses = {batch[0].id: _run_alone(exp, batch[0], run_dir, manifest, attempts)}
+                    else:
+                        statuses = run_side_by_side(exp, batch, run_dir, manifest,
+                                                    lambda: _save_manifest(run_dir, manifest))
+                    for p in batch:
+                        count += 1
+                        print(f"[{count}/{len(planned)}] {p.id}: {statuses.get(p.id, 'failed')}", flush=True)
+                        ran.append(p)
             if display is not None and task is not None:
                 display.update(task, completed=count, left_s=0)
     except KeyboardInterrupt:
@@ -198,6 +186,43 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
     return 0
 
 
+def batches(exp: Experiment, queue: list[Point]) -> list[list[Point]]:
+    """How a round's points are measured: with ``pairing: step`` the points of one workload
+    together (testbed.interleave), else (and for a shifting mix, whose phases are one timeline)
+    one by one."""
+    if exp.fidelity.pairing != "step":
+        return [[p] for p in queue]
+    groups: dict[str, list[Point]] = {}
+    alone: list[list[Point]] = []
+    for p in queue:
+        if p.workload == "shifting":
+            alone.append([p])
+        else:
+            groups.setdefault(p.workload, []).append(p)
+    return [*groups.values(), *alone]
+
+
+def _run_alone(exp: Experiment, p: Point, run_dir: Path, manifest: dict[str, Any], attempts: dict[str, int]) -> str:
+    """One point on its own testbed; measured again (``fidelity.remeasure`` times at most)
+    while its steps come out slowed or interfered, the spoiled attempts set aside."""
+    limit = exp.fidelity.remeasure
+    while True:
+        if limit:
+            guard.wait_for_speed(run_dir)
+        status = run_point(exp, p, run_dir, name=f"r{os.getpid() % 100000}")
+        if status != "done":
+            return status
+        judged = guard.judge_point(run_dir, point_dir(run_dir, p), manifest)
+        if not judged.reason:
+            return status
+        if attempts.get(p.id, 0) >= limit:
+            print(f"    {judged.reason}: kept, flagged, after {attempts.get(p.id, 0) + 1} attempts", flush=True)
+            return status
+        attempts[p.id] = attempts.get(p.id, 0) + 1
+        _set_aside(run_dir, p, attempts[p.id], judged, manifest)
+        print(f"    {judged.reason}: measured again (attempt {attempts[p.id] + 1} of at most {limit + 1})", flush=True)
+
+
 def _set_aside(run_dir: Path, p: Point, attempt: int, judged: "guard.Judgement", manifest: dict[str, Any]) -> None:
     """Move a spoiled attempt out of points/ (kept for inspection) and record why."""
     dest = run_dir / "remeasured" / f"{p.id}.a{attempt}"
@@ -213,7 +238,7 @@ def _set_aside(run_dir: Path, p: Point, attempt: int, judged: "guard.Judgement",
 
 
 def _save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    _write_json(run_dir / "manifest.json", manifest)
+    write_json(run_dir / "manifest.json", manifest)
 
 
 def points_display() -> Any:
@@ -251,161 +276,6 @@ def _raise_interrupt(*_: object) -> None:
     raise KeyboardInterrupt
 
 
-def point_seconds(exp: Experiment, workload: str | None = None) -> float:
-    """About how long one point's load runs (for progress and time-outs)."""
-    load = exp.load
-    if workload == "shifting":
-        return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
-    workloads = [workload] if workload else [w for w in exp.workloads if w != "shifting"]
-    longest = max((len(exp.rates_for(w)) for w in workloads), default=1)
-    return longest * (load["step_seconds"] + load["warmup_seconds"]) + 5
-
-
-def point_dir(run_dir: Path, p: Point) -> Path:
-    return run_dir / "points" / p.id
-
-
-def point_status(run_dir: Path, p: Point) -> str:
-    try:
-        return json.loads((point_dir(run_dir, p) / "point.json").read_text()).get("status", "unknown")
-    except (OSError, ValueError):
-        return "missing"
-
-
-def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path) -> list[str]:
-    load = exp.load
-    argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", p.workload,
-            "--rates", ",".join(f"{r:g}" for r in exp.rates_for(p.workload)),
-            "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
-            "--processes", str(load.get("processes", 1)), "--out", str(out),
-            "--seed", str(exp.seed + p.repetition),
-            "--latency-target-ms", f"{exp.latency_target_ms:g}"]
-    if load.get("keepalive"):
-        argv.append("--keepalive")
-    if load.get("poisson"):
-        argv.append("--poisson")
-    if p.workload == "mixed" and "mix" in load:
-        argv += ["--mix", str(load["mix"])]
-    if "dynamic_cost_us" in load:
-        argv += ["--dynamic-cost-us", str(load["dynamic_cost_us"])]
-    return argv
-
-
-def run_point(exp: Experiment, p: Point, run_dir: Path) -> str:
-    out = point_dir(run_dir, p)
-    if out.exists():
-        shutil.rmtree(out)  # a point cut short is measured again from its start
-    (out / "load").mkdir(parents=True)
-    params = exp.topology_params(p)
-    info: dict[str, Any] = {"point": p.id, "mode": p.mode, "workload": p.workload,
-                            "repetition": p.repetition, "config": p.config, "balance": p.balance,
-                            "params": params, "budgets": exp.budgets, "status": "running",
-                            "started": time.time()}
-    _write_json(out / "point.json", info)
-    topo = exp.topology_for(params)
-    info["nodes"] = {n.name: {"role": n.role, "cpu": n.cpu, "cpuset": n.cpuset} for n in topo.nodes}
-    service = exp.service_options(p)  # the point's balancing policy included
-    info["service"] = service.to_values()
-    name = f"r{os.getpid() % 100000}"
-    sampler: Sampler | None = None
-    from .kernel import pid_start_time
-    tb = Testbed(topo, name, mode=p.mode, start_services=True, service_options=service, backend=exp.backend)
-    tb.extra["owner"] = {"by": "runner", "pid": os.getpid(), "start_time": pid_start_time(os.getpid())}
-    try:
-        with tb:
-            info["offloads"] = offload_flags(tb)
-            info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
-            info["service_url"] = tb.service_url
-            info["cfs_period_us"] = cg.detect().limits(tb.cgroup(topo.nodes[0].name))["period_us"]
-            _write_json(out / "point.json", info)
-            with Sampler(tb, interval=1.0) as sampler:
-                code = drive_load(tb, exp, p, out, prefix="    ")
-            info["loadgen_exit"] = code
-            info["status"] = "done" if code == 0 else "failed"
-            if code != 0:
-                info["error"] = _tail(out / "loadgen.log")
-            _collect(tb, out)
-    except KeyboardInterrupt:
-        info["status"] = "interrupted"
-        raise
-    except TestbedError as e:
-        info["status"] = "failed"
-        info["error"] = str(e)
-        print(f"    failed: {e}", file=sys.stderr)
-    finally:
-        if sampler is not None and sampler.rows:
-            write_rows(sampler.rows, out / "samples.parquet")
-        info["finished"] = time.time()
-        _write_json(out / "point.json", info)
-    return info["status"]
-
-
-def drive_load(tb: Testbed, exp: Experiment, p: Point, out: Path, prefix: str = "") -> int:
-    """Run the sweep inside the client node; the ``shifting`` workload runs one mixed-load
-    phase after another (the static share changing) while the testbed keeps running."""
-    if p.workload != "shifting":
-        return run_loadgen(tb, exp, loadgen_argv(exp, p, tb.service_url, out / "load"), out, prefix)
-    for i, phase in enumerate(exp.phases):
-        phase_exp = copy.copy(exp)
-        phase_exp.load = {**exp.load, "rates": [float(phase["rate"])], "step_seconds": float(phase["seconds"]),
-                          "mix": phase["mix"]}
-        argv = loadgen_argv(phase_exp, replace(p, workload="mixed"), tb.service_url, out / "load" / f"phase{i}")
-        print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase['mix']}, "
-              f"{phase['rate']} req/s for {phase['seconds']} s", flush=True)
-        code = run_loadgen(tb, phase_exp, argv, out, prefix)
-        if code != 0:
-            return code
-    return 0
-
-
-def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix: str) -> int:
-    """Run one load-generator invocation in the client node, relaying its progress lines."""
-    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
-    proc = tb.popen(tb.topology.by_role("client")[0].name, argv, log_name="loadgen", stdout=subprocess.PIPE,
-                    stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
-    deadline = time.monotonic() + timeout
-    with open(out / "loadgen.log", "a") as logf:
-        try:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                logf.write(line)
-                print(prefix + line.rstrip(), flush=True)
-                if time.monotonic() > deadline:
-                    raise TimeoutError
-            return proc.wait(timeout=max(1.0, deadline - time.monotonic()))
-        except (TimeoutError, subprocess.TimeoutExpired):
-            logf.write(f"runner: load generator exceeded {timeout:.0f} s; stopped\n")
-            return 124
-        finally:
-            if proc.poll() is None:
-                from .nodes import stop
-                stop(proc.pid, None, timeout=3)
-
-
-def _collect(tb: Testbed, out: Path) -> None:
-    logs = out / "logs"
-    logs.mkdir(exist_ok=True)
-    for f in tb.store.logs.glob("*.log"):
-        shutil.copy2(f, logs / f.name)
-    for f in [*tb.store.dir.glob("*.json"), *tb.store.dir.glob("*.jsonl")]:
-        if f.name != "state.json":
-            shutil.copy2(f, logs / f.name)
-
-
-def _tail(path: Path, lines: int = 10) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
-
-
 def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any]:
     path = run_dir / "manifest.json"
     if path.exists():
@@ -420,7 +290,7 @@ def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any
                     "latency_target_ms": exp.latency_target_ms,
                     "load": exp.load, "topology": exp.topology, "params": exp.params,
                     "sweep": exp.sweep, "modes": exp.modes, "workloads": exp.workloads,
-                    "fidelity": {"min_idle": 0.05, "max_foreign_cpu": MAX_FOREIGN_CPU, **exp.fidelity},
+                    "fidelity": exp.fidelity.to_dict(), "equivalence_pct": exp.equivalence_pct,
                     **environment()}
     path.write_text(json.dumps(manifest, indent=2, default=str))
     return manifest

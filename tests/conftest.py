@@ -78,3 +78,14 @@ def leftovers(name: str) -> list[str]:
     if (Path("/run/tcps") / name).exists():
         found.append(f"state /run/tcps/{name}")
     return found
+
+
+# runs an experiment given as JSON (argv 1) into a run directory (argv 2), as `testbed run`
+# does, in a process of its own that a test can interrupt
+RUNNER = """
+import json, sys
+from pathlib import Path
+from testbed.experiment import experiment_from_dict
+from testbed.runner import run_experiment
+sys.exit(run_experiment(experiment_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2])))
+"""

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, interruptible, leftovers
+from tests.conftest import ROOT, RUNNER, interruptible, leftovers
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
@@ -34,20 +34,14 @@ TINY = {
     "budgets": "extra", "modes": ["regular", "eager-accept"], "workloads": ["static"],
     "load": {"rates": [200, 400], "step_seconds": 2, "warmup_seconds": 1}, "repetitions": 1, "seed": 1,
 }
-# three points; a fidelity threshold no machine meets flags every step as oversubscribed,
-# so the flag marks are exercised on real data
+# three points, one after another (so one can be done when the run is cut short); a fidelity
+# threshold no machine meets flags every step as oversubscribed, so the flag marks are
+# exercised on real data
 INTERRUPTED = {**TINY, "name": "interrupted", "modes": ["regular", "eager-accept", "split"],
-               "fidelity": {"min_idle": 0.99}}
+               "fidelity": {"min_idle": 0.99, "pairing": "round"}}
 # points run in a shuffled order (interleaved rounds): the first is whatever the seed gives
 FIRST = experiment_from_dict(INTERRUPTED).points()[0].id
 
-RUNNER = """
-import json, sys
-from pathlib import Path
-from testbed.experiment import experiment_from_dict
-from testbed.runner import run_experiment
-sys.exit(run_experiment(experiment_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2])))
-"""
 
 
 def _run_runner(exp: dict, run_dir: Path, timeout: float = 120) -> subprocess.CompletedProcess:

@@ -120,7 +120,7 @@ def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "testbed", "run", "san-cost", "--dry-run",
                           "--results", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "san-cost: 15 points, 23 min of offered load" in out.stdout
+    assert "san-cost: 15 points, 29 min of offered load" in out.stdout
     assert "'channel': 'shm', 'poll_us': 2000, 'host_poll_us': 2000" in out.stdout
     assert list(tmp_path.iterdir()) == []
 

@@ -218,6 +218,7 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         out.append(f"{len(bad)} of {total} points did not finish ("
                    + ", ".join(f"{pt}: {st}" for _, pt, st in bad)
                    + "): their curves are missing or have fewer repetitions; see Points.")
+    out += _measured_again(runs)
     n_flag = int((~prep.steps["faithful"]).sum())
     n_int = int(prep.steps["interfered"].sum())
     if n_int:
@@ -235,6 +236,31 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         out.append(f"{n_flag} of {len(prep.steps)} steps are flagged (generator-bound, oversubscribed, "
                    "interfered or slowed) and marked in every figure and table; peaks use faithful steps only "
                    "where any exist.")
+    return out
+
+
+def _measured_again(runs: list[Any]) -> list[str]:
+    """How the run paired its configurations in time, and what it measured again and why
+    (the manifest's ``fidelity`` and ``remeasured``)."""
+    out = []
+    for r in runs:
+        fidelity = r.manifest.get("fidelity") or {}
+        name = f"{r.name}: " if len(runs) > 1 else ""
+        if fidelity.get("pairing") == "step":
+            out.append(f"{name}Configurations took turns at each offered rate (side by side, seconds apart)"
+                       + (f", then up to {fidelity['refine']} knee-search turns to a {fidelity.get('resolution_pct', 4):g}% "
+                          "resolution" if fidelity.get("refine") else "") + ".")
+        redo = r.manifest.get("remeasured") or []
+        if redo:
+            steps = sum(len(x.get("kept_in") or []) if "points" in x else int(x.get("steps") or 0) for x in redo)
+            slowed = sum("slowed" in str(x.get("reason")) for x in redo)
+            interfered = sum("interfered" in str(x.get("reason")) for x in redo)
+            what = "turns" if any("points" in x for x in redo) else "points"
+            out.append(f"{name}{len(redo)} {what} ({steps} steps) were measured again: {slowed} with slowed steps "
+                       f"(the probe), {interfered} with interfered steps (other programs' CPU); the spoiled "
+                       "attempts are kept under remeasured/ in the run.")
+        elif fidelity.get("remeasure"):
+            out.append(f"{name}No turn or point needed measuring again.")
     return out
 
 
