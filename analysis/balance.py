@@ -349,7 +349,6 @@ def comparison_sentences(comps: list[Comparison], runs: list[Any]) -> list[str]:
     return out
 
 
-goal_sentences = comparison_sentences  # the name the section used before
 
 
 def _equal_nodes_sentence(c: Comparison, a: PointResult, params: dict[str, Any], topology: set[Any],

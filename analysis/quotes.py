@@ -6,6 +6,10 @@ A Markdown file quotes a shipped report through a generated block:
     ... (written by `python -m analysis quotes --write`) ...
     <!-- /quote:paper-cluster -->
 
+``<!-- quote:precision -->`` is the precision every shipped report reached (also those kept
+under ``docs/reports/round-paired/``, made point after point before the configurations
+took turns at each rate), one row per report.
+
 ``python -m analysis quotes`` lists blocks that differ from what the summaries give (exit
 1), ``--write`` rewrites them. The test suite runs the check, and also refuses a signed
 gain (``+12%``, ``-25.3%``) written outside a block that no shipped summary contains.
@@ -65,8 +69,36 @@ def _share(d: dict[str, Any]) -> str:
     return f"{mean:.0%}" + ("" if lo is None or hi is None else f" [{lo:.0%}, {hi:.0%}]")
 
 
+PRECISION = "precision"
+PRECISION_PTS = 5.0
+EARLIER = "round-paired"  # reports kept from before step pairing, with their data
+
+
+def render_precision() -> str:
+    """Per shipped report: how it paired its configurations, its rounds and minutes, and how
+    precise its headline peak gains came out (two-sided 95% half-widths)."""
+    import statistics
+    lines = ["| report | pairing | rounds | minutes | two-sided peak gains | within ±5 points | "
+             "median half-width | one-sided (a peak on the top step) |", "|---|---|---|---|---|---|---|---|"]
+    paths = sorted(REPORTS.glob("*/summary.json")) + sorted((REPORTS / EARLIER).glob("*/summary.json"))
+    for path in paths:
+        s = json.loads(path.read_text())
+        gains = [c["peak_gain_pct"] for c in s.get("curves", []) if c.get("mode") != "regular"
+                 and (c.get("peak_gain_pct") or {}).get("mean") is not None]
+        widths = [g["half_width"] for g in gains if g.get("half_width") is not None]
+        name = str(path.parent.relative_to(REPORTS))
+        minutes = s.get("minutes")
+        lines.append(f"| [{name}](reports/{name}/index.html) | {s.get('pairing', 'round')} | {s.get('repetitions')} | "
+                     f"{'-' if minutes is None else f'{minutes:.0f}'} | {len(widths)} | "
+                     f"{sum(w <= PRECISION_PTS for w in widths)} | "
+                     f"{f'±{statistics.median(widths):.1f}' if widths else '-'} | {len(gains) - len(widths)} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(name: str) -> str:
     """The Markdown table of one shipped report's headline numbers."""
+    if name == PRECISION:
+        return render_precision()
     s = load_summary(name)
     reps = s.get("repetitions")
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
@@ -132,7 +164,7 @@ def stale_blocks(write: bool = False) -> list[str]:
 def shipped_numbers() -> set[str]:
     """Every signed gain, as rendered, in every shipped summary."""
     found: set[str] = set()
-    for path in REPORTS.glob("*/summary.json"):
+    for path in [*REPORTS.glob("*/summary.json"), *(REPORTS / EARLIER).glob("*/summary.json")]:
         for c in json.loads(path.read_text()).get("curves", []):
             for key in ("peak_gain_pct", "capacity_gain_pct"):
                 d = c.get(key) or {}

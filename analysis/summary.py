@@ -72,7 +72,16 @@ def summary(prep: Prepared | None, manifest: dict[str, Any]) -> dict[str, Any]:
             "order_seed": manifest.get("order_seed"), "latency_target_ms": manifest.get("latency_target_ms"),
             "budgets": manifest.get("budgets"),
             "pairing": (manifest.get("fidelity") or {}).get("pairing", "round"),
+            "minutes": _minutes(manifest),
             "equivalence_pct": prep.equivalence_pct if prep is not None else None, "curves": curves}
+
+
+def _minutes(manifest: dict[str, Any]) -> float | None:
+    """The run's length on the clock, in minutes (None when it did not record its end)."""
+    try:
+        return round((float(manifest["finished"]) - float(manifest["started"])) / 60.0, 1)
+    except (KeyError, TypeError, ValueError):
+        return None
 
 
 def write_summary(out: Path, prep: Prepared | None, manifest: dict[str, Any]) -> Path:

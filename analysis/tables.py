@@ -104,6 +104,10 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
         machine = cpus[cpus["node"] == "cpu"] if not cpus.empty else cpus
         idle = _cpu_idle_fraction(machine, t0, t1) if not machine.empty else float("nan")
         extra["machine_idle"] = idle
+        # time the hypervisor gave to others while this machine wanted to run: not a program
+        # here, so not interference; kept as a column of its own (cores, machine-wide)
+        extra["steal_cores"] = (_window(machine, "steal_s", t0, t1) / dur
+                                if not machine.empty and "steal_s" in machine else float("nan"))
         for cpu_name in sorted(c for c in (cpus["node"].unique() if not cpus.empty else []) if c != "cpu"):
             c = cpus[cpus["node"] == cpu_name]
             extra[f"softirq_{cpu_name}"] = _window(c, "softirq_s", t0, t1) / dur
@@ -149,13 +153,16 @@ def _cgroup_cpu_columns(steps: pd.DataFrame) -> list[str]:
 
 def foreign_cpu(steps: pd.DataFrame, ncpus: int | None = None) -> pd.Series:
     """Cores busy outside the testbed's cgroups: every CPU's busy time (all of /proc/stat
-    but idle and iowait, so irq and softirq count) minus every node's cgroup CPU, which
-    includes the softirq run in its tasks' context. NaN without the machine's idle share."""
+    but idle and iowait, so irq and softirq count) minus the hypervisor's steal time (no
+    program here ran then; ``steal_cores``, 0 where a table predates it) minus every node's
+    cgroup CPU, which includes the softirq run in its tasks' context. NaN without the
+    machine's idle share."""
     n = ncpus or len([c for c in steps.columns if c.startswith("softirq_cpu")]) or 1
     idle = pd.to_numeric(steps["machine_idle"], errors="coerce") if "machine_idle" in steps \
         else pd.Series(np.nan, index=steps.index)
+    steal = pd.to_numeric(steps["steal_cores"], errors="coerce").fillna(0.0) if "steal_cores" in steps else 0.0
     cgroups = steps[_cgroup_cpu_columns(steps)].apply(pd.to_numeric, errors="coerce").sum(axis=1)
-    return (1.0 - idle) * n - cgroups
+    return (1.0 - idle) * n - steal - cgroups
 
 
 def apply_rules(steps: pd.DataFrame, max_foreign_cpu: float = 0.25, ncpus: int | None = None) -> pd.DataFrame:

@@ -13,7 +13,7 @@ process, and the sweep with two processes (both on CPU 0, sharing the rate). A r
 *sustained* when sends reach 98% of the schedule, no request failed, and (sweep) the step
 is not generator-bound. CPU per request is the generator's own CPU time (user + system)
 over the requests it sent; httperf busy-polls, so its figure at its highest sustained rate
-is also shown as one core divided by that rate, the comparison the goal names.
+is also shown as one core divided by that rate, for comparison with a busy-polling generator.
 """
 
 from __future__ import annotations

@@ -62,7 +62,7 @@ async def _percall_host(a: argparse.Namespace) -> dict:
     loop = asyncio.get_running_loop()
     sizes = [int(s) for s in a.sizes.split(",")]
     res: dict[str, dict[str, float]] = {}
-    if a.mode == "regular":
+    if not MODE_TABLE[a.mode].offloaded:
         import socket
 
         ls = socket.socket()
@@ -197,7 +197,7 @@ def _percall(tb, mode: str, sizes: str, n: int) -> dict:
     py = sys.executable
     argv = [py, "-m", "bench.offload", "_percall-host", "--mode", mode, "--port", str(PERCALL_PORT),
             "--sizes", sizes, "--n", str(n)]
-    if mode != "regular":
+    if MODE_TABLE[mode].offloaded:
         argv += ["--tunnel", f"tcp:{tb.address('tcpserver', 'san')}:7000",
                  "--token-file", str(tb.store.dir / "token")]
     host = tb.popen("host1", argv, log_name="percall", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
@@ -340,7 +340,7 @@ def run(args: argparse.Namespace) -> dict:
                 r = results["modes"][mode]
                 r["rounds"].append({str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
                                                         tb.plan.service_address, 80) for rate in args.rates})
-                if mode == "regular" and not args.no_haproxy:
+                if not MODE_TABLE[mode].offloaded and not args.no_haproxy:
                     results["haproxy"]["rounds"].append(_haproxy(tb, args))
                     results["nginx"]["rounds"].append(_nginx_floor(tb, args))
                 if not args.no_percall and rnd == 0 and not variant:  # per-call: the modes themselves

@@ -66,7 +66,7 @@ def run_config(args, mode: str, config: str, rates: list[int], tag: str) -> dict
                  start_services=True, service_options=opts) as tb:
         rows = sweep(tb, rates, args.step_seconds, args.warmup, out)
         stats = {}
-        if mode != "regular":
+        if MODE_TABLE[mode].offloaded:
             try:
                 stats = json.loads((tb.store.dir / "stats-tcpserver.json").read_text())
             except (OSError, ValueError):
@@ -102,7 +102,7 @@ def run(args) -> dict:
         for mode in args.modes:
             c = caps[mode]
             rates = [int(round(c)), int(round(c * args.factor))]
-            configs = ["control"] if mode == "regular" else list(CONFIGS)
+            configs = list(CONFIGS) if MODE_TABLE[mode].offloaded else ["control"]
             if mode not in args.none_modes:
                 configs = ["control"]
             for config in configs:

@@ -29,12 +29,13 @@ SPEED_PATIENCE_S = 90.0  # slow windows last minutes: wait a while, then measure
 
 
 def busy_cores(seconds: float = 1.0) -> float:
-    """Cores busy with tasks (user, nice, system, steal) over ``seconds``, machine-wide."""
+    """Cores busy with this machine's tasks (user, nice, system) over ``seconds``, machine-wide;
+    steal (the hypervisor running others) is not a program here to wait for."""
     from .metrics import read_proc_stat
 
     def busy() -> tuple[int, int]:
         c = read_proc_stat()["cpu"]
-        return c["user"] + c["nice"] + c["system"] + c["steal"], sum(c.values())
+        return c["user"] + c["nice"] + c["system"], sum(c.values())
     b0, t0 = busy()
     time.sleep(seconds)
     b1, t1 = busy()
@@ -125,5 +126,6 @@ def judge_steps(run_dir: Path, steps: "pd.DataFrame", samples: "pd.DataFrame", p
         worst = max(r for r in ratios if r == r)  # NaN: a step too short to judge
         parts.append(f"{slowed} of {len(steps)} steps slowed (fixed work up to {worst:.2f}x its baseline)")
     if interfered:
-        parts.append(f"{interfered} of {len(steps)} steps interfered (other programs' CPU)")
+        worst = float(enriched["foreign_cpu"].max())
+        parts.append(f"{interfered} of {len(steps)} steps interfered (other programs' CPU, up to {worst:.2f} cores)")
     return Judgement("; ".join(parts), slowed, interfered, len(steps))

@@ -53,7 +53,7 @@ def html(report: Report) -> Any:
         comps = comparisons(prep, run.tables.get("balance"), run.manifest.get("workloads"))
         shown.append({
             "name": run.name if len(runs) > 1 else "", "measured": bool(comps),
-            "goals": comparison_sentences(comps, [run]) if comps else [], "accounting": accounting_note([run]),
+            "comparisons": comparison_sentences(comps, [run]) if comps else [], "accounting": accounting_note([run]),
             "summary": summary_table(comps) if comps else None,
             "summary_id": "balance" if len(runs) == 1 else f"balance-{_slug(run.name)}",
             "workloads": [_workload(c, run, runs, prep, report) for c in comps]})
