@@ -97,11 +97,8 @@ def cpus_in(cpuset: Any, ncpus: int) -> list[int]:
     """CPU numbers of a cpuset string ("1", "0-1", "0,2"); every CPU when unset."""
     if cpuset is None or (isinstance(cpuset, float) and np.isnan(cpuset)) or str(cpuset).strip() == "":
         return list(range(ncpus))
-    out: list[int] = []
-    for part in str(cpuset).split(","):
-        lo, _, hi = part.strip().partition("-")
-        out.extend(range(int(lo), int(hi or lo) + 1))
-    return out
+    from testbed import cpulist
+    return sorted(cpulist.parse(str(cpuset)))
 
 
 @functools.lru_cache(maxsize=32)

@@ -19,17 +19,14 @@ from typing import Any, Sequence
 
 
 def parse_cpus(text: str) -> list[int]:
-    out: list[int] = []
+    from testbed import cpulist
     try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                out.extend(range(int(a), int(b) + 1))
-            elif part.strip():
-                out.append(int(part))
+        cpus = sorted(cpulist.parse(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--cpus {text!r}: use a list like 0 or 0,1 or 0-3") from None
-    return out
+        cpus = []
+    if not cpus:
+        raise argparse.ArgumentTypeError(f"--cpus {text!r}: use a list like 0 or 0,1 or 0-3")
+    return cpus
 
 
 class _Parser(argparse.ArgumentParser):

@@ -37,10 +37,11 @@ from typing import Any, Callable
 
 import gevent
 import numpy as np
+from testbed.files import write_json
 
 from . import sysinfo
 from .engine import ERROR_KINDS
-from .schedule import ScheduleError, check_rate
+from .schedule import check_rate
 from .stats import DEFAULT_LATENCY_TARGET_MS, STEP_COLUMNS, summarize
 from .target import Target, TargetError, check_reachable, parse_target
 from .workload import WORKLOADS, WorkloadError, load_manifest, make_workload
@@ -434,9 +435,7 @@ class Sweep:
                               "inline": "fired per request as it completes", "off": "not fired"}[cfg.locust_events],
             "steps": self.rows,
         }
-        tmp = cfg.out / "summary.json.tmp"
-        tmp.write_text(json.dumps(summary, indent=1, default=_json_default))
-        os.replace(tmp, cfg.out / "summary.json")
+        write_json(cfg.out / "summary.json", summary, indent=1, default=_json_default)
         return summary
 
 

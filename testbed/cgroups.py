@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from . import PREFIX
+from . import PREFIX, cpulist
 from .errors import KernelFeatureMissing, TestbedError
 
 log = logging.getLogger(__name__)
@@ -203,7 +203,7 @@ class CgroupsV1(Cgroups):
             (d / "cpuset.cpus").write_text(cpuset)
         except OSError as e:
             raise TestbedError(f"cannot set cpuset {cpuset!r} on {d}: {e.strerror}") from None
-        if _normalise_cpus((d / "cpuset.cpus").read_text()) != _normalise_cpus(cpuset):
+        if cpulist.parse((d / "cpuset.cpus").read_text()) != cpulist.parse(cpuset):
             raise TestbedError(f"{d}/cpuset.cpus: wrote {cpuset!r}, read back "
                                f"{(d / 'cpuset.cpus').read_text().strip()!r}")
 
@@ -317,7 +317,7 @@ class CgroupsV2(Cgroups):
                 for parent in reversed(Path(group).parents):
                     self._enable(self.root / parent, "cpuset")
         (d / "cpuset.cpus").write_text(cpuset)
-        if _normalise_cpus((d / "cpuset.cpus").read_text()) != _normalise_cpus(cpuset):
+        if cpulist.parse((d / "cpuset.cpus").read_text()) != cpulist.parse(cpuset):
             raise TestbedError(f"{d}/cpuset.cpus: wrote {cpuset!r}, read back "
                                f"{(d / 'cpuset.cpus').read_text().strip()!r}")
 
@@ -336,15 +336,6 @@ class CgroupsV2(Cgroups):
         cpuset = (d / "cpuset.cpus").read_text().strip() if (d / "cpuset.cpus").exists() else ""
         return {"quota_us": -1 if quota == "max" else int(quota), "period_us": period,
                 "cpu": None if quota == "max" else int(quota) / period, "cpuset": cpuset}
-
-
-def _normalise_cpus(text: str) -> frozenset[int]:
-    cpus: set[int] = set()
-    for part in text.strip().split(","):
-        if part:
-            lo, _, hi = part.partition("-")
-            cpus.update(range(int(lo), int(hi or lo) + 1))
-    return frozenset(cpus)
 
 
 _detected: Cgroups | None = None

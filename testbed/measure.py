@@ -27,6 +27,7 @@ from . import cgroups as cg
 from .errors import TestbedError
 from .experiment import Experiment, Point
 from .lifecycle import Testbed
+from .files import write_json
 from .metrics import Sampler, offload_flags, sysctls_of, write_rows
 from .spec import DEFAULT_SUBNET
 
@@ -167,7 +168,7 @@ class PointRun:
 
     def _save(self) -> None:
         if self.info:
-            write_json(self.out / "point.json", self.info)
+            write_record(self.out / "point.json", self.info)
 
 
 def run_point(exp: Experiment, p: Point, run_dir: Path, name: str) -> str:
@@ -249,7 +250,6 @@ def _tail(path: Path, lines: int = 10) -> str:
         return ""
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str))
-    os.replace(tmp, path)
+def write_record(path: Path, data: dict[str, Any]) -> None:
+    """A point's or run's record (point.json, manifest.json), whole or not at all."""
+    write_json(path, data, indent=2, default=str)

@@ -39,7 +39,7 @@ from . import guard, precision, probe
 from .errors import TestbedError
 from .experiment import Experiment, Point, load_experiment
 from .interleave import run_side_by_side
-from .measure import RECORDED_SYSCTLS, ROOT, point_dir, point_seconds, point_status, run_point, write_json
+from .measure import RECORDED_SYSCTLS, ROOT, point_dir, point_seconds, point_status, run_point, write_record
 
 log = logging.getLogger(__name__)
 
@@ -238,7 +238,7 @@ def _set_aside(run_dir: Path, p: Point, attempt: int, judged: "guard.Judgement",
 
 
 def _save_manifest(run_dir: Path, manifest: dict[str, Any]) -> None:
-    write_json(run_dir / "manifest.json", manifest)
+    write_record(run_dir / "manifest.json", manifest)
 
 
 def points_display() -> Any:

@@ -33,7 +33,8 @@ from .errors import TestbedError
 from .names import cgroup_name, shm_channel_name
 from .offload import channels
 from .offload.config import ServerConfig
-from .offload.modes import Mode
+from .app.config import AppConfig
+from .offload.modes import REGULAR, Mode
 from .options import ServiceOptions
 from .spec import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
@@ -187,7 +188,11 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
     channel = opts.channel or topo.channel
     port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
     url = f"http://{vip}{port}/"
-    app_common = ("--docroot", str(docroot), "--dynamic-cost-us", str(opts.dynamic_cost_us))
+    # the application's options the modes share; each start adds its own (AppConfig.to_argv)
+    app_common = {"docroot": docroot, "dynamic_cost_us": opts.dynamic_cost_us}
+
+    def app(mode: Mode, **own: Any) -> tuple[str, ...]:
+        return module("testbed.app.server", *AppConfig(mode=mode, **app_common, **own).to_argv())
     steps: list[Step] = [RunToEnd(hosts[0], module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
                                                    "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)]
     by_front: dict[str, list[str]] = {}
@@ -196,11 +201,10 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
             for front in fronts_of(topo, addresses, host):
                 by_front.setdefault(front, []).append(host)
             # the public port is the app's here: the listen_backlog option bounds its queue
-            backlog = ("--listen-backlog", str(opts.listen_backlog)) if opts.listen_backlog else ()
+            backlog = {"listen_backlog": opts.listen_backlog} if opts.listen_backlog else {}
             steps += [LocalAddress(host, vip),
-                      Process(host, "app", module("testbed.app.server", *app_common, "--listen",
-                                                  f"0.0.0.0:{SERVICE_PORT}", *backlog,
-                                                  "--stats-file", str(run_dir / f"stats-{host}.json")))]
+                      Process(host, "app", app(mode, listen=("0.0.0.0", SERVICE_PORT), **backlog,
+                                               stats_file=run_dir / f"stats-{host}.json"))]
         for front, fhosts in by_front.items():
             if topo.node(front).netns_key != topo.node(fhosts[0]).netns_key:
                 steps.append(Route(front, f"{vip}/32",
@@ -212,7 +216,6 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
                   if getattr(opts, k) is not None}
         if knob == "place":  # the balancer moves the share through this file
             tuning.update(serve_static=str(docroot), placement_file=run_dir / "placement.json")
-        host_poll = ("--poll-us", str(opts.host_poll_us)) if opts.host_poll_us else ()
         for host in hosts:
             front = fronts_of(topo, addresses, host)[0]
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
@@ -225,10 +228,9 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
                           Process(front, "tcpserver", module("testbed.offload", *daemon.to_argv(),
                                                              *opts.tcpserver_args), waits_for=ready)]
             by_front.setdefault(front, []).append(host)
-            steps.append(Process(host, "app", module(
-                "testbed.app.server", *app_common, "--mode", mode.name, "--tunnel", san,
-                "--token-file", str(token_file), "--listen-port", str(SERVICE_PORT), "--host-id", host,
-                "--stats-file", str(run_dir / f"stats-{host}.json"), *host_poll)))
+            steps.append(Process(host, "app", app(
+                mode, tunnel=san, token_file=token_file, listen_port=SERVICE_PORT, host_id=host,
+                stats_file=run_dir / f"stats-{host}.json", poll_us=opts.host_poll_us or 0)))
     for client in (n.name for n in topo.by_role("client")):
         steps.append(Route(client, f"{vip}/32",
                            tuple(address_toward(topo, addresses, f, client) for f in sorted(by_front))))
@@ -236,15 +238,14 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
     state: dict[str, Any] = {"docroot": str(docroot), "mode": mode.name, "channel": channel, "service_url": url,
                              "dynamic_url": f"{url}dynamic?cost_us={opts.dynamic_cost_us}"}
     if policy is not None and knob is not None and opts.balance is not None:
-        steps += _balancer(testbed, topo, addresses, opts.balance.text, knob, by_front, app_common,
+        steps += _balancer(testbed, topo, addresses, opts.balance.text, knob, by_front, app,
                            run_dir, module)
         state["balance"] = {"knob": knob, "policy": policy.describe()}
     return ServicePlan(token_file, tuple(steps), float(opts.ready_timeout), state)
 
 
 def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, knob: str,
-              by_front: dict[str, list[str]], app_common: tuple[str, ...], run_dir: Path,
-              module: Any) -> list[Step]:
+              by_front: dict[str, list[str]], app: Any, run_dir: Path, module: Any) -> list[Step]:
     """One controller per front node; for the work knob, hosts also serve on kernel TCP;
     for the place knob, the TCP server already runs with --serve-static and a control file."""
     steps: list[Step] = []
@@ -260,9 +261,8 @@ def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, k
             direct = [address_toward(topo, addresses, h, front) for h in hosts]
             for h, addr in zip(hosts, direct):
                 # the pass-through path: the same app on the host's kernel TCP, counted apart
-                steps.append(Process(h, "app-direct", module(
-                    "testbed.app.server", *app_common, "--listen", f"0.0.0.0:{SERVICE_PORT}",
-                    "--stats-file", str(run_dir / f"stats-{h}-direct.json")),
+                steps.append(Process(h, "app-direct", app(
+                    REGULAR, listen=("0.0.0.0", SERVICE_PORT), stats_file=run_dir / f"stats-{h}-direct.json"),
                     waits_for=PortListens(front, addr, SERVICE_PORT)))
             argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts", ",".join(direct)]
         else:

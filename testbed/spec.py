@@ -33,6 +33,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from . import cpulist
 from .errors import SpecError
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent / "topologies"  # package data (repo: topologies/ links here)
@@ -380,28 +381,20 @@ def check_cpu_budgets(topo: Topology, ncpus: int | None = None) -> list[str]:
         total = sum(n.cpu for n in inside)  # type: ignore[misc]
         if total > len(cpus) + 1e-9:
             detail = " + ".join(f"{n.name} {n.cpu:g}" for n in inside)
-            where = f"CPU(s) {_fmt_cpus(cpus)}" if cpus != all_cpus else "this machine"
+            where = f"CPU(s) {cpulist.format_cpus(cpus)}" if cpus != all_cpus else "this machine"
             raise SpecError(f"CPU budgets exceed {where}: {detail} = {total:g} CPUs, "
                             f"but only {len(cpus)} available; lower them with -p")
     return warnings
 
 
 def parse_cpuset(text: str, where: str) -> frozenset[int]:
-    cpus: set[int] = set()
     try:
-        for part in str(text).split(","):
-            lo, _, hi = part.strip().partition("-")
-            a, b = int(lo), int(hi or lo)
-            if a < 0 or b < a:
-                raise ValueError
-            cpus.update(range(a, b + 1))
+        cpus = cpulist.parse(text)
     except ValueError:
-        raise SpecError(f"{where}: cpuset {text!r} is not a CPU list like '1' or '0-1,3'") from None
-    return frozenset(cpus)
-
-
-def _fmt_cpus(cpus: frozenset[int]) -> str:
-    return ",".join(map(str, sorted(cpus)))
+        cpus = frozenset()
+    if not cpus:
+        raise SpecError(f"{where}: cpuset {text!r} is not {cpulist.RULE}")
+    return cpus
 
 
 # --- helpers -----------------------------------------------------------------------------

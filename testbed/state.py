@@ -16,6 +16,7 @@ from typing import Any
 
 from . import RUN_DIR
 from .errors import TestbedError
+from .files import write_json
 
 NAME = re.compile(r"^[a-z][a-z0-9]{0,11}$")
 
@@ -65,9 +66,7 @@ class StateStore:
         return out
 
     def save(self, state: dict[str, Any]) -> None:
-        tmp = self.dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state, indent=2, sort_keys=True))
-        os.replace(tmp, self.dir / "state.json")
+        write_json(self.dir / "state.json", state, indent=2, sort_keys=True)
 
     def load(self) -> dict[str, Any]:
         try:

@@ -42,10 +42,10 @@ def _literal(text: str) -> Counter:
 def test_poll_us_is_checked_by_one_rule_and_declared_once_per_command_line() -> None:
     # the rule: one call, in the daemon's table of rules (options.py and the app use that table)
     assert _calls("check_period_us") == {"testbed/offload/config.py": 1}
-    # the flag: once per command line that takes it (the daemon's table, the host app, up's
-    # flags made from ServiceOptions), and once where the service plan writes the host app's
-    assert _literal("--poll-us") == {"testbed/offload/config.py": 1, "testbed/app/server.py": 1,
-                                     "testbed/options.py": 1, "testbed/services.py": 1,
+    # the flag: once per command line that takes it (the daemon's table, the host app's table,
+    # up's flags made from ServiceOptions); the service plan writes neither by hand
+    assert _literal("--poll-us") == {"testbed/offload/config.py": 1, "testbed/app/config.py": 1,
+                                     "testbed/options.py": 1,
                                      "bench/san.py": 2}  # bench.san's own processes, not the testbed's
     # nothing else in the testbed's edges names it: cli.py and experiment.py take the options whole
     for path in ("testbed/cli.py", "testbed/experiment.py", "testbed/lifecycle.py", "testbed/runner.py"):
@@ -75,7 +75,7 @@ def test_a_mode_name_becomes_a_mode_once_per_edge() -> None:
     # each place a name enters: up's --mode, experiment files, a program's Testbed(mode="...")
     # and a recorded state, the daemon's and the host app's command lines, the host library's API
     assert _calls("get_mode") == {"testbed/cli.py": 1, "testbed/experiment.py": 1, "testbed/lifecycle.py": 1,
-                                  "testbed/offload/config.py": 1, "testbed/app/server.py": 1,
+                                  "testbed/offload/config.py": 1, "testbed/app/config.py": 1,
                                   "testbed/offload/hostsock.py": 1}
 
 

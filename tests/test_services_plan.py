@@ -16,7 +16,8 @@ from testbed.spec import load_topology, plan_addresses
 
 RUN = Path("/run/tcps/p1")
 VIP = "10.77.255.1"
-DOCROOT = ("--docroot", "/run/tcps/p1/docroot", "--dynamic-cost-us", "1000")
+DOCROOT = ("--docroot", "/run/tcps/p1/docroot")
+COST = ("--dynamic-cost-us", "1000")
 MAKE_DOCROOT = RunToEnd("host1", ("py", "-m", "testbed.app.docroot", "/run/tcps/p1/docroot", "--seed", "1",
                                   "--dirs", "2"), 120.0)
 
@@ -32,8 +33,8 @@ def test_regular_on_cluster_puts_the_address_on_the_host_and_routes_through_the_
     assert p.steps == (
         MAKE_DOCROOT,
         LocalAddress("host1", VIP),
-        Process("host1", "app", ("py", "-m", "testbed.app.server", *DOCROOT, "--listen", "0.0.0.0:80",
-                                 "--stats-file", "/run/tcps/p1/stats-host1.json")),
+        Process("host1", "app", ("py", "-m", "testbed.app.server", *DOCROOT, "--mode", "regular",
+                                 "--listen", "0.0.0.0:80", *COST, "--stats-file", "/run/tcps/p1/stats-host1.json")),
         Route("tcpserver", "10.77.255.1/32", ("10.77.1.2",)),  # host1 on the san
         Route("client", "10.77.255.1/32", ("10.77.0.2",)),     # tcpserver on the public link
         ServiceAnswers("client"),
@@ -59,8 +60,8 @@ def test_offloaded_on_cluster_starts_the_daemon_on_the_tcp_server_and_the_app_ov
             "--stats-file", "/run/tcps/p1/stats-tcpserver.json")),
         Process("host1", "app", (
             "py", "-m", "testbed.app.server", *DOCROOT, "--mode", "eager-accept",
-            "--tunnel", "tcp:10.77.1.1:7000", "--token-file", "/run/tcps/p1/token", "--listen-port", "80",
-            "--host-id", "host1", "--stats-file", "/run/tcps/p1/stats-host1.json")),
+            "--tunnel", "tcp:10.77.1.1:7000", "--token-file", "/run/tcps/p1/token",  # port 80: the default
+            "--host-id", "host1", *COST, "--stats-file", "/run/tcps/p1/stats-host1.json")),
         Route("client", "10.77.255.1/32", ("10.77.0.2",)),
         ServiceAnswers("client"),
     )
@@ -92,7 +93,7 @@ def test_overload_and_polling_options_reach_the_daemon_only():
 def test_host_polling_reaches_the_app_only():
     p = plan("cluster", "eager-accept", channel="shm", poll_us=2000, host_poll_us=1000)
     daemon, app = p.processes()
-    assert app.argv[-2:] == ("--poll-us", "1000")
+    assert app.argv[app.argv.index("--poll-us") + 1] == "1000"
     assert daemon.argv[daemon.argv.index("--poll-us") + 1] == "2000"
     assert app.argv[app.argv.index("--tunnel") + 1] == "shm:tcps-p1-tcpserver"
 
@@ -102,7 +103,7 @@ def test_work_balance_adds_the_kernel_tcp_path_and_a_controller_after_the_servic
     answers = p.steps.index(ServiceAnswers("client"))
     direct, controller = p.steps[answers + 1:]
     assert direct == Process("host1", "app-direct", (
-        "py", "-m", "testbed.app.server", *DOCROOT, "--listen", "0.0.0.0:80",
+        "py", "-m", "testbed.app.server", *DOCROOT, "--mode", "regular", "--listen", "0.0.0.0:80", *COST,
         "--stats-file", "/run/tcps/p1/stats-host1-direct.json"),
         waits_for=PortListens("tcpserver", "10.77.1.2", 80))
     assert controller == Process("tcpserver", "balance", (

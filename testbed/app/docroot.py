@@ -22,6 +22,8 @@ import random
 import sys
 from pathlib import Path
 
+from ..files import write_atomic, write_json
+
 CLASS_BASE = {0: 102, 1: 1024, 2: 10 * 1024, 3: 100 * 1024}
 CLASS_MIX = {0: 0.35, 1: 0.50, 2: 0.14, 3: 0.01}
 FILES_PER_CLASS = 9
@@ -50,9 +52,7 @@ def generate(root: str | os.PathLike, seed: int = 1, dirs: int = 4) -> dict:
         data = file_bytes(seed, path, size)
         target = root / path.lstrip("/")
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(target.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomic(target, data)
         files.append({"path": path, "size": size, "class": cls, "sha256": hashlib.sha256(data).hexdigest()})
     manifest = {
         "files": files,
@@ -61,9 +61,7 @@ def generate(root: str | os.PathLike, seed: int = 1, dirs: int = 4) -> dict:
         "class_mix": {str(k): v for k, v in CLASS_MIX.items()},
         "total_bytes": sum(f["size"] for f in files),
     }
-    tmp = root / "manifest.json.tmp"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, root / "manifest.json")
+    write_json(root / "manifest.json", manifest, indent=1)
     return manifest
 
 

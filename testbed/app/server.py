@@ -35,7 +35,6 @@ Run, offloaded: python -m testbed.app.server --docroot DIR --mode MODE --tunnel 
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import collections
 import json
@@ -50,6 +49,9 @@ from typing import Any
 from urllib.parse import unquote_to_bytes
 
 import httptools
+
+from ..files import write_json
+from .config import HEADER_TIMEOUT, LISTEN_BACKLOG, AppConfig
 
 log = logging.getLogger("testbed.app.server")
 
@@ -67,7 +69,6 @@ MAX_ALIASES = 10_000
 MAX_ALIAS_BYTES = 256
 STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
           408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
-HEADER_TIMEOUT = 20.0  # seconds to finish a request once it began (a byte-a-second client)
 # Requests read while our replies wait unread (the transport paused our writing) are
 # answered when it resumes. Past DEFER_PAUSE of them reading pauses too (a client that
 # pipelines without reading); MAX_DEFERRED bounds what one read already holds. Reading is
@@ -356,19 +357,6 @@ class HttpProtocol(asyncio.Protocol):
 # --- running it -------------------------------------------------------------------------------
 
 
-def _addr_port(s: str) -> tuple[str, int]:
-    host, sep, port = s.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{s!r}: expected ADDR:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
-
-
-# the kernel's listen backlog in regular mode: the TCP server's default (offload/config.py),
-# so that under overload both queue as deep (docs/limits.md, "Overload": 4,096 at ~1,200
-# replies/s held clients 3.4 s, past a 2 s client's patience)
-LISTEN_BACKLOG = 1024
-
-
 async def serve_regular(app: App, host: str, port: int, backlog: int = LISTEN_BACKLOG) -> asyncio.AbstractServer:
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: HttpProtocol(app), host, port, reuse_address=True, backlog=backlog)
@@ -382,60 +370,29 @@ def _write_stats(path: Path, app: App, tunnels: list, pacer: Any = None) -> None
         d["tunnel"] = tunnels[-1].counters()
     if pacer is not None:
         d["polls"], d["poll_sleeps"] = pacer.polls, pacer.sleeps
-    tmp = path.with_name(path.name + ".tmp")
     try:
-        tmp.write_text(json.dumps(d))
-        os.replace(tmp, path)
+        write_json(path, d)
     except OSError as e:
         log.warning("cannot write stats file %s: %s", path, e)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.app.server", description=__doc__.split("\n")[0])
-    ap.add_argument("--docroot", required=True)
-    ap.add_argument("--mode", default="regular")
-    ap.add_argument("--listen", type=_addr_port, help="regular mode: ADDR:PORT on kernel sockets")
-    ap.add_argument("--tunnel", help="offloaded modes: tcp:ADDR:PORT, unix:PATH or shm:NAME of the TCP server")
-    ap.add_argument("--token-file")
-    ap.add_argument("--listen-port", type=int, default=80)
-    ap.add_argument("--host-id", default=socket.gethostname())
-    ap.add_argument("--dynamic-cost-us", type=int, default=0)
-    ap.add_argument("--idle-timeout", type=float, default=30.0)
-    ap.add_argument("--header-timeout", type=float, default=HEADER_TIMEOUT,
-                    help="seconds a client has to finish a request it began (then 408)")
-    ap.add_argument("--listen-backlog", type=int, default=LISTEN_BACKLOG,
-                    help="regular mode: the kernel's listen backlog (SYNs beyond it are dropped)")
-    ap.add_argument("--poll-us", type=int, default=0, metavar="US",
-                    help="offloaded modes: poll the SAN every US microseconds while busy instead of "
-                         "waking per event (over shm: no doorbell while polling; default 0 = off)")
-    ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
-    ap.add_argument("--log-level", default="INFO")
-    a = ap.parse_args(argv)
-    logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-
-    from testbed.offload.modes import get_mode
-    from testbed.offload.config import check_option
     from testbed.offload.polling import PollingPacer
     from testbed.offload.runtime import install_loop, read_token
 
     try:
-        mode = get_mode(a.mode)
-        if not Path(a.docroot).is_dir():
-            raise ValueError(f"document root {a.docroot} is not a directory (make one: python -m testbed.app.docroot DIR)")
-        if mode.offloaded:
-            if not a.tunnel or not a.token_file:
-                raise ValueError(f"mode {mode.name} needs --tunnel and --token-file")
-            token = read_token(a.token_file)
-        elif not a.listen:
-            raise ValueError("regular mode needs --listen ADDR:PORT")
-        if a.poll_us and not mode.offloaded:
-            raise ValueError("--poll-us polls the SAN: it needs an offloaded mode")
-        check_option("poll_us", a.poll_us)  # the daemon's rule for a polling period
+        cfg, a = AppConfig.from_argv(argv)
+        logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+        if not cfg.docroot.is_dir():
+            raise ValueError(f"document root {cfg.docroot} is not a directory "
+                             "(make one: python -m testbed.app.docroot DIR)")
+        token = read_token(str(cfg.token_file)) if cfg.mode.offloaded else ""
     except (ValueError, OSError) as e:
         print(f"app.server: {e}", file=sys.stderr)
         return 2
+    mode, host_id = cfg.mode, cfg.host_id or socket.gethostname()
     loop_name = install_loop()
-    app = App(a.docroot, a.dynamic_cost_us, idle_timeout=a.idle_timeout, header_timeout=a.header_timeout)
+    app = App(str(cfg.docroot), cfg.dynamic_cost_us, idle_timeout=cfg.idle_timeout, header_timeout=cfg.header_timeout)
 
     async def run() -> None:
         from testbed.offload import hostsock
@@ -447,31 +404,34 @@ def main(argv: list[str] | None = None) -> int:
         loop.call_later(1.0, app.sweep, loop)
         tunnels: list = [None]
         pacer = None
-        if a.poll_us:
+        if cfg.poll_us:
             def flush_tunnel() -> None:
                 t = tunnels[-1]
                 if t is not None and t.out:
                     t.flush()
             # over shm the pacer sleeps when idle, woken by the ring's doorbell
-            pacer = PollingPacer(loop, a.poll_us / 1e6, flush_tunnel,
-                                 sleep_when_idle=a.tunnel.startswith("shm:")).start()
-        if a.stats_file:
+            pacer = PollingPacer(loop, cfg.poll_us / 1e6, flush_tunnel,
+                                 sleep_when_idle=str(cfg.tunnel).startswith("shm:")).start()
+        if cfg.stats_file:
+            stats_file = cfg.stats_file
+
             def stats() -> None:
-                _write_stats(a.stats_file, app, tunnels, pacer)
+                _write_stats(stats_file, app, tunnels, pacer)
                 loop.call_later(0.5, stats)
             loop.call_soon(stats)
         if mode.offloaded:
             task = loop.create_task(hostsock.serve_forever(
-                a.tunnel, token, mode.name, a.host_id, a.listen_port, lambda: HttpProtocol(app),
+                str(cfg.tunnel), token, mode.name, host_id, cfg.listen_port, lambda: HttpProtocol(app),
                 on_attach=lambda t: tunnels.append(t)))
-            log.info("host app %s: mode %s via %s, loop %s", a.host_id, mode.name, a.tunnel, loop_name)
+            log.info("host app %s: mode %s via %s, loop %s", host_id, mode.name, cfg.tunnel, loop_name)
             done, _ = await asyncio.wait([task, loop.create_task(stop.wait())], return_when=asyncio.FIRST_COMPLETED)
             if task in done and task.exception():
                 raise task.exception()  # type: ignore[misc]
             task.cancel()
         else:
-            srv = await serve_regular(app, a.listen[0], a.listen[1], a.listen_backlog)
-            log.info("host app: regular mode on %s:%d, loop %s", a.listen[0], a.listen[1], loop_name)
+            assert cfg.listen is not None
+            srv = await serve_regular(app, cfg.listen[0], cfg.listen[1], cfg.listen_backlog)
+            log.info("host app: regular mode on %s:%d, loop %s", cfg.listen[0], cfg.listen[1], loop_name)
             await stop.wait()
             srv.close()
 

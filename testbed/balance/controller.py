@@ -34,6 +34,7 @@ from pathlib import Path
 
 from .. import cgroups as cg
 from ..errors import TestbedError
+from ..files import write_json
 from .policy import Decision, Policy, Sample, State, decide, parse_policy
 
 log = logging.getLogger("testbed.balance")
@@ -111,9 +112,7 @@ class Placement:
 
     def apply(self, split: float) -> None:
         share = round(split, 4)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        tmp.write_text(json.dumps({"share": share}))
-        os.replace(tmp, self.path)  # the TCP server never reads a half-written file
+        write_json(self.path, {"share": share})  # the TCP server never reads a half-written file
         try:
             back = float(json.loads(self.path.read_text())["share"])
         except (OSError, ValueError, KeyError) as e:
@@ -176,11 +175,9 @@ def run(policy: Policy, knob: str, actuator: WorkSplit | CpuSplit | Placement, n
 
 
 def _publish(state_dir: Path, knob: str, policy: Policy, state: State, decision: Decision | None) -> None:
-    tmp = state_dir / "balance.json.tmp"
-    tmp.write_text(json.dumps({"knob": knob, "policy": policy.describe(), "split": round(state.split, 4),
-                               "moves": state.moves, "reversals": state.reversals, "t": time.time(),
-                               "last_decision": asdict(decision) if decision else None}))
-    os.replace(tmp, state_dir / "balance.json")
+    write_json(state_dir / "balance.json", {
+        "knob": knob, "policy": policy.describe(), "split": round(state.split, 4), "moves": state.moves,
+        "reversals": state.reversals, "t": time.time(), "last_decision": asdict(decision) if decision else None})
 
 
 def main(argv: list[str] | None = None) -> int:

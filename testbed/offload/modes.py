@@ -36,6 +36,7 @@ MODES: dict[str, Mode] = {
     )
 }
 OFFLOADED_MODES = [n for n, m in MODES.items() if m.offloaded]
+REGULAR = MODES["regular"]  # the baseline: the application on the host's kernel TCP
 
 
 def get_mode(name: str) -> Mode:

@@ -12,6 +12,8 @@ import logging
 import os
 import time
 
+from ..files import write_json
+
 log = logging.getLogger("testbed.offload.server")
 
 
@@ -87,10 +89,8 @@ class StatsReport:
     def _write_stats(self) -> None:
         path = self.cfg.stats_file
         assert path is not None
-        tmp = path.with_name(path.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(self.stats()))
-            os.replace(tmp, path)
+            write_json(path, self.stats())
         except OSError as e:
             log.warning("cannot write stats file %s: %s", path, e)
         self.loop.call_later(0.5, self._write_stats)
