@@ -10,7 +10,7 @@ Definitions the report states next to its numbers:
 - a step is *faithful* when it is neither ``generator_bound`` (the generator limited the
   load) nor ``oversubscribed`` (the node did not get its budget) nor ``interfered``
   (something outside the testbed took the machine) nor ``slowed`` (the machine itself ran
-  slow, ``testbed.probe``). A *saturated* step (past the knee:
+  slow, ``testbed.measure.probe``). A *saturated* step (past the knee:
   replies under 95% of offered, errors over 1%, or p99 over the latency target) is the
   server's answer and counts;
 - the *reply rate* of a step counts replies to the step's own requests (``reply_rate_own``,

@@ -1,6 +1,6 @@
 """Means with 95% confidence intervals over repetitions, and paired gains.
 
-An experiment's repetitions are interleaved rounds (``testbed.experiment``): round r runs
+An experiment's repetitions are interleaved rounds (``testbed.describe.experiment``): round r runs
 every configuration once. A gain is therefore computed *per round* (a mode's peak over
 Regular TCP's peak of the same round, minutes apart at most) and the interval is taken
 over the rounds' gains: the machine's slow drift (the same Regular run gave 3,500 and

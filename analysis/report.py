@@ -25,7 +25,7 @@ from typing import Iterable
 from markupsafe import Markup
 
 from . import figures
-from . import sections as _registered  # noqa: F401  (importing the package registers the sections)
+from . import sections as _registered  # noqa: F401  (importing the package registers the sections
 from .frames import Prepared
 from .render import render
 from .run import EmptyRun, RunInfo, prepare_runs, report_dir_of

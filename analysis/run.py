@@ -124,7 +124,7 @@ def irq_time_accounting_of(manifest: dict[str, Any]) -> bool | None:
         return recorded
     if manifest.get("kernel") != platform.release():
         return None
-    from testbed.kernel import irq_time_accounting
+    from testbed.system.kernel import irq_time_accounting
     return irq_time_accounting()
 
 

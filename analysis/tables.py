@@ -17,7 +17,7 @@ cgroup samples), CPU per reply, and the fidelity flags:
   /proc/stat field but idle and iowait (``(1 - machine_idle) x CPUs``), because a cgroup's
   exact CPU time includes the softirq the kernel ran in its tasks' context. What remains
   is the runner and softirq charged to no cgroup (run on an idle CPU or in ksoftirqd);
-- ``slowed``: the machine itself ran slow (``testbed.probe``: a fixed work timed on each
+- ``slowed``: the machine itself ran slow (``testbed.measure.probe``: a fixed work timed on each
   CPU once a second; ``slowdown`` is its worst CPU's median over the run's baseline, NaN
   without probe data, as in every run before the probe);
 - ``faithful`` = none of generator_bound, oversubscribed, interfered, slowed: the steps a
@@ -87,7 +87,7 @@ def step_metrics(steps: pd.DataFrame, samples: pd.DataFrame, point: dict[str, An
                  readings: dict[str, tuple[np.ndarray, np.ndarray]] | None = None,
                  base: dict[str, float] | None = None) -> pd.DataFrame:
     """Add per-node CPU over each step window and the fidelity flags; ``readings`` and
-    ``base``: the run's probe readings and their baselines (``testbed.probe``), if any."""
+    ``base``: the run's probe readings and their baselines (``testbed.measure.probe``), if any."""
     steps = steps.copy()
     nodes = samples[samples["kind"] == "node"] if not samples.empty else samples
     cpus = samples[samples["kind"] == "cpu"] if not samples.empty else samples

@@ -119,7 +119,7 @@ def links_of(point: dict[str, Any], manifest: dict[str, Any]) -> dict[str, dict[
     if not topo_name:
         return {}
     try:
-        from testbed.spec import load_topology, plan_addresses
+        from testbed.describe.topology import load_topology, plan_addresses
         params = {k: ("none" if v is None else str(v)) for k, v in (point.get("params") or {}).items()}
         plan = plan_addresses(load_topology(topo_name, params))
     except Exception as e:  # a topology renamed since the run: no link columns, not no tables

@@ -19,9 +19,9 @@ import tempfile
 import time
 from typing import Callable
 
-from testbed.backends.netns import BASE_SYSCTLS, FRONT_SYSCTLS, netns_name, switch_netns_name
-from testbed.lifecycle import Testbed, teardown
-from testbed.spec import FRONT_ROLES, Topology, default_gateways, load_topology, plan_addresses
+from testbed.system.backends.netns import BASE_SYSCTLS, FRONT_SYSCTLS, netns_name, switch_netns_name
+from testbed.system.lifecycle import Testbed, teardown
+from testbed.describe.topology import FRONT_ROLES, Topology, default_gateways, load_topology, plan_addresses
 
 
 Script = list[tuple[str | None, list[str]]]  # (namespace for `ip -n`, batch lines)
@@ -88,7 +88,7 @@ def time_ip_batch(topo: Topology, name: str) -> tuple[float, float]:
 
 
 def _write_sysctls(sysctls: list[tuple[str, dict]]) -> None:
-    from testbed.kernel import in_netns, write_sysctl
+    from testbed.system.kernel import in_netns, write_sysctl
     for ns, values in sysctls:
         with in_netns(ns):
             for k, v in values.items():
@@ -97,7 +97,7 @@ def _write_sysctls(sysctls: list[tuple[str, dict]]) -> None:
 
 def time_netns_backend(topo: Topology, name: str) -> tuple[float, float]:
     """Only what `ip -batch` also does: namespaces, links, addresses, routes, sysctls."""
-    from testbed.backends.netns import NetnsBackend
+    from testbed.system.backends.netns import NetnsBackend
     plan = plan_addresses(topo)
     t0 = time.perf_counter()
     backend = NetnsBackend(name)
@@ -118,7 +118,7 @@ def time_testbed(topo: Topology, name: str) -> tuple[float, float]:
 
 def time_mininet(topo: Topology, name: str) -> tuple[float, float] | None:
     try:
-        from testbed.backends.mininet import MininetBackend
+        from testbed.system.backends.mininet import MininetBackend
     except ImportError:
         return None
     try:

@@ -23,8 +23,8 @@ CHANNELS = ("unix", "shm")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     params = {"host_cpu": str(args.host_cpu), "tcpserver_cpu": str(args.tcpserver_cpu)}
     res: dict[str, Any] = {ch: [] for ch in CHANNELS}

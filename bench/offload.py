@@ -319,8 +319,8 @@ def variant_options(variant: list[str]) -> dict[str, Any]:
 def run(args: argparse.Namespace) -> dict:
     """Every configuration at every rate, ``repeat`` rounds in alternation (A B C A B C):
     slow drifts of a shared machine then spread over all configurations alike."""
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     params = {"host_cpu": str(args.host_cpu), "tcpserver_cpu": str(args.tcpserver_cpu)}
     results: dict[str, Any] = {"config": vars(args).copy(), "modes": {m: {"rounds": []} for m in args.modes}}

@@ -55,8 +55,8 @@ def sweep(tb, rates: list[int], step: float, warmup: float, out: Path) -> list[d
 
 
 def run_config(args, mode: str, config: str, rates: list[int], tag: str) -> dict:
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     params = {"host_cpu": str(args.host_cpu), "tcpserver_cpu": str(args.tcpserver_cpu)}
     opts: dict[str, Any] = {"docroot_dirs": 1, "dynamic_cost_us": 0, **CONFIGS[config]}

@@ -73,8 +73,8 @@ def _short(frame: str) -> str:
 
 
 def profile(config: str, a: argparse.Namespace, out_dir: Path) -> str:
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     mode, *variant = config.split("/")

@@ -263,8 +263,8 @@ def _one(tb: Any, ch: str, poll: int, native: str, a: argparse.Namespace) -> dic
 
 
 def run(a: argparse.Namespace) -> dict[str, list[dict]]:
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     params = {"host_cpu": str(a.cpu), "tcpserver_cpu": str(a.cpu)}
     res: dict[str, list[dict]] = {_label(*c): [] for c in _configs(a)}

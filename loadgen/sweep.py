@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import gevent
 import numpy as np
-from testbed.files import write_json
+from testbed.system.files import write_json
 
 from . import sysinfo
 from .engine import ERROR_KINDS

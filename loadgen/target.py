@@ -1,6 +1,6 @@
 """Which targets the generator may load: loopback, or an address of a running testbed.
 
-Testbed addresses come from ``testbed.state.known_addresses()`` (the state files under
+Testbed addresses come from ``testbed.system.state.known_addresses()`` (the state files under
 /run/tcps/*/state.json). The generator must never load anything else: not the uplink,
 not somebody's server.
 """
@@ -38,7 +38,7 @@ class Target:
 def known_addresses() -> set[str]:
     """Addresses of running testbeds (the core's reader when importable, else our own)."""
     try:
-        from testbed.state import known_addresses as core_reader
+        from testbed.system.state import known_addresses as core_reader
     except ImportError:  # loadgen used alone, without the testbed package
         return _read_states(Path(os.environ.get("TCPS_RUN_DIR", "/run/tcps")))
     return core_reader()

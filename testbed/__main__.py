@@ -4,6 +4,6 @@ from ._venv import ensure_environment
 
 ensure_environment("testbed", ("pyroute2", "yaml"))
 
-from .cli import main  # noqa: E402
+from .commands.cli import main  # noqa: E402
 
 sys.exit(main())

@@ -85,7 +85,7 @@ def leftovers(name: str) -> list[str]:
 RUNNER = """
 import json, sys
 from pathlib import Path
-from testbed.experiment import experiment_from_dict
-from testbed.runner import run_experiment
+from testbed.describe.experiment import experiment_from_dict
+from testbed.measure.runner import run_experiment
 sys.exit(run_experiment(experiment_from_dict(json.loads(sys.argv[1])), Path(sys.argv[2])))
 """

@@ -27,7 +27,7 @@ from tests.conftest import ROOT, RUNNER, interruptible, leftovers
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-from testbed.experiment import experiment_from_dict
+from testbed.describe.experiment import experiment_from_dict
 
 TINY = {
     "name": "tiny", "topology": "cluster", "params": {"host_cpu": 0.3, "tcpserver_cpu": 0.3},

@@ -36,8 +36,8 @@ ADAPTIVE, FIXED = "adaptive:start=1.0", "fixed:0.5"
 
 @pytest.fixture(scope="module")
 def balanced_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from testbed.experiment import experiment_from_dict
-    from testbed.runner import run_experiment
+    from testbed.describe.experiment import experiment_from_dict
+    from testbed.measure.runner import run_experiment
     run_dir = tmp_path_factory.mktemp("runs") / "balanced"
     assert run_experiment(experiment_from_dict(BALANCED), run_dir) == 0
     return run_dir

@@ -10,8 +10,8 @@ import time
 import pytest
 
 from testbed.errors import TestbedError
-from testbed.lifecycle import Testbed
-from testbed.spec import load_topology
+from testbed.system.lifecycle import Testbed
+from testbed.describe.topology import load_topology
 
 from .conftest import ROOT, leftovers, run_cli
 
@@ -100,7 +100,7 @@ def test_bad_balance_settings_are_refused_cleanly(tb_name):
 def test_place_knob_fixed_serves_static_in_the_tcp_server_and_adaptive_raises_the_share(tb_name, tmp_path):
     import hashlib
 
-    from testbed.starter import http_get
+    from testbed.system.starter import http_get
 
     def stats(node: str) -> dict:
         return json.loads((tb.store.dir / f"stats-{node}.json").read_text())

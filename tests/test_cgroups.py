@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed.cgroups import CgroupsV1, CgroupsV2, detect
+from testbed.system.cgroups import CgroupsV1, CgroupsV2, detect
 from testbed.errors import KernelFeatureMissing, TestbedError
 
 pytestmark = pytest.mark.needs_root

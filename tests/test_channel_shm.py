@@ -453,9 +453,9 @@ def test_polled_rings_cross_without_doorbells_sleep_when_idle_and_wake_on_one(do
 # --- the smp topology, as `up smp --channel shm` starts it ---------------------------------
 
 try:
-    from testbed.kernel import in_netns
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.kernel import in_netns
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 except ImportError:  # pragma: no cover
     Testbed = None  # type: ignore[assignment,misc]
 

@@ -83,8 +83,8 @@ def test_an_installed_package_finds_its_topologies_and_experiments(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "testbed/topologies/cluster.yaml" in names and "testbed/experiments/paper-cluster.yaml" in names
     zipfile.ZipFile(wheel).extractall(tmp_path / "site")
-    code = ("from testbed.spec import available_topologies, load_topology\n"
-            "from testbed.experiment import available_experiments, load_experiment\n"
+    code = ("from testbed.describe.topology import available_topologies, load_topology\n"
+            "from testbed.describe.experiment import available_experiments, load_experiment\n"
             "import testbed\n"
             "assert testbed.__file__.startswith(%r), testbed.__file__\n"
             "print(available_topologies(), available_experiments(), load_experiment('quick').name,\n"

@@ -7,7 +7,7 @@ import re
 import pytest
 
 from testbed.errors import SpecError
-from testbed.experiment import Point, available_experiments, experiment_from_dict, load_experiment
+from testbed.describe.experiment import Point, available_experiments, experiment_from_dict, load_experiment
 
 
 @pytest.mark.parametrize("name", available_experiments())
@@ -104,7 +104,7 @@ def test_swept_values_make_safe_point_directories(value: str) -> None:
 
 def test_san_cost_pairs_each_channel_with_both_sides_polling_or_not() -> None:
     """The shipped SAN experiment: tcp and shm, each per event and with both sides polling."""
-    from testbed.experiment import load_experiment
+    from testbed.describe.experiment import load_experiment
     exp = load_experiment("san-cost")
     pts = [p for p in exp.points() if p.mode.name == "eager-accept" and p.repetition == 1]
     got = sorted((o.channel, o.poll_us, o.host_poll_us) for o in map(exp.service_options, pts))
@@ -129,7 +129,7 @@ def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
 @pytest.mark.parametrize("name", available_experiments())
 def test_every_shipped_experiment_dry_runs(name: str, quick: bool, tmp_path, capsys) -> None:
     """Each shipped file, shifting phases included, is checked, listed and timed by --dry-run."""
-    from testbed.cli import main
+    from testbed.commands.cli import main
     argv = ["run", name, "--dry-run", "--results", str(tmp_path)] + (["--quick"] if quick else [])
     assert main(argv) == 0
     assert re.search(rf"^{name}: \d+ points, \d+ min of offered load", capsys.readouterr().out, re.M)

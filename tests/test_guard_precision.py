@@ -9,7 +9,7 @@ import pytest
 
 from testbed import probe
 from testbed.errors import SpecError
-from testbed.precision import Precision, decide
+from testbed.measure.precision import Precision, decide
 
 
 def _readings(values_by_cpu):

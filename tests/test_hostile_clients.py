@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from testbed.kernel import in_netns
-from testbed.lifecycle import Testbed
-from testbed.spec import load_topology
+from testbed.system.kernel import in_netns
+from testbed.system.lifecycle import Testbed
+from testbed.describe.topology import load_topology
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
 

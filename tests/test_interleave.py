@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from testbed.errors import SpecError
-from testbed.experiment import experiment_from_dict
+from testbed.describe.experiment import experiment_from_dict
 from tests.conftest import ROOT, RUNNER, interruptible
 
 pytestmark = [pytest.mark.needs_root, pytest.mark.slow]
@@ -93,7 +93,7 @@ def _write_steps(out: Path, rows: "list[tuple[float, float]]") -> Path:
 
 
 def test_the_knee_search_halves_the_gap_after_the_best_step_that_kept_up(tmp_path: Path) -> None:
-    from testbed.interleave import next_rate
+    from testbed.measure.interleave import next_rate
     # kept up to 1,000/s, collapsed at 2,000/s: the peak lies in between
     assert next_rate(_write_steps(tmp_path / "a", [(500, 500), (1000, 998), (2000, 900)]), 4) == 1500
     # ... and once 1,500 fell behind too, between 1,000 and 1,500

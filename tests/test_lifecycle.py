@@ -12,8 +12,8 @@ import pytest
 
 from testbed import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
-from testbed.lifecycle import Testbed
-from testbed.spec import available_topologies, load_topology, topology_from_dict
+from testbed.system.lifecycle import Testbed
+from testbed.describe.topology import available_topologies, load_topology, topology_from_dict
 
 from .conftest import ECHO_CLIENT as CLIENT, ECHO_SERVER as SERVER, ROOT, leftovers, run_cli
 
@@ -85,7 +85,7 @@ def test_a_subnet_overlapping_the_machines_routes_is_refused(tb_name):
 
 def test_down_after_the_builder_was_killed_with_sigkill(tb_name):
     """A builder killed mid-way leaves a journal; `down` and `clean` remove all it made."""
-    code = (f"from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
+    code = (f"from testbed.system.lifecycle import Testbed; from testbed.describe.topology import load_topology\n"
             f"import time, os\n"
             f"tb = Testbed(load_topology('multihost', {{'hosts': '8', 'host_cpu': 'none'}}), '{tb_name}').up()\n"
             f"tb.popen('host1', ['sleep', '300'], supervise=True)\n"
@@ -103,13 +103,13 @@ def test_down_after_the_builder_was_killed_with_sigkill(tb_name):
 
 def test_clean_removes_a_half_built_testbed_whose_builder_died(tb_name):
     # kill the builder while it is still creating namespaces: only the journal knows
-    code = (f"from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
-            f"import testbed.kernel as k, os, signal\n"
+    code = (f"from testbed.system.lifecycle import Testbed; from testbed.describe.topology import load_topology\n"
+            f"import testbed.system.kernel as k, os, signal\n"
             f"orig = k.create_netns\n"
             f"n = [0]\n"
             f"def slow(name):\n    orig(name); n[0] += 1\n"
             f"    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
-            f"import testbed.backends.netns as b; b.create_netns = slow\n"
+            f"import testbed.system.backends.netns as b; b.create_netns = slow\n"
             f"Testbed(load_topology('multihost', {{'hosts': '6', 'host_cpu': 'none'}}), '{tb_name}').up()\n")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT)
     assert proc.returncode == -signal.SIGKILL
@@ -123,7 +123,7 @@ def test_clean_removes_only_what_journals_name(tb_name):
     """A foreign ``tcps-foreign`` namespace and cgroup survive ``clean`` (listed, left
     alone), the testbed's own do not; ``up`` refuses to build over a namespace of its own
     names that it did not make, and leaves that namespace in place."""
-    from testbed.kernel import create_netns, remove_netns
+    from testbed.system.kernel import create_netns, remove_netns
     groups = cgroups.detect()
     foreign, squatter = "tcps-foreign", f"tcps-{tb_name}-host1"
     create_netns(foreign)
@@ -161,8 +161,8 @@ def test_cli_lifecycle_for_every_topology(tb_name):
 
 
 def test_status_names_a_namespace_removed_behind_the_testbeds_back(tb_name):
-    from testbed.kernel import remove_netns
-    from testbed.status import status_of
+    from testbed.system.kernel import remove_netns
+    from testbed.commands.status import status_of
     with Testbed(load_topology("cluster"), tb_name) as tb:
         network = status_of(tb_name)["network"]
         assert network["namespaces"] == [f"tcps-{tb_name}-client", f"tcps-{tb_name}-tcpserver",

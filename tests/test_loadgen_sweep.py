@@ -44,8 +44,8 @@ def within(x: float, want: float, rel: float = 0.02) -> bool:
 
 @pytest.fixture(scope="module")
 def tb():
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces)")

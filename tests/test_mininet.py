@@ -19,11 +19,11 @@ from pyroute2 import IPRoute
 
 from testbed import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
-from testbed.kernel import pid_alive
-from testbed.lifecycle import Testbed
-from testbed.starter import http_get
-from testbed.spec import load_topology, topology_from_dict
-from testbed.spec_mininet import (from_mininet, is_mininet_ref, load_custom_topology, load_mininet_topology,
+from testbed.system.kernel import pid_alive
+from testbed.system.lifecycle import Testbed
+from testbed.system.starter import http_get
+from testbed.describe.topology import load_topology, topology_from_dict
+from testbed.describe.mininet_topo import (from_mininet, is_mininet_ref, load_custom_topology, load_mininet_topology,
                                   parse_roles)
 
 from .conftest import ECHO_CLIENT, ECHO_SERVER, ROOT, leftovers, run_cli
@@ -136,7 +136,7 @@ def test_missing_mininet_says_how_to_install(tb_name, monkeypatch):
 
 def test_sigkill_of_the_builder_then_down_removes_everything(tb_name):
     before = root_links()
-    code = (f"from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
+    code = (f"from testbed.system.lifecycle import Testbed; from testbed.describe.topology import load_topology\n"
             f"import time\n"
             f"tb = Testbed(load_topology('multihost', {{'hosts': '3', 'host_cpu': 'none'}}), '{tb_name}',"
             f" backend='mininet').up()\n"
@@ -162,8 +162,8 @@ def test_sigkill_of_the_builder_then_down_removes_everything(tb_name):
 def test_builder_killed_mid_build_leaves_nothing_after_down(tb_name):
     """Killed while Mininet is still attaching namespaces: only the journal knows what exists."""
     before = root_links()
-    code = (f"from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
-            f"import os, signal, testbed.backends.mininet as b\n"
+    code = (f"from testbed.system.lifecycle import Testbed; from testbed.describe.topology import load_topology\n"
+            f"import os, signal, testbed.system.backends.mininet as b\n"
             f"orig, n = b.attach_netns, [0]\n"
             f"def slow(name, pid):\n    orig(name, pid); n[0] += 1\n"
             f"    if n[0] == 3: os.kill(os.getpid(), signal.SIGKILL)\n"
@@ -279,7 +279,7 @@ def test_custom_file_and_topo_as_mininet_takes_them():
 def test_an_experiment_file_can_use_a_mininet_topo():
     """`topology: file.py:Class` with `roles:` in an experiment file; every configuration is
     loaded and checked before anything runs."""
-    from testbed.experiment import experiment_from_dict
+    from testbed.describe.experiment import experiment_from_dict
     raw = {"topology": f"{ROOT / 'tests' / 'mininet_topos.py'}:TwoTier", "params": {"hosts": 2},
            "roles": {"client": "h1", "tcpserver": "t1", "host": ["h2", "h3"]},
            "modes": ["regular", "split"], "load": {"rates": [100]}}
@@ -297,7 +297,7 @@ def test_an_experiment_file_can_use_a_mininet_topo():
 def test_hints_name_the_nodes_of_a_users_topo(capsys):
     """`up` with a Topo whose client is c1 and hosts h1, h2 prints hints naming c1 and h1,
     not the shipped topologies' client and host1 (no kernel object is made for this)."""
-    from testbed.status import print_status
+    from testbed.commands.status import print_status
     topo = load_mininet_topology("tests.mininet_topos:Star", ["client=c1", "tcpserver=ts", "host=h1,h2"])
     tb = Testbed(topo, "hints", mode="split")
     print_status(tb._state())

@@ -45,10 +45,10 @@ def test_poll_us_is_checked_by_one_rule_and_declared_once_per_command_line() -> 
     # the flag: once per command line that takes it (the daemon's table, the host app's table,
     # up's flags made from ServiceOptions); the service plan writes neither by hand
     assert _literal("--poll-us") == {"testbed/offload/config.py": 1, "testbed/app/config.py": 1,
-                                     "testbed/options.py": 1,
+                                     "testbed/describe/options.py": 1,
                                      "bench/san.py": 2}  # bench.san's own processes, not the testbed's
     # nothing else in the testbed's edges names it: cli.py and experiment.py take the options whole
-    for path in ("testbed/cli.py", "testbed/experiment.py", "testbed/lifecycle.py", "testbed/runner.py"):
+    for path in ("testbed/commands/cli.py", "testbed/describe/experiment.py", "testbed/system/lifecycle.py", "testbed/measure/runner.py"):
         assert "poll_us" not in (ROOT / path).read_text(), path
 
 
@@ -74,22 +74,22 @@ def test_no_code_compares_a_mode_by_its_name() -> None:
 def test_a_mode_name_becomes_a_mode_once_per_edge() -> None:
     # each place a name enters: up's --mode, experiment files, a program's Testbed(mode="...")
     # and a recorded state, the daemon's and the host app's command lines, the host library's API
-    assert _calls("get_mode") == {"testbed/cli.py": 1, "testbed/experiment.py": 1, "testbed/lifecycle.py": 1,
+    assert _calls("get_mode") == {"testbed/commands/cli.py": 1, "testbed/describe/experiment.py": 1, "testbed/system/lifecycle.py": 1,
                                   "testbed/offload/config.py": 1, "testbed/app/config.py": 1,
                                   "testbed/offload/hostsock.py": 1}
 
 
 def test_budgets_are_parsed_once_and_never_turned_back_into_strings() -> None:
     # command-line strings (-p host_cpu=0.3) take their type in one place; YAML values arrive typed
-    assert _calls("_coerce") == {"testbed/spec.py": 1}
-    for path in ("testbed/experiment.py", "testbed/runner.py"):
+    assert _calls("_coerce") == {"testbed/describe/topology.py": 1}
+    for path in ("testbed/describe/experiment.py", "testbed/measure/runner.py"):
         assert '"none"' not in (ROOT / path).read_text(), path
     # checked against the machine where a testbed is built, and before an experiment runs
-    assert _calls("check_cpu_budgets") == {"testbed/lifecycle.py": 1, "testbed/experiment.py": 1}
+    assert _calls("check_cpu_budgets") == {"testbed/system/lifecycle.py": 1, "testbed/describe/experiment.py": 1}
 
 
 def test_offered_rates_have_one_parser_and_one_limit() -> None:
-    assert _calls("parse_rates").keys() <= {"testbed/experiment.py", "loadgen/cli.py",
+    assert _calls("parse_rates").keys() <= {"testbed/describe/experiment.py", "loadgen/cli.py",
                                             "loadgen/locustfile_sweep.py", "bench/loadgen.py"}
     limits = [(_rel(p), m.group(0)) for p in CODE for m in re.finditer(r"^MAX_RATE\s*=", p.read_text(), re.M)]
     assert limits == [("loadgen/schedule.py", "MAX_RATE =")]

@@ -29,9 +29,9 @@ import pytest
 import uvloop
 
 try:
-    from testbed.kernel import in_netns
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.kernel import in_netns
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 except ImportError as e:  # the core lands separately; say so instead of failing obscurely
     pytest.skip(f"testbed core not importable ({e})", allow_module_level=True)
 

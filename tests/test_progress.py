@@ -81,7 +81,7 @@ def test_sweep_into_a_pipe_prints_plain_rows_only(docroot_server, tmp_path):
 
 
 def test_status_table_in_a_pipe_is_plain_columns_two_spaces_apart():
-    code = ("from testbed.status import print_table\n"
+    code = ("from testbed.commands.status import print_table\n"
             "print_table(('NODE', 'ROLE', 'CPU'), [('client', 'client', 'unlimited'), ('tcpserver', 'tcpserver', '0.4')])")
     p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert p.stdout == ("NODE       ROLE       CPU\n"
@@ -90,7 +90,7 @@ def test_status_table_in_a_pipe_is_plain_columns_two_spaces_apart():
 
 
 def test_status_table_on_a_terminal_has_a_ruled_bold_header():
-    code = ("from testbed.status import print_table\n"
+    code = ("from testbed.commands.status import print_table\n"
             "print_table(('NODE', 'ROLE'), [('tcpserver', 'tcpserver')])")
     shown = run_in_terminal([sys.executable, "-c", code])
     assert "\x1b[1m" in shown and "─" in shown
@@ -99,7 +99,7 @@ def test_status_table_on_a_terminal_has_a_ruled_bold_header():
 
 @pytest.mark.parametrize("term", ["xterm", "dumb"])  # rich sizes a dumb terminal its own way
 def test_status_table_on_a_narrow_terminal_keeps_every_name_whole(term: str):
-    code = ("from testbed.status import print_table\n"
+    code = ("from testbed.commands.status import print_table\n"
             "print_table(('NODE', 'NAMESPACE', 'ADDRESSES'), "
             "[('tcpserver', 'tcps-lead-tcpserver', '10.77.0.2(public) 10.77.1.1(san) 10.77.2.1(san2) 10.77.3.1(san3)')])")
     shown = ANSI.sub("", run_in_terminal([sys.executable, "-c", code], columns=40, term=term))
@@ -108,7 +108,7 @@ def test_status_table_on_a_narrow_terminal_keeps_every_name_whole(term: str):
 
 
 def test_runner_display_counts_the_time_left_down_from_the_points_estimate():
-    from testbed.runner import points_display
+    from testbed.measure.runner import points_display
     display = points_display()
     task = display.add_task("p1", total=4, left_s=600.0, since=time.monotonic() - 60.0)
     left = display.columns[4].render(display.tasks[task])

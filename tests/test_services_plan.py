@@ -9,10 +9,10 @@ import pytest
 
 from testbed.errors import TestbedError
 from testbed.offload.modes import get_mode
-from testbed.options import ServiceOptions
-from testbed.services import (LocalAddress, PathAppears, PortListens, Process, Route, RunToEnd,
+from testbed.describe.options import ServiceOptions
+from testbed.system.services import (LocalAddress, PathAppears, PortListens, Process, Route, RunToEnd,
                               ServiceAnswers, plan_services)
-from testbed.spec import load_topology, plan_addresses
+from testbed.describe.topology import load_topology, plan_addresses
 
 RUN = Path("/run/tcps/p1")
 VIP = "10.77.255.1"

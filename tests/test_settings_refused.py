@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from testbed.cli import main
-from testbed.experiment import _LOAD_KEYS
-from testbed.kernel import list_netns
-from testbed.options import SERVICE_KEYS
-from testbed.state import StateStore
+from testbed.commands.cli import main
+from testbed.describe.experiment import _LOAD_KEYS
+from testbed.system.kernel import list_netns
+from testbed.describe.options import SERVICE_KEYS
+from testbed.system.state import StateStore
 
 BASE = {"name": "bad", "topology": "cluster", "params": {"host_cpu": 0.3, "tcpserver_cpu": 0.3},
         "modes": ["regular", "eager-accept"], "load": {"rates": [100], "step_seconds": 1}}
@@ -55,7 +55,7 @@ def test_every_option_has_a_bad_case() -> None:
     assert set(BAD_LOAD) == _LOAD_KEYS
     flags = {f for f, _, _ in BAD_FLAGS}
     import argparse
-    from testbed.options import ServiceOptions
+    from testbed.describe.options import ServiceOptions
     p = argparse.ArgumentParser()
     ServiceOptions.add_arguments(p)
     declared = {s for a in p._actions for s in a.option_strings} - {"-h", "--help", "--no-overload-control"}
@@ -88,7 +88,7 @@ def _one_line(err: str) -> str:
 @pytest.mark.parametrize("what, raw, word", _cases(), ids=[c[0] for c in _cases()])
 def test_a_bad_experiment_setting_is_refused_by_dry_run_and_run(what, raw, word, tmp_path, capsys,
                                                                  monkeypatch) -> None:
-    import testbed.runner as runner
+    import testbed.measure.runner as runner
     monkeypatch.setattr(runner, "run_experiment", lambda *a, **k: pytest.fail("the experiment ran"))
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from testbed.lifecycle import Testbed
-from testbed.spec import load_topology
+from testbed.system.lifecycle import Testbed
+from testbed.describe.topology import load_topology
 
 from .conftest import ROOT, interruptible
 

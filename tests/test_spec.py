@@ -3,7 +3,7 @@
 import pytest
 
 from testbed.errors import SpecError
-from testbed.spec import (available_topologies, check_cpu_budgets, load_topology,
+from testbed.describe.topology import (available_topologies, check_cpu_budgets, load_topology,
                           parse_params, plan_addresses, topology_from_dict)
 
 

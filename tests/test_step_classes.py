@@ -25,8 +25,8 @@ def _sweep(params: dict[str, str], rates: str, out: Path, client_cpu_after_first
     """Sweep Regular TCP in a fresh testbed; optionally hold the generator's node to a CPU
     budget from the second step on (under 0.03 CPU its start-up alone would take minutes)."""
     from testbed import cgroups
-    from testbed.lifecycle import Testbed
-    from testbed.spec import load_topology
+    from testbed.system.lifecycle import Testbed
+    from testbed.describe.topology import load_topology
 
     if os.geteuid() != 0:
         pytest.skip("needs root (namespaces)")

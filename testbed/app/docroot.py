@@ -22,7 +22,7 @@ import random
 import sys
 from pathlib import Path
 
-from ..files import write_atomic, write_json
+from ..system.files import write_atomic, write_json
 
 CLASS_BASE = {0: 102, 1: 1024, 2: 10 * 1024, 3: 100 * 1024}
 CLASS_MIX = {0: 0.35, 1: 0.50, 2: 0.14, 3: 0.01}

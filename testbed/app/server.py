@@ -50,7 +50,7 @@ from urllib.parse import unquote_to_bytes
 
 import httptools
 
-from ..files import write_json
+from ..system.files import write_json
 from .config import HEADER_TIMEOUT, LISTEN_BACKLOG, AppConfig
 
 log = logging.getLogger("testbed.app.server")

@@ -32,9 +32,9 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from .. import cgroups as cg
+from ..system import cgroups as cg
 from ..errors import TestbedError
-from ..files import write_json
+from ..system.files import write_json
 from .policy import Decision, Policy, Sample, State, decide, parse_policy
 
 log = logging.getLogger("testbed.balance")

@@ -1,7 +1,7 @@
 """The TCP-server daemon's settings: ``ServerConfig``, its command line, and the rules of its options.
 
 Kept apart from the daemon (no event loop, no I/O) so that the testbed's service options
-(testbed/options.py) check a user's overload and polling options with the same rules the
+(testbed/describe/options.py) check a user's overload and polling options with the same rules the
 daemon applies, without importing the event-loop code.
 
 A ``ServerConfig`` is checked when it is made (``__post_init__``, one line naming the
@@ -25,7 +25,7 @@ from .polling import check_period_us
 CLIENT_IO = ("epoll", "asyncio")
 
 
-# -- the rules of the options a user sets (one each; also used by testbed/options.py) -----------
+# -- the rules of the options a user sets (one each; also used by testbed/describe/options.py) -----------
 
 def _whole(lo: int, hi: int, note: str = "") -> Callable[[str, object], None]:
     def check(name: str, v: object) -> None:

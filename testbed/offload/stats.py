@@ -12,7 +12,7 @@ import logging
 import os
 import time
 
-from ..files import write_json
+from ..system.files import write_json
 
 log = logging.getLogger("testbed.offload.server")
 

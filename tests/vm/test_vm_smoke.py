@@ -20,8 +20,8 @@ import pytest
 from pyroute2 import IPRoute
 
 from testbed import cgroups
-from testbed.lifecycle import Testbed
-from testbed.spec import topology_from_dict
+from testbed.system.lifecycle import Testbed
+from testbed.describe.topology import topology_from_dict
 
 from ..conftest import ROOT, run_cli
 
@@ -166,7 +166,7 @@ def ping_stats(tb: Testbed, src: str, dst: str) -> tuple[float, float, float]:
 @pytest.mark.parametrize("backend", ["netns", "mininet"])
 def test_link_delay_and_loss_are_applied_and_measured(backend, tb_name):
     """netem on each end's egress: a round trip crosses the delay twice and survives with
-    probability (1 - loss)^2 (netem on both ends: testbed/backends/netns.py)."""
+    probability (1 - loss)^2 (netem on both ends: testbed/system/backends/netns.py)."""
     raw = {"name": "netem", "nodes": [{"name": "client", "role": "client"},
                                       {"name": "host1", "role": "host"}],
            "links": [{"name": "wan", "nodes": ["client", "host1"],
@@ -190,7 +190,7 @@ def test_clean_after_a_killed_builder_and_down_leave_nothing(tb_name):
     """Two testbeds: one removed by `down`, the other's builder SIGKILLed and `clean`ed."""
     other = tb_name + "k"
     run_cli("up", "multihost", "--name", tb_name, "-p", "hosts=2", "--no-services", timeout=300)
-    code = ("from testbed.lifecycle import Testbed; from testbed.spec import load_topology\n"
+    code = ("from testbed.system.lifecycle import Testbed; from testbed.describe.topology import load_topology\n"
             "import time\n"
             f"Testbed(load_topology('cluster'), '{other}').up()\n"
             "print('up', flush=True)\ntime.sleep(600)\n")

@@ -1,0 +1,55 @@
+"""``testbed capture NODE|LINK``: tcpdump inside the right namespace, as pcap for Wireshark.
+
+tcpdump runs in the node's network namespace but in none of its cgroups: capturing must
+not spend the CPU budget of the node it watches. A link is captured on its first end.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+from typing import TYPE_CHECKING
+
+from ..errors import TestbedError
+from ..system.processes import spawn
+
+if TYPE_CHECKING:
+    from ..system.lifecycle import Testbed
+
+
+def capture(tb: "Testbed", target: str, *, interface: str | None = None, write: str | None = None,
+            count: int | None = None, seconds: float | None = None, pcap_filter: list[str] | None = None) -> int:
+    """Run tcpdump until ``count`` packets, ``seconds``, or Ctrl-C; its exit status."""
+    if count is not None and count < 1:
+        raise TestbedError("capture --count must be at least 1")
+    if seconds is not None and not 0 < seconds <= 86400:
+        raise TestbedError("capture --seconds must be in (0, 86400]")
+    tcpdump = shutil.which("tcpdump")
+    if tcpdump is None:
+        raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
+    nodes = [n.name for n in tb.topology.nodes]
+    links = {lp.link.name: lp for lp in tb.plan.links}
+    if target in nodes:
+        netns, iface = tb.netns(target), interface or "any"
+    elif target in links:
+        if interface:
+            raise TestbedError("capture: -i is for a node; a link is captured on its first end's interface")
+        key, iface = next(iter(links[target].interfaces.items()))
+        netns = tb.netns(next(n.name for n in tb.topology.nodes if n.netns_key == key))
+    else:
+        raise TestbedError(f"no node or link {target!r}; nodes: {', '.join(nodes)}; links: {', '.join(links)}")
+    argv = [tcpdump, "-n", "-i", iface, "-U"]  # -U: each packet reaches the file at once
+    if write:
+        argv += ["-w", write]
+    if count:
+        argv += ["-c", str(count)]
+    argv += pcap_filter or []
+    proc = spawn(netns, [], argv, stdin=None, stdout=None, stderr=None)
+    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
+    try:
+        return proc.wait(timeout=seconds)
+    except subprocess.TimeoutExpired:  # --seconds passed: stop it as Ctrl-C would (the file is flushed)
+        os.killpg(proc.pid, signal.SIGINT)
+        return 0 if proc.wait() in (0, -signal.SIGINT) else proc.returncode
