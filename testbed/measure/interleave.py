@@ -9,10 +9,12 @@ where a slowdown hits all of them (testbed.describe.fidelity, ``pairing: step``)
 How: every point's testbed is up at once (own namespaces, cgroups and budgets, idle while
 another takes its turn); for each rate in turn, each testbed's load generator runs that one
 step (warm-up included), in the round's order at even rates and reversed at odd ones, so a
-drift within a turn does not always favour the same configuration. Each turn is judged as
-the analysis will judge its steps; a turn with a slowed or interfered step is measured
-again for every configuration (``fidelity.remeasure`` times at most), the spoiled steps kept
-under ``remeasured/`` and their reason in the manifest.
+drift within a turn does not always favour the same configuration. After the grid, up to
+``fidelity.refine`` knee-search turns offer each configuration the midpoint of the gap its
+peak lies in (``next_rate``). Each turn is judged as the analysis will judge its steps; a
+turn with a slowed or interfered step is measured again for every configuration
+(``fidelity.remeasure`` times at most), the spoiled steps kept under ``remeasured/`` and
+their reason in the manifest.
 """
 
 from __future__ import annotations
