@@ -30,6 +30,8 @@ BALANCED = {
              "dynamic_cost_us": 200},
     "phases": [{"mix": 1.0, "rate": 1500, "seconds": 3}, {"mix": 0.5, "rate": 1500, "seconds": 3}],
     "service": {"dynamic_cost_us": 200}, "repetitions": 1, "seed": 1,
+    # the adaptive controller follows the load it sees: each point sweeps its rates in one go
+    "fidelity": {"pairing": "round"},
 }
 ADAPTIVE, FIXED = "adaptive:start=1.0", "fixed:0.5"
 

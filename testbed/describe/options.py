@@ -66,6 +66,11 @@ class BalanceSpec:
     def kind(self) -> str:
         return self.text.partition(":")[0]
 
+    @property
+    def adapts(self) -> bool:
+        """The split follows the load the controller sees (``adaptive``), not a fixed one."""
+        return self.kind == "adaptive"
+
     def policy(self, knob: str) -> Any:
         """The policy for ``knob`` (``balance.policy.Policy``); TestbedError if the knob's
         limits refuse it (a CPU split must leave each side 5%)."""
