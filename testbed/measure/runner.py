@@ -188,14 +188,15 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
 
 def batches(exp: Experiment, queue: list[Point]) -> list[list[Point]]:
     """How a round's points are measured: with ``pairing: step`` the points of one workload
-    together (testbed.measure.interleave), else (and for a shifting mix, whose phases are one timeline)
-    one by one."""
+    together (testbed.measure.interleave), else one by one; also one by one under step
+    pairing: a shifting mix (its phases are one timeline) and an adaptive balancer (it
+    follows the load it sees, and taking turns would show it idle gaps between steps)."""
     if exp.fidelity.pairing != "step":
         return [[p] for p in queue]
     groups: dict[str, list[Point]] = {}
     alone: list[list[Point]] = []
     for p in queue:
-        if p.workload == "shifting":
+        if p.workload == "shifting" or (p.balance is not None and p.balance.adapts):
             alone.append([p])
         else:
             groups.setdefault(p.workload, []).append(p)
