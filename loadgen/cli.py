@@ -94,18 +94,12 @@ def sweep_display() -> Any:
 
 def cmd_sweep(a: argparse.Namespace) -> int:
     from .schedule import ScheduleError, parse_rates
-    from .sweep import Sweep, SweepConfig, SweepError
+    from .config import SweepConfig, SweepError
+    from .sweep import Sweep
 
     try:
         rates = parse_rates(a.rates)
-        cfg = SweepConfig(target=a.target, rates=rates, out=a.out, workload=a.workload,
-                          step_seconds=a.step_seconds, warmup=a.warmup, processes=a.processes,
-                          poisson=a.poisson, keepalive=a.keepalive, mix=a.mix,
-                          dynamic_cost_us=a.dynamic_cost_us, seed=a.seed, timeout=a.timeout,
-                          max_inflight=a.max_inflight, cpus=a.cpus, expect_workers=a.expect_workers,
-                          master_bind=a.master_bind, master_port=a.master_port, worker_wait_s=a.worker_wait,
-                          locust_events=a.locust_events, pause_s=a.pause,
-                          latency_target_ms=a.latency_target_ms)
+        cfg = SweepConfig.from_args(a, rates)
         # a live display only for a person at a terminal; pipes and files get the step rows alone
         display = sweep_display() if sys.stderr.isatty() and not a.quiet else None
         task = display.add_task("", total=len(rates) * a.step_seconds, left="", now="") if display else None

@@ -36,7 +36,6 @@ from .workload import Workload, make_workload
 log = logging.getLogger(__name__)
 
 ARRAY_FIELDS = ("intended", "sent", "done", "status", "nbytes", "error", "item")
-LOCUST_EVENT_MODES = ("step", "inline", "off")
 NOT_SENT = (ERR["overflow"], ERR["unsent"])
 STOP_GRACE_S = 1.0  # a step's sends may lag its end by this much before the rest are dropped
 

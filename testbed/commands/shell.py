@@ -122,9 +122,10 @@ class TestbedShell(cmd.Cmd):
             return
         url = self.tb.service_url
         with tempfile.TemporaryDirectory(prefix="tcps-shell-") as out:
-            argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", workload,
-                    "--rates", f"{rate:g}", "--step-seconds", f"{seconds + 1:g}", "--warmup", "1",
-                    "--out", out, "-q"]
+            from loadgen.config import SweepConfig
+            cfg = SweepConfig(target=url, rates=[rate], out=Path(out), workload=workload,
+                              step_seconds=seconds + 1, warmup=1.0)
+            argv = [sys.executable, "-m", "loadgen", "sweep", *cfg.to_argv(), "-q"]
             code = self.run_in(self.tb.topology.by_role("client")[0].name, argv)
             steps = Path(out) / "summary.json"
             if code != 0 or not steps.exists():

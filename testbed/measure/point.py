@@ -63,23 +63,18 @@ def point_status(run_dir: Path, p: Point) -> str:
 
 
 def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path, rates: Sequence[float] | None = None) -> list[str]:
-    """The load generator's command line for point ``p`` (all its rates unless ``rates``)."""
+    """The load generator's command line for point ``p`` (all its rates unless ``rates``),
+    made from its configuration (``loadgen.config.SweepConfig``, which parses it back)."""
+    from loadgen.config import SweepConfig
     load = exp.load
-    argv = [sys.executable, "-m", "loadgen", "sweep", "--target", url, "--workload", p.workload,
-            "--rates", ",".join(f"{r:g}" for r in (rates if rates is not None else exp.rates_for(p.workload))),
-            "--step-seconds", f"{load['step_seconds']:g}", "--warmup", f"{load['warmup_seconds']:g}",
-            "--processes", str(load.get("processes", 1)), "--out", str(out),
-            "--seed", str(exp.seed + p.repetition),
-            "--latency-target-ms", f"{exp.latency_target_ms:g}"]
-    if load.get("keepalive"):
-        argv.append("--keepalive")
-    if load.get("poisson"):
-        argv.append("--poisson")
-    if p.workload == "mixed" and "mix" in load:
-        argv += ["--mix", str(load["mix"])]
-    if "dynamic_cost_us" in load:
-        argv += ["--dynamic-cost-us", str(load["dynamic_cost_us"])]
-    return argv
+    cfg = SweepConfig(target=url, rates=list(rates if rates is not None else exp.rates_for(p.workload)), out=out,
+                      workload=p.workload, step_seconds=float(load["step_seconds"]),
+                      warmup=float(load["warmup_seconds"]), processes=int(load.get("processes", 1)),
+                      seed=exp.seed + p.repetition, latency_target_ms=exp.latency_target_ms,
+                      keepalive=bool(load.get("keepalive")), poisson=bool(load.get("poisson")),
+                      **({"mix": float(load["mix"])} if p.workload == "mixed" and "mix" in load else {}),
+                      **({"dynamic_cost_us": int(load["dynamic_cost_us"])} if "dynamic_cost_us" in load else {}))
+    return [sys.executable, "-m", "loadgen", "sweep", *cfg.to_argv()]
 
 
 class PointRun:
