@@ -8,6 +8,9 @@
     modes: [regular, eager-accept]
     workloads: [static]       # static | dynamic | mixed
     load: {rates: [500, 1000], step_seconds: 5, warmup_seconds: 1, processes: 1}
+                              # also: keepalive, poisson, mix, dynamic_cost_us, latency_target_ms,
+                              # timeout_s (seconds past its own length before a load generator
+                              # that hangs is stopped; default 60)
     repetitions: 3            # rounds; each round runs every configuration once
     precision: {half_width_pct: 5, max_rounds: 10, minutes: 60}   # optional: more rounds
                               # until every headline gain is that precise (testbed.measure.precision)

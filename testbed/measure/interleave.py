@@ -90,7 +90,7 @@ def _take_turn(exp: Experiment, run_dir: Path, live: list[PointRun], rates: dict
             if out.exists():
                 shutil.rmtree(out)
             print(f"{prefix}rate {rates[run]:g}/s ({label}): {run.p.mode} {run.p.id}", flush=True)
-            code = run.load(run.loadgen_argv(out, [rates[run]]), prefix + "  ")
+            code = run.load(run.sweep(out, [rates[run]]), prefix + "  ")
             if code != 0:
                 run.code = code  # failed: its error recorded as it closes; the others go on
                 live.remove(run)

@@ -12,7 +12,6 @@ time (testbed.measure.interleave); both go through ``PointRun``.
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ import sys
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from ..system import cgroups as cg
 from ..errors import TestbedError
@@ -30,6 +29,9 @@ from ..system.lifecycle import Testbed
 from ..system.files import write_json
 from .metrics import Sampler, offload_flags, sysctls_of, write_rows
 from ..describe.topology import DEFAULT_SUBNET
+
+if TYPE_CHECKING:
+    from loadgen.config import SweepConfig
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED_SYSCTLS = ("net.ipv4.ip_forward", "net.ipv4.tcp_tw_reuse", "net.ipv4.ip_local_port_range",
@@ -62,19 +64,22 @@ def point_status(run_dir: Path, p: Point) -> str:
         return "missing"
 
 
-def loadgen_argv(exp: Experiment, p: Point, url: str, out: Path, rates: Sequence[float] | None = None) -> list[str]:
-    """The load generator's command line for point ``p`` (all its rates unless ``rates``),
-    made from its configuration (``loadgen.config.SweepConfig``, which parses it back)."""
+def sweep_config(exp: Experiment, p: Point, url: str, out: Path, rates: Sequence[float] | None = None,
+                 **override: Any) -> "SweepConfig":
+    """The load generator's configuration for point ``p``: all its rates unless ``rates``;
+    ``override`` sets a phase's own (step_seconds, mix)."""
     from loadgen.config import SweepConfig
     load = exp.load
-    cfg = SweepConfig(target=url, rates=list(rates if rates is not None else exp.rates_for(p.workload)), out=out,
-                      workload=p.workload, step_seconds=float(load["step_seconds"]),
-                      warmup=float(load["warmup_seconds"]), processes=int(load.get("processes", 1)),
-                      seed=exp.seed + p.repetition, latency_target_ms=exp.latency_target_ms,
-                      keepalive=bool(load.get("keepalive")), poisson=bool(load.get("poisson")),
-                      **({"mix": float(load["mix"])} if p.workload == "mixed" and "mix" in load else {}),
-                      **({"dynamic_cost_us": int(load["dynamic_cost_us"])} if "dynamic_cost_us" in load else {}))
-    return [sys.executable, "-m", "loadgen", "sweep", *cfg.to_argv()]
+    given: dict[str, Any] = {"keepalive": bool(load.get("keepalive")), "poisson": bool(load.get("poisson"))}
+    if p.workload == "mixed" and "mix" in load:
+        given["mix"] = float(load["mix"])
+    if "dynamic_cost_us" in load:
+        given["dynamic_cost_us"] = int(load["dynamic_cost_us"])
+    given.update(override)
+    return SweepConfig(target=url, rates=list(rates if rates is not None else exp.rates_for(p.workload)), out=out,
+                       workload=p.workload, step_seconds=float(load["step_seconds"]),
+                       warmup=float(load["warmup_seconds"]), processes=int(load.get("processes", 1)),
+                       seed=exp.seed + p.repetition, latency_target_ms=exp.latency_target_ms, **given)
 
 
 class PointRun:
@@ -125,13 +130,14 @@ class PointRun:
             self.fail(str(e))
             return False
 
-    def load(self, argv: list[str], prefix: str = "") -> int:
+    def load(self, cfg: "SweepConfig", prefix: str = "") -> int:
+        """Run the load generator with ``cfg`` in the point's client node; its exit status."""
         assert self.tb is not None
-        return run_loadgen(self.tb, self.exp, argv, self.out, prefix)
+        return run_loadgen(self.tb, cfg, self.out, prefix, float(self.exp.load.get("timeout_s", 60)))
 
-    def loadgen_argv(self, out: Path, rates: Sequence[float] | None = None) -> list[str]:
+    def sweep(self, out: Path, rates: Sequence[float] | None = None, **override: Any) -> "SweepConfig":
         assert self.tb is not None
-        return loadgen_argv(self.exp, self.p, self.tb.service_url, out, rates)
+        return sweep_config(self.exp, self.p, self.tb.service_url, out, rates, **override)
 
     def fail(self, error: str) -> None:
         self.info["status"] = "failed"
@@ -189,23 +195,24 @@ def drive_load(run: PointRun, prefix: str = "") -> int:
     exp, p, out = run.exp, run.p, run.out
     assert run.tb is not None
     if p.workload != "shifting":
-        return run.load(run.loadgen_argv(out / "load"), prefix)
+        return run.load(run.sweep(out / "load"), prefix)
     for i, phase in enumerate(exp.phases):
-        phase_exp = copy.copy(exp)
-        phase_exp.load = {**exp.load, "rates": [float(phase["rate"])], "step_seconds": float(phase["seconds"]),
-                          "mix": phase["mix"]}
-        argv = loadgen_argv(phase_exp, replace(p, workload="mixed"), run.tb.service_url, out / "load" / f"phase{i}")
+        cfg = sweep_config(exp, replace(p, workload="mixed"), run.tb.service_url, out / "load" / f"phase{i}",
+                           [float(phase["rate"])], step_seconds=float(phase["seconds"]), mix=float(phase["mix"]))
         print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase['mix']}, "
               f"{phase['rate']} req/s for {phase['seconds']} s", flush=True)
-        code = run_loadgen(run.tb, phase_exp, argv, out, prefix)
+        code = run.load(cfg, prefix)
         if code != 0:
             return code
     return 0
 
 
-def run_loadgen(tb: Testbed, exp: Experiment, argv: list[str], out: Path, prefix: str) -> int:
-    """Run one load-generator invocation in the client node, relaying its progress lines."""
-    timeout = point_seconds(exp) * 2 + exp.load.get("timeout_s", 60) + 30 * exp.load.get("processes", 1)
+def run_loadgen(tb: Testbed, cfg: "SweepConfig", out: Path, prefix: str, slack_s: float = 60.0) -> int:
+    """Run one load-generator invocation in the client node, relaying its progress lines;
+    stopped past twice its steps' time (each with its start and its requests' time-out)
+    and ``slack_s`` more (the experiment's ``load.timeout_s``)."""
+    argv = [sys.executable, "-m", "loadgen", "sweep", *cfg.to_argv()]
+    timeout = 2 * len(cfg.rates) * (cfg.step_seconds + cfg.timeout + STEP_START_S) + slack_s + 30 * cfg.processes
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONUNBUFFERED": "1"}
     proc = tb.popen(tb.topology.by_role("client")[0].name, argv, log_name="loadgen", stdout=subprocess.PIPE,
                     stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), text=True)
