@@ -13,7 +13,7 @@ import subprocess
 from typing import TYPE_CHECKING
 
 from ..errors import TestbedError
-from ..system.processes import spawn
+from ..system.processes import ctrl_c_goes_to, spawn
 
 if TYPE_CHECKING:
     from ..system.lifecycle import Testbed
@@ -47,9 +47,9 @@ def capture(tb: "Testbed", target: str, *, interface: str | None = None, write: 
         argv += ["-c", str(count)]
     argv += pcap_filter or []
     proc = spawn(netns, [], argv, stdin=None, stdout=None, stderr=None)
-    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
-    try:
-        return proc.wait(timeout=seconds)
-    except subprocess.TimeoutExpired:  # --seconds passed: stop it as Ctrl-C would (the file is flushed)
-        os.killpg(proc.pid, signal.SIGINT)
-        return 0 if proc.wait() in (0, -signal.SIGINT) else proc.returncode
+    with ctrl_c_goes_to(proc):
+        try:
+            return proc.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:  # --seconds passed: stop it as Ctrl-C would (the file is flushed)
+            os.killpg(proc.pid, signal.SIGINT)
+            return 0 if proc.wait() in (0, -signal.SIGINT) else proc.returncode

@@ -203,7 +203,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 def cmd_exec(args: argparse.Namespace) -> int:
     from ..system.lifecycle import Testbed
-    from ..system.processes import spawn
+    from ..system.processes import ctrl_c_goes_to, spawn
     _require_root()
     command = args.command[1:] if args.command[:1] == ["--"] else args.command
     if not command:
@@ -211,10 +211,8 @@ def cmd_exec(args: argparse.Namespace) -> int:
     tb = Testbed.attach(_pick(args.name))
     proc = spawn(tb.netns(args.node), tb.cgroups.procs_files(tb.cgroup(args.node)), command,
                  stdin=None, stdout=None, stderr=None)
-    # the child runs in a session of its own: forward Ctrl-C to it instead of dying first
-    import signal
-    signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
-    return proc.wait()
+    with ctrl_c_goes_to(proc):
+        return proc.wait()
 
 
 def _capture_options(p: argparse.ArgumentParser) -> None:

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import TestbedError
 from ..system.lifecycle import Testbed
-from ..system.processes import spawn
+from ..system.processes import ctrl_c_goes_to, spawn
 from .status import print_table
 
 HISTORY = Path.home() / ".testbed_history"
@@ -162,11 +162,8 @@ class TestbedShell(cmd.Cmd):
         self.stdout.flush()
         proc = spawn(self.tb.netns(node), self.tb.cgroups.procs_files(self.tb.cgroup(node)), argv,
                      stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=subprocess.STDOUT)
-        previous = signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
-        try:
+        with ctrl_c_goes_to(proc):
             return proc.wait()
-        finally:
-            signal.signal(signal.SIGINT, previous)
 
     def _node_of(self, netns_key: str) -> str:
         return next(n.name for n in self.tb.topology.nodes if n.netns_key == netns_key)

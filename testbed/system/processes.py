@@ -13,9 +13,10 @@ import os
 import signal
 import subprocess
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from ..errors import TestbedError
 from .kernel import _libc, CLONE_NEWNET, netns_path, pid_alive, pid_start_time
@@ -71,6 +72,17 @@ def spawn(netns: str, procs_files: Sequence[Path], argv: Sequence[str], *,
         os.close(ns_fd)
         if log_file:
             log_file.close()
+
+
+@contextmanager
+def ctrl_c_goes_to(proc: subprocess.Popen) -> Iterator[None]:
+    """While in the block, Ctrl-C (SIGINT) goes to ``proc``'s session instead of ending us
+    first: the child, in a session of its own, stops the way it would at a terminal."""
+    previous = signal.signal(signal.SIGINT, lambda *_: os.killpg(proc.pid, signal.SIGINT))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def record(name: str, node: str, proc: subprocess.Popen, argv: Sequence[str], log_path: Path) -> ProcessRecord:
