@@ -21,7 +21,7 @@ import json
 import logging
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from ..system.backends import BACKENDS
 from ..errors import TestbedError

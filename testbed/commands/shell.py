@@ -20,7 +20,6 @@ import cmd
 import json
 import os
 import shlex
-import signal
 import subprocess
 import sys
 import tempfile
