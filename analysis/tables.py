@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from testbed import probe as _probe
+from testbed.measure import probe as _probe
 
 from . import utilization
 

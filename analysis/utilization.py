@@ -97,7 +97,7 @@ def cpus_in(cpuset: Any, ncpus: int) -> list[int]:
     """CPU numbers of a cpuset string ("1", "0-1", "0,2"); every CPU when unset."""
     if cpuset is None or (isinstance(cpuset, float) and np.isnan(cpuset)) or str(cpuset).strip() == "":
         return list(range(ncpus))
-    from testbed import cpulist
+    from testbed.describe import cpulist
     return sorted(cpulist.parse(str(cpuset)))
 
 

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 
 def parse_cpus(text: str) -> list[int]:
-    from testbed import cpulist
+    from testbed.describe import cpulist
     try:
         cpus = sorted(cpulist.parse(text))
     except ValueError:

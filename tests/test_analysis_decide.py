@@ -41,7 +41,7 @@ def _steps(mode: str, rep: int, replies: list[float], *, offered=(100, 200, 300,
 
 
 def test_a_slowed_step_is_not_faithful_and_leaves_the_peak(tmp_path: Path) -> None:
-    from testbed import probe
+    from testbed.measure import probe
     # probe readings: 1.0 ms on both CPUs, 1.5 ms on cpu1 during [20, 30]
     lines = ["t,cpu,work_ms"]
     for t in range(0, 40):

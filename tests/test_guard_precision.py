@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from testbed import probe
+from testbed.measure import probe
 from testbed.errors import SpecError
-from testbed.measure.precision import Precision, decide
+from testbed.describe.fidelity import Precision
+from testbed.measure.precision import decide
 
 
 def _readings(values_by_cpu):

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from testbed import cgroups
+from testbed.system import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
 from testbed.system.lifecycle import Testbed
 from testbed.describe.topology import available_topologies, load_topology, topology_from_dict
@@ -194,7 +194,7 @@ def test_cli_errors_are_one_line_without_traceback(tb_name):
 def test_not_root_is_a_clear_error(tb_name, monkeypatch, capsys):
     # the interpreter lives under /root here, so an unprivileged user cannot even start it:
     # check the verb's answer with the effective uid reported as a normal user's
-    from testbed import cli
+    from testbed.commands import cli
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
     assert cli.main(["up", "--name", tb_name]) == 2
     assert "needs root" in capsys.readouterr().err

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from testbed import cgroups
+from testbed.system import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
 from testbed.system.kernel import pid_alive
 from testbed.system.lifecycle import Testbed

@@ -10,7 +10,7 @@ import pytest
 from testbed.errors import TestbedError
 from testbed.offload.modes import get_mode
 from testbed.describe.options import ServiceOptions
-from testbed.system.services import (LocalAddress, PathAppears, PortListens, Process, Route, RunToEnd,
+from testbed.describe.services import (LocalAddress, PathAppears, PortListens, Process, Route, RunToEnd,
                               ServiceAnswers, plan_services)
 from testbed.describe.topology import load_topology, plan_addresses
 

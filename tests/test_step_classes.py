@@ -24,7 +24,7 @@ def _sweep(params: dict[str, str], rates: str, out: Path, client_cpu_after_first
            ) -> list[dict]:
     """Sweep Regular TCP in a fresh testbed; optionally hold the generator's node to a CPU
     budget from the second step on (under 0.03 CPU its start-up alone would take minutes)."""
-    from testbed import cgroups
+    from testbed.system import cgroups
     from testbed.system.lifecycle import Testbed
     from testbed.describe.topology import load_topology
 

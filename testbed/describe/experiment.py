@@ -45,12 +45,11 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from ..errors import SpecError
-from .fidelity import Fidelity
+from .fidelity import Fidelity, Precision
 from ..offload.modes import MODES, Mode, get_mode
 from .options import BalanceSpec, OptionError, ServiceOptions
 
 if TYPE_CHECKING:
-    from ..measure.precision import Precision
     from .topology import Topology
 
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"  # package data (repo: experiments/ links here)
@@ -110,7 +109,7 @@ class Experiment:
     balance: list[BalanceSpec | None] = field(default_factory=list)  # None: a point without
     phases: list[dict[str, Any]] = field(default_factory=list)
     backend: str = "netns"
-    precision: "Precision | None" = None
+    precision: Precision | None = None
     roles: list[str] = field(default_factory=list)  # ROLE=NODE[,NODE] for a Mininet Topo topology
     description: str = ""
     source: str = ""
@@ -309,11 +308,10 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     for k, v in swept:
         if k.startswith(SERVICE_PREFIX):
             service.with_values({k[len(SERVICE_PREFIX):]: v}, f"{source}: sweep/configs {k}: ")
-    from ..system.backends import BACKENDS
+    from .topology import BACKENDS
     if str(raw.get("backend", "netns")) not in BACKENDS:
         raise SpecError(f"{source}: backend must be one of {', '.join(BACKENDS)}, not {raw['backend']!r}")
     roles = _roles(raw.get("roles"), str(raw.get("topology", "cluster")), source)
-    from ..measure.precision import Precision
     precision = Precision.from_yaml(raw.get("precision"), source, reps)
     fidelity = Fidelity.from_yaml(raw.get("fidelity"), source)
     eq = raw.get("equivalence_pct", 5.0)
@@ -381,7 +379,7 @@ def _check_topologies(exp: Experiment, source: str) -> None:
     """Every point's topology must load and fit this machine, and its services must plan
     (a balancing knob its topology can move, ...), before anything runs."""
     from ..errors import TestbedError
-    from ..system.services import plan_services
+    from .services import plan_services
     from .topology import check_cpu_budgets, plan_addresses
     topologies: dict[str, Topology] = {}
     planned = set()

@@ -63,3 +63,30 @@ class Fidelity:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+PRECISION_KEYS = ("half_width_pct", "max_rounds", "minutes")
+
+
+@dataclass(frozen=True)
+class Precision:
+    half_width_pct: float = 5.0
+    max_rounds: int = 10
+    minutes: float = 60.0
+
+    @classmethod
+    def from_yaml(cls, raw: Any, source: str, min_rounds: int) -> "Precision | None":
+        if raw is None:
+            return None
+        if not isinstance(raw, dict) or set(raw) - set(PRECISION_KEYS):
+            raise SpecError(f"{source}: precision is a mapping of {', '.join(PRECISION_KEYS)}")
+        out = cls(**raw)
+        hw, rounds, minutes = out.half_width_pct, out.max_rounds, out.minutes
+        if isinstance(hw, bool) or not isinstance(hw, (int, float)) or not 0 < hw <= 100 or not math.isfinite(hw):
+            raise SpecError(f"{source}: precision.half_width_pct must be percentage points in (0, 100], not {hw!r}")
+        if isinstance(rounds, bool) or not isinstance(rounds, int) or not min_rounds <= rounds <= 100:
+            raise SpecError(f"{source}: precision.max_rounds must be a whole number from repetitions "
+                            f"({min_rounds}) to 100, not {rounds!r}")
+        if isinstance(minutes, bool) or not isinstance(minutes, (int, float)) or not 0 < minutes <= 24 * 60:
+            raise SpecError(f"{source}: precision.minutes must be minutes in (0, 1440], not {minutes!r}")
+        return out

@@ -116,6 +116,7 @@ class Topology:
 # --- addresses ---------------------------------------------------------------------------
 
 DEFAULT_SUBNET = "10.77.0.0/16"
+BACKENDS = ("netns", "mininet")  # how nodes and links are built (testbed.system.backends)
 SERVICE_PORT = 80
 
 

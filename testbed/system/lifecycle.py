@@ -34,7 +34,7 @@ from ..describe.names import cgroup_name, netns_name, shm_prefix
 from .processes import ProcessRecord, kill_pids, record, spawn, stop
 from ..offload.modes import Mode, get_mode
 from ..describe.options import ServiceOptions
-from .services import plan_services
+from ..describe.services import plan_services
 from ..describe.topology import DEFAULT_SUBNET, SERVICE_PORT, Topology, check_cpu_budgets, plan_addresses
 from .starter import start
 from .state import StateStore

@@ -24,7 +24,7 @@ from .backends.base import Backend
 from ..errors import TestbedError
 from .kernel import in_netns, pid_alive
 from .processes import ProcessRecord
-from .services import (LocalAddress, PathAppears, PortListens, Process, Readiness, Route, RunToEnd,
+from ..describe.services import (LocalAddress, PathAppears, PortListens, Process, Readiness, Route, RunToEnd,
                        ServiceAnswers, ServicePlan)
 from ..describe.topology import SERVICE_PORT, AddressPlan
 from .state import StateStore

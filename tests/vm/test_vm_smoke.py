@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from pyroute2 import IPRoute
 
-from testbed import cgroups
+from testbed.system import cgroups
 from testbed.system.lifecycle import Testbed
 from testbed.describe.topology import topology_from_dict
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Iterable
 
+from ...describe.topology import BACKENDS
 from ...errors import TestbedError
 
 if TYPE_CHECKING:
     from .base import Backend, Journal
 
-BACKENDS = ("netns", "mininet")
 
 
 def make_backend(name: str, testbed: str, journal: "Journal | None" = None) -> "Backend":

@@ -30,13 +30,13 @@ from pathlib import Path
 from typing import Any, Union
 
 from ..errors import TestbedError
-from ..describe.names import cgroup_name, shm_channel_name
+from .names import cgroup_name, shm_channel_name
 from ..offload import channels
 from ..offload.config import ServerConfig
 from ..app.config import AppConfig
 from ..offload.modes import REGULAR, Mode
-from ..describe.options import ServiceOptions
-from ..describe.topology import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
+from .options import ServiceOptions
+from .topology import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
 SAN_PORT = 7000
 DOCROOT_TIMEOUT_S = 120.0
