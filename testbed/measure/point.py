@@ -41,7 +41,7 @@ STEP_START_S = 3.0  # a load generator started for one step: its master and work
 
 
 def point_seconds(exp: Experiment, workload: str | None = None) -> float:
-    """About how long one point's load runs (for progress and time-outs)."""
+    """About how long one point's load runs (for progress and the dry run's estimate)."""
     load = exp.load
     if workload == "shifting":
         return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
