@@ -5,6 +5,7 @@
     python -m analysis tables RUN_DIR            # rebuild steps/samples/points.parquet
     python -m analysis publish RUN_DIR docs/reports/NAME   # a report that carries its data
     python -m analysis report docs/reports/NAME  # rebuild a published report from its data
+    python -m analysis signals RUN_DIR           # which per-step signal tells a slow step
 """
 
 from __future__ import annotations
@@ -30,12 +31,23 @@ def main(argv: list[str] | None = None) -> int:
     tab.add_argument("run_dir")
     q = sub.add_parser("quotes", help="check (or --write) the numbers README and docs quote from shipped reports")
     q.add_argument("--write", action="store_true")
+    sig = sub.add_parser("signals", help="which per-step signal (steal, the probe, other CPU) tells a slow "
+                         "step, and whether a step's place in its turn moves it")
+    sig.add_argument("run_dir")
     pub = sub.add_parser("publish", help="copy a run's tables into DEST and build its report there")
     pub.add_argument("run_dir")
     pub.add_argument("dest")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    if args.cmd == "signals":
+        from .signals import report
+        try:
+            print(report(Path(args.run_dir)))
+        except FileNotFoundError as e:
+            print(f"analysis: {e}", file=sys.stderr)
+            return 2
+        return 0
     if args.cmd == "quotes":
         from .quotes import stale_blocks, unquoted_gains
         stale = stale_blocks(write=args.write)

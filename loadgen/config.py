@@ -79,7 +79,7 @@ class SweepConfig:
     @classmethod
     def from_args(cls, a: Any, rates: list[float]) -> "SweepConfig":
         """The configuration of a parsed ``sweep`` command line (``rates`` already parsed)."""
-        kw = {f.name: getattr(a, _FLAGS.get(f.name, f.name)[2:].replace("-", "_"))
+        kw = {f.name: getattr(a, _FLAGS.get(f.name, "--" + f.name)[2:].replace("-", "_"))
               for f in fields(cls) if f.name not in ("rates",)}
         return cls(rates=rates, **kw)
 

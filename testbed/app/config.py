@@ -53,12 +53,12 @@ class AppConfig:
         for name in ("dynamic_cost_us", "listen_backlog", "listen_port"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be a whole number >= 0, not {v!r}")
+                raise ValueError(f"{_flag(name)} must be a whole number >= 0, not {v!r}")
         for name in ("idle_timeout", "header_timeout"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not v > 0:
-                raise ValueError(f"--{name.replace('_', '-')} must be seconds > 0, not {v!r}")
-        check_option("poll_us", self.poll_us, "--poll-us")  # the daemon's rule for a polling period
+                raise ValueError(f"{_flag(name)} must be seconds > 0, not {v!r}")
+        check_option("poll_us", self.poll_us, _flag("poll_us"))  # the daemon's rule for a polling period
 
     def to_argv(self) -> list[str]:
         """The application's arguments (``from_argv`` reads them back); options at their
@@ -70,7 +70,7 @@ class AppConfig:
             v = getattr(self, f.name)
             if v is None or v == f.default:
                 continue
-            flag = "--" + f.name.replace("_", "-")
+            flag = _flag(f.name)
             if f.name == "listen":
                 argv += [flag, f"{v[0]}:{v[1]}"]
             else:
@@ -85,6 +85,11 @@ class AppConfig:
         kw: dict[str, Any] = {f.name: getattr(a, f.name) for f in fields(cls)
                               if f.name not in ("docroot", "mode") and getattr(a, f.name) is not None}
         return cls(docroot=Path(a.docroot), mode=get_mode(a.mode), **kw), a
+
+
+def _flag(name: str) -> str:
+    """The command-line flag of a setting (``poll_us`` -> ``--poll-us``)."""
+    return "--" + name.replace("_", "-")
 
 
 def _addr_port(s: str) -> tuple[str, int]:
