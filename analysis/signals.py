@@ -84,6 +84,46 @@ def turn_order(steps: pd.DataFrame) -> tuple[int, float, float, float]:
     return len(rel), _rank_corr(rel["relative"], rel["position"]), float(first.median()), float(last.median())
 
 
+def round_spread(steps: pd.DataFrame) -> dict[str, float]:
+    """Per configuration, how far apart its rounds' peaks lie (highest over lowest, minus 1),
+    the peak being a round's highest reply rate over its faithful steps."""
+    keys = [k for k in _config_keys(steps) if k != "offered_rate"]
+    ok = steps[steps["faithful"].fillna(False).astype(bool)]
+    peaks = ok.groupby(keys + ["repetition"], dropna=False)["reply_rate_own"].max()
+    spread = peaks.groupby(level=list(range(len(keys))), dropna=False).agg(lambda v: v.max() / v.min() - 1)
+    return {" / ".join(str(x) for x in (k if isinstance(k, tuple) else (k,)) if pd.notna(x)): float(v)
+            for k, v in spread.items()}
+
+
+STEAL_THRESHOLDS = (0.2, 0.1, 0.05)  # cores of steal over a step
+
+
+def precision_without_steal(run_dir: Path, thresholds: tuple[float, ...] = STEAL_THRESHOLDS) -> list[tuple[float, int, float]]:
+    """What leaving steps with at least each threshold of steal out of the peaks (as slowed
+    steps are) does to the headline gains: per threshold, the steps left out and the median
+    half-width of the two-sided peak gains (the first row, threshold inf: as shipped)."""
+    import statistics
+
+    from .frames import REGULAR
+    from .run import RunInfo, prepare_runs
+    out = []
+    for th in (float("inf"), *thresholds):
+        run = RunInfo.load(run_dir)
+        steps = run.tables["steps"].copy()
+        if "steal_cores" not in steps:
+            return []
+        gone = (pd.to_numeric(steps["steal_cores"], errors="coerce") >= th).fillna(False).to_numpy()
+        steps["slowed"] = steps["slowed"].fillna(False).astype(bool).to_numpy() | gone
+        steps["faithful"] = steps["faithful"].fillna(False).astype(bool).to_numpy() & ~gone
+        run.tables["steps"] = steps
+        sat = prepare_runs([run]).saturation
+        widths = [(r["gain_ci_hi"] - r["gain_ci_lo"]) / 2 for _, r in sat.iterrows()
+                  if r["mode_label"] != REGULAR and pd.notna(r["gain_ci_lo"]) and pd.notna(r["gain_ci_hi"])
+                  and abs(r["gain_ci_lo"]) != float("inf") and abs(r["gain_ci_hi"]) != float("inf")]
+        out.append((th, int(gone.sum()), statistics.median(widths) if widths else float("nan")))
+    return out
+
+
 def report(run_dir: Path) -> str:
     from . import load
     tables = load(run_dir)
@@ -101,4 +141,14 @@ def report(run_dir: Path) -> str:
                      f"median relative reply rate {first:.3f} in the first half, {last:.3f} in the second")
     else:
         lines.append("  no rate was taken in turn by four or more configurations (the run paired by round)")
+    spread = round_spread(steps)
+    from .frames import REGULAR
+    reg = [v for k, v in spread.items() if k.split(" / ")[0] == REGULAR]
+    off = [v for k, v in spread.items() if k.split(" / ")[0] != REGULAR]
+    if reg and off:
+        lines.append(f"  rounds' peaks apart (highest/lowest - 1): Regular TCP {', '.join(f'{v:.1%}' for v in reg)}; "
+                     f"offloaded configurations median {pd.Series(off).median():.1%}, up to {max(off):.1%}")
+    for th, gone, width in precision_without_steal(run_dir):
+        what = "as shipped" if th == float("inf") else f"steps with >= {th:g} cores of steal left out of peaks ({gone})"
+        lines.append(f"  median half-width of the two-sided peak gains, {what}: ±{width:.1f}")
     return "\n".join(lines)

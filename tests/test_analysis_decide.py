@@ -90,7 +90,10 @@ def test_shipped_steps_foreign_cpu_and_reply_rates(report: Path) -> None:
     st = analysis.load(report)["steps"]
     # replies credited to a step never exceed 1.01x its offered rate
     assert (st["reply_rate_own"] <= 1.01 * st["offered_rate"]).all()
-    assert "slowdown" in st and st["slowdown"].isna().all()  # no shipped run had the probe
+    # runs before the probe have no slowdown at all; a run with it judges nearly every step
+    # (a step needs three readings per CPU)
+    assert "slowdown" in st
+    assert st["slowdown"].isna().all() or st["slowdown"].notna().mean() >= 0.9
 
 
 def test_shipped_foreign_cpu_is_not_below_minus_005_in_95_percent_of_steps() -> None:
