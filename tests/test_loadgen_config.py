@@ -28,3 +28,19 @@ def test_argv_round_trips_through_the_generators_parser(cfg: SweepConfig) -> Non
 def test_defaults_are_left_out() -> None:
     argv = SweepConfig(target="http://t/", rates=[1.0], out=Path("o")).to_argv()
     assert argv == ["--target", "http://t/", "--rates", "1", "--out", "o"]
+
+
+def test_a_points_configuration_and_a_phase_of_a_shifting_mix() -> None:
+    from dataclasses import replace
+
+    from testbed.describe.experiment import experiment_from_dict
+    from testbed.measure.point import sweep_config
+    exp = experiment_from_dict({
+        "name": "x", "topology": "cluster", "modes": ["regular"], "workloads": ["static", "shifting"],
+        "load": {"rates": {"static": [500, 1000]}, "step_seconds": 4, "warmup_seconds": 1, "dynamic_cost_us": 200},
+        "phases": [{"mix": 0.5, "rate": 1500, "seconds": 3}], "repetitions": 1})
+    p = next(q for q in exp.points() if q.workload == "static")
+    cfg = sweep_config(exp, p, "http://t/", Path("o"))
+    assert (cfg.rates, cfg.step_seconds, cfg.warmup, cfg.dynamic_cost_us) == ([500.0, 1000.0], 4.0, 1.0, 200)
+    phase = sweep_config(exp, replace(p, workload="mixed"), "http://t/", Path("o"), [1500.0], step_seconds=3.0, mix=0.5)
+    assert (phase.rates, phase.step_seconds, phase.mix, phase.workload) == ([1500.0], 3.0, 0.5, "mixed")

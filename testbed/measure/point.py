@@ -70,16 +70,17 @@ def sweep_config(exp: Experiment, p: Point, url: str, out: Path, rates: Sequence
     ``override`` sets a phase's own (step_seconds, mix)."""
     from loadgen.config import SweepConfig
     load = exp.load
-    given: dict[str, Any] = {"keepalive": bool(load.get("keepalive")), "poisson": bool(load.get("poisson"))}
+    kw: dict[str, Any] = {
+        "target": url, "rates": list(rates if rates is not None else exp.rates_for(p.workload)), "out": out,
+        "workload": p.workload, "step_seconds": float(load["step_seconds"]),
+        "warmup": float(load["warmup_seconds"]), "processes": int(load.get("processes", 1)),
+        "seed": exp.seed + p.repetition, "latency_target_ms": exp.latency_target_ms,
+        "keepalive": bool(load.get("keepalive")), "poisson": bool(load.get("poisson"))}
     if p.workload == "mixed" and "mix" in load:
-        given["mix"] = float(load["mix"])
+        kw["mix"] = float(load["mix"])
     if "dynamic_cost_us" in load:
-        given["dynamic_cost_us"] = int(load["dynamic_cost_us"])
-    given.update(override)
-    return SweepConfig(target=url, rates=list(rates if rates is not None else exp.rates_for(p.workload)), out=out,
-                       workload=p.workload, step_seconds=float(load["step_seconds"]),
-                       warmup=float(load["warmup_seconds"]), processes=int(load.get("processes", 1)),
-                       seed=exp.seed + p.repetition, latency_target_ms=exp.latency_target_ms, **given)
+        kw["dynamic_cost_us"] = int(load["dynamic_cost_us"])
+    return SweepConfig(**{**kw, **override})
 
 
 class PointRun:
