@@ -320,7 +320,11 @@ def environment() -> dict[str, Any]:
     return {
         "irq_time_accounting": irq_time_accounting(),
         "versions": versions,
-        "commit": cmd("git", "rev-parse", "HEAD"), "dirty": bool(cmd("git", "status", "--porcelain")),
+        # dirty: a tracked file changed, or a file the code could import is untracked (an
+        # untracked log or venv link beside the checkout changes nothing that runs)
+        "commit": cmd("git", "rev-parse", "HEAD"),
+        "dirty": bool(cmd("git", "status", "--porcelain", "--untracked-files=no")
+                      or cmd("git", "status", "--porcelain", "--", "testbed", "loadgen", "analysis")),
         "kernel": platform.release(), "machine": {"cpus": os.cpu_count(), "cpu_model": cpu_model,
                                                   "arch": platform.machine(), "hostname": platform.node(),
                                                   "mem_kb": _meminfo_kb()},
