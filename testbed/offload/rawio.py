@@ -6,7 +6,8 @@ reads. That is what polling (``polling.py``) needs: the event loop's own listene
 about one connection per loop iteration. Written to cut the per-transport setup of the
 event loop (a transport object, TCP_NODELAY and address look-ups, an epoll registration,
 a wake-up before the first read), it measured no cheaper than uvloop's C transports
-(docs/performance.md, "Round two"); ``--client-io asyncio`` keeps those for comparison.
+(docs/performance.md, "The client fast path, polling, SEND_CLOSE, and the floor"); ``--client-io asyncio``
+keeps those for comparison.
 What it does:
 
 - the listener is accepted in a loop; an accepted socket is read at once (with
