@@ -146,8 +146,8 @@ def run_experiment(exp: Experiment, run_dir: Path, quick: bool = False) -> int:
                         span = f"{count + 1}" if len(batch) == 1 else f"{count + 1}-{count + len(batch)}"
                         print(f"[{span}/{len(planned)}] {what}  (elapsed {(time.monotonic() - started) / 60:.1f} "
                               f"min, about {left / 60:.1f} min left in this round)", flush=True)
-                    guard.wait_for_quiet(exp.fidelity.max_foreign_cpu)
-                    if len(batch) == 1:
+                    if len(batch) == 1:  # side by side, each turn waits for a quiet machine itself
+                        guard.wait_for_quiet(exp.fidelity.max_foreign_cpu)
                         statuses = {batch[0].id: _run_alone(exp, batch[0], run_dir, manifest, attempts)}
                     else:
                         statuses = run_side_by_side(exp, batch, run_dir, manifest,
