@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                          service_options={"docroot_dirs": 1, "dynamic_cost_us": 0, "channel": ch}) as tb:
                 _client_tw_cap(tb)
                 res[ch].append({str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
-                                                    tb.plan.service_address, 80) for rate in args.rates})
+                                                    tb.addresses.service_address, 80) for rate in args.rates})
     return res
 
 

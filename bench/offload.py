@@ -206,7 +206,7 @@ def _percall(tb, mode: str, sizes: str, n: int) -> dict:
     if line.strip() != "ready":
         host.kill()
         raise RuntimeError(f"per-call host did not start: {line} {host.stderr.read()}")  # type: ignore[union-attr]
-    target = f"{tb.plan.service_address}:{PERCALL_PORT}"
+    target = f"{tb.addresses.service_address}:{PERCALL_PORT}"
     tb.run("client", [py, "-m", "bench.offload", "_percall-client", "--target", target, "--sizes", sizes,
                       "--n", str(n)], timeout=120, check=True, cwd=str(Path(__file__).resolve().parents[1]))
     out, err = host.communicate(timeout=60)
@@ -339,7 +339,7 @@ def run(args: argparse.Namespace) -> dict:
                 _client_tw_cap(tb)
                 r = results["modes"][mode]
                 r["rounds"].append({str(rate): _measure(tb, ["tcpserver", "host1"], args.file, rate, args.seconds,
-                                                        tb.plan.service_address, 80) for rate in args.rates})
+                                                        tb.addresses.service_address, 80) for rate in args.rates})
                 if not MODE_TABLE[mode].offloaded and not args.no_haproxy:
                     results["haproxy"]["rounds"].append(_haproxy(tb, args))
                     results["nginx"]["rounds"].append(_nginx_floor(tb, args))

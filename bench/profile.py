@@ -84,7 +84,7 @@ def profile(config: str, a: argparse.Namespace, out_dir: Path) -> str:
     with Testbed(load_topology("cluster", params), name=f"p{os.getpid() % 100000}", mode=mode,
                  start_services=True, service_options=opts) as tb:
         _client_tw_cap(tb)
-        _httperf(tb, a.file, a.rate, a.rate, tb.plan.service_address, 80)  # warm-up
+        _httperf(tb, a.file, a.rate, a.rate, tb.addresses.service_address, 80)  # warm-up
         procs = {p.name: p.pid for p in tb.processes if p.name in ("tcpserver", "app")}
         spies = {}
         for name, pid in procs.items():
@@ -93,7 +93,7 @@ def profile(config: str, a: argparse.Namespace, out_dir: Path) -> str:
                 [spy, "record", "--pid", str(pid), "--duration", str(int(a.seconds)), "--rate", "250",
                  "--format", "raw", "--output", str(raw), "--nonblocking"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
-        hp = _httperf(tb, a.file, a.rate, int(a.rate * a.seconds), tb.plan.service_address, 80)
+        hp = _httperf(tb, a.file, a.rate, int(a.rate * a.seconds), tb.addresses.service_address, 80)
         lines.append(f"   replies {hp['replies']}, errors {hp['errors']}")
         for name, (raw, sp) in spies.items():
             _, err = sp.communicate(timeout=a.seconds + 30)

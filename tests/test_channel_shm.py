@@ -477,7 +477,7 @@ def test_smp_shm_channel_every_file_byte_exact(mode: str, tb_name: str) -> None:
         pytest.skip("testbed core not importable")
     with Testbed(load_topology("smp"), tb_name, mode=mode, start_services=True,
                  service_options={"docroot_dirs": 1, "dynamic_cost_us": 100, "channel": "shm"}) as tb:
-        assert tb.extra["channel"] == "shm"
+        assert tb.recorded["channel"] == "shm"
         name = f"tcps-{tb_name}-tcpserver"
         assert os.path.exists(f"/dev/shm/{name}.sock")
         with in_netns(tb.netns("client")):
@@ -511,7 +511,7 @@ def test_every_topology_over_polled_shm_every_file_byte_exact(topology: str, tb_
     with Testbed(load_topology(topology, params), tb_name, mode="eager-accept", start_services=True,
                  service_options={"docroot_dirs": 1, "dynamic_cost_us": 100, "channel": "shm",
                                   "poll_us": 1000, "host_poll_us": 1000}) as tb:
-        assert tb.extra["channel"] == "shm"
+        assert tb.recorded["channel"] == "shm"
         front = "nic1" if topology == "inic" else "tcpserver"
         hosts = [n.name for n in tb.topology.by_role("host")]
         with in_netns(tb.netns("client")):

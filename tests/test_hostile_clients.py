@@ -128,7 +128,7 @@ def test_hostile_clients_leave_memory_bounded_and_service_up(mode: str, tb_name:
     with Testbed(topo, tb_name, mode=mode, start_services=True,
                  service_options={"docroot_dirs": 1, "dynamic_cost_us": 0}) as tb:
         procs = pids(tb)
-        vip = tb.plan.service_address
+        vip = tb.addresses.service_address
         with in_netns(tb.netns("client")):
             before = {n: rss_mb(p) for n, p in procs.items()}
             out = asyncio.run(attack(vip, procs["app"]))

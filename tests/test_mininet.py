@@ -186,7 +186,7 @@ def test_both_backends_serve_byte_exact_files(tb_name, mode):
             status, body = http_get(tb, "client", "/manifest.json")
             assert status == 200
             files = json.loads(body)["files"]
-            docroot = Path(tb.extra["docroot"])
+            docroot = Path(tb.recorded["docroot"])
             assert files
             for f in files:
                 status, data = http_get(tb, "client", f["path"])

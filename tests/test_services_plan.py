@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.balance.config import ControllerConfig
 from testbed.errors import TestbedError
 from testbed.offload.modes import get_mode
 from testbed.describe.options import ServiceOptions
@@ -106,19 +107,20 @@ def test_work_balance_adds_the_kernel_tcp_path_and_a_controller_after_the_servic
         "py", "-m", "testbed.app.server", *DOCROOT, "--mode", "regular", "--listen", "0.0.0.0:80", *COST,
         "--stats-file", "/run/tcps/p1/stats-host1-direct.json"),
         waits_for=PortListens("tcpserver", "10.77.1.2", 80))
-    assert controller == Process("tcpserver", "balance", (
-        "py", "-m", "testbed.balance.controller", "--knob", "work", "--policy", "adaptive",
-        "--net-cgroup", "tcps-p1/tcpserver", "--state-dir", "/run/tcps/p1", "--app-cgroup", "tcps-p1/host1",
-        "--vip", VIP, "--port", "80", "--hosts", "10.77.1.2"),
-        waits_for=PathAppears(Path("/run/tcps/p1/balance.json")))
+    assert controller.node == "tcpserver" and controller.argv[:3] == ("py", "-m", "testbed.balance.controller")
+    assert controller.waits_for == PathAppears(Path("/run/tcps/p1/balance.json"))
+    # what the controller reads back from its command line
+    assert ControllerConfig.from_argv(controller.argv[3:]) == ControllerConfig(
+        knob="work", policy="adaptive", net_cgroup="tcps-p1/tcpserver", app_cgroups=("tcps-p1/host1",),
+        state_dir=Path("/run/tcps/p1"), vip=VIP, port=80, hosts=("10.77.1.2",))
     assert p.state["balance"]["knob"] == "work"
 
 
 def test_cpu_balance_on_smp_shares_the_two_budgets():
     p = plan("smp", "eager-accept", {"host_cpu": "0.2", "tcpserver_cpu": "0.3"}, balance="fixed:0.5")
     controller = p.processes()[-1]
-    assert controller.argv[-2:] == ("--total-cpu", "0.5") and "--knob" in controller.argv
-    assert controller.argv[controller.argv.index("--knob") + 1] == "cpu"
+    cfg = ControllerConfig.from_argv(controller.argv[3:])
+    assert (cfg.knob, cfg.total_cpu, cfg.app_cgroups) == ("cpu", 0.5, ("tcps-p1/host1",))
 
 
 def test_place_balance_lets_the_daemon_serve_static_files():
@@ -162,3 +164,28 @@ def test_the_daemons_argv_is_read_back_as_the_configuration_it_was_made_from():
 def test_cpu_split_without_budgets_is_refused():
     with pytest.raises(TestbedError, match="CPU split shares a fixed total"):
         plan("smp", "eager-accept", {"host_cpu": "none"}, balance="adaptive")
+
+
+@pytest.mark.parametrize("cfg", [
+    ControllerConfig("work", "adaptive", "tcps-x/tcpserver", ("tcps-x/host1", "tcps-x/host2"), Path("/r"),
+                     vip="10.77.255.1", port=8080, hosts=("10.77.1.2", "10.77.2.2"), duration=30.0),
+    ControllerConfig("cpu", "fixed:0.5", "tcps-x/tcpserver", ("tcps-x/host1",), Path("/r"), total_cpu=0.45),
+    ControllerConfig("place", "adaptive", "tcps-x/tcpserver", ("tcps-x/host1",), Path("/r"),
+                     placement_file=Path("/r/placement.json")),
+])
+def test_the_controllers_argv_round_trips(cfg: ControllerConfig) -> None:
+    assert ControllerConfig.from_argv(cfg.to_argv()) == cfg
+
+
+@pytest.mark.parametrize("kw, says", [
+    ({"knob": "disk"}, "--knob must be one of"),
+    ({"knob": "work"}, "needs --vip and --hosts"),
+    ({"knob": "cpu"}, "needs --total-cpu"),
+    ({"knob": "cpu", "total_cpu": -1.0}, "needs --total-cpu"),
+    ({"knob": "place"}, "needs --placement-file"),
+    ({"knob": "cpu", "total_cpu": 1.0, "app_cgroups": ()}, "--app-cgroup"),
+    ({"knob": "cpu", "total_cpu": 1.0, "duration": 0.0}, "--duration"),
+])
+def test_a_bad_controller_setting_is_refused_naming_it(kw: dict, says: str) -> None:
+    with pytest.raises(ValueError, match=says):
+        ControllerConfig(**{"policy": "adaptive", "net_cgroup": "n", "app_cgroups": ("a",), "state_dir": Path("/r"), **kw})

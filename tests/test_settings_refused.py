@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from testbed.commands.cli import main
-from testbed.describe.experiment import _LOAD_KEYS
+from testbed.describe.load import LOAD_KEYS
 from testbed.system.kernel import list_netns
 from testbed.describe.options import SERVICE_KEYS
 from testbed.system.state import StateStore
@@ -52,7 +52,7 @@ BAD_FLAGS = [
 
 def test_every_option_has_a_bad_case() -> None:
     assert set(BAD_SERVICE) == SERVICE_KEYS
-    assert set(BAD_LOAD) == _LOAD_KEYS
+    assert set(BAD_LOAD) == LOAD_KEYS
     flags = {f for f, _, _ in BAD_FLAGS}
     import argparse
     from testbed.describe.options import ServiceOptions

@@ -121,7 +121,7 @@ def test_capture_writes_a_pcap_of_the_nodes_traffic(tb_name, tmp_path):
                                  "-c", "4", "-w", str(tmp_path / "public.pcap"), "icmp"], cwd=ROOT,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         time.sleep(1.5)
-        tb.run("client", ["ping", "-c", "3", "-i", "0.2", tb.plan.service_address], check=True)
+        tb.run("client", ["ping", "-c", "3", "-i", "0.2", tb.addresses.service_address], check=True)
         _, err = lcap.communicate(timeout=20)
         assert lcap.returncode == 0 and _pcap_packets(tmp_path / "public.pcap") == 4, err
         bad = run_cli("capture", "--name", tb_name, "nosuchnode", check=False)

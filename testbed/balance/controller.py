@@ -21,7 +21,6 @@ Actuators:
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from pathlib import Path
 from ..system import cgroups as cg
 from ..errors import TestbedError
 from ..system.files import write_json
+from .config import ControllerConfig
 from .policy import Decision, Policy, Sample, State, decide, parse_policy
 
 log = logging.getLogger("testbed.balance")
@@ -181,39 +181,27 @@ def _publish(state_dir: Path, knob: str, policy: Policy, state: State, decision:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m testbed.balance.controller", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--policy", default="adaptive")
-    ap.add_argument("--knob", choices=("work", "cpu", "place"), required=True)
-    ap.add_argument("--net-cgroup", required=True)
-    ap.add_argument("--app-cgroup", action="append", required=True)
-    ap.add_argument("--total-cpu", type=float, help="cpu knob: the fixed total shared by both sides")
-    ap.add_argument("--vip")
-    ap.add_argument("--port", type=int, default=80)
-    ap.add_argument("--hosts", help="work knob: comma-separated host addresses for pass-through")
-    ap.add_argument("--placement-file", type=Path, help="place knob: the TCP server's control file")
-    ap.add_argument("--state-dir", type=Path, required=True)
-    ap.add_argument("--duration", type=float)
-    args = ap.parse_args(argv)
+    try:
+        cfg = ControllerConfig.from_argv(argv)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     try:
-        policy = parse_policy(args.policy, args.knob)
+        policy = parse_policy(cfg.policy, cfg.knob)
         groups = cg.detect()
         actuator: WorkSplit | CpuSplit | Placement
-        if args.knob == "place":
-            if not args.placement_file:
-                raise TestbedError("the place knob needs --placement-file (the TCP server's --placement-file)")
-            actuator = Placement(args.placement_file)
-        elif args.knob == "work":
-            if not args.vip or not args.hosts:
-                raise TestbedError("the work knob needs --vip and --hosts")
-            actuator = WorkSplit(args.vip, args.port, args.hosts.split(","))
+        if cfg.knob == "place":
+            assert cfg.placement_file is not None  # ControllerConfig's rule
+            actuator = Placement(cfg.placement_file)
+        elif cfg.knob == "work":
+            assert cfg.vip is not None
+            actuator = WorkSplit(cfg.vip, cfg.port, list(cfg.hosts))
         else:
-            if not args.total_cpu:
-                raise TestbedError("the cpu knob needs --total-cpu")
-            actuator = CpuSplit(groups, args.net_cgroup, args.app_cgroup, args.total_cpu)
-        run(policy, args.knob, actuator, SideMeter(groups, [args.net_cgroup]),
-            SideMeter(groups, args.app_cgroup), args.state_dir, args.duration)
+            assert cfg.total_cpu is not None
+            actuator = CpuSplit(groups, cfg.net_cgroup, list(cfg.app_cgroups), cfg.total_cpu)
+        run(policy, cfg.knob, actuator, SideMeter(groups, [cfg.net_cgroup]),
+            SideMeter(groups, list(cfg.app_cgroups)), cfg.state_dir, cfg.duration)
     except TestbedError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -30,7 +30,7 @@ def capture(tb: "Testbed", target: str, *, interface: str | None = None, write: 
     if tcpdump is None:
         raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
     nodes = [n.name for n in tb.topology.nodes]
-    links = {lp.link.name: lp for lp in tb.plan.links}
+    links = {lp.link.name: lp for lp in tb.addresses.links}
     if target in nodes:
         netns, iface = tb.netns(target), interface or "any"
     elif target in links:

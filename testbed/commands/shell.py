@@ -61,9 +61,9 @@ class TestbedShell(cmd.Cmd):
 
     def do_nodes(self, arg: str) -> None:
         """nodes: every node with its role, namespace, addresses and CPU budget."""
-        plan = self.tb.plan
+        addrs = self.tb.addresses
         rows = [(n.name, n.role, self.tb.netns(n.name), "unlimited" if n.cpu is None else f"{n.cpu:g}",
-                 " ".join(f"{a}({l})" for l, a in plan.addresses_of(n.netns_key)))
+                 " ".join(f"{a}({l})" for l, a in addrs.addresses_of(n.netns_key)))
                 for n in self.tb.topology.nodes]
         print_table(("NODE", "ROLE", "NAMESPACE", "CPU", "ADDRESSES (LINK)"), rows, out=self.stdout)
 
@@ -71,19 +71,19 @@ class TestbedShell(cmd.Cmd):
         """links: every link with its ends (node:interface address) and rate."""
         rows = [(lp.link.name, lp.link.kind, f"{lp.link.mbit:g} Mbit/s" if lp.link.mbit else "unlimited",
                  " ".join(f"{k}:{lp.interfaces[k]}={lp.addresses[k]}" for k in lp.addresses))
-                for lp in self.tb.plan.links]
+                for lp in self.tb.addresses.links]
         print_table(("LINK", "KIND", "RATE", "ENDS (NODE:INTERFACE=ADDRESS)"), rows, out=self.stdout)
 
     def do_pingall(self, arg: str) -> None:
         """pingall: one ping between every pair of nodes that share a link, both ways, and
         from the client to the service address."""
         pairs = []
-        for lp in self.tb.plan.links:
+        for lp in self.tb.addresses.links:
             keys = list(lp.addresses)
             pairs += [(a, b, lp.addresses[b]) for a in keys for b in keys if a != b]
         client = [n.netns_key for n in self.tb.topology.by_role("client")]
-        if client and self.tb.extra.get("docroot"):  # services run: the service address answers
-            pairs.append((client[0], "service", self.tb.plan.service_address))
+        if client and self.tb.recorded.get("docroot"):  # services run: the service address answers
+            pairs.append((client[0], "service", self.tb.addresses.service_address))
         ok = 0
         for src, dst, addr in pairs:
             node = self._node_of(src)

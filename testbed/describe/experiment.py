@@ -9,8 +9,7 @@
     workloads: [static]       # static | dynamic | mixed
     load: {rates: [500, 1000], step_seconds: 5, warmup_seconds: 1, processes: 1}
                               # also: keepalive, poisson, mix, dynamic_cost_us, latency_target_ms,
-                              # timeout_s (seconds past its own length before a load generator
-                              # that hangs is stopped; default 60)
+                              # timeout_s (a LoadPlan: testbed.describe.load)
     repetitions: 3            # rounds; each round runs every configuration once
     precision: {half_width_pct: 5, max_rounds: 10, minutes: 60}   # optional: more rounds
                               # until every headline gain is that precise (testbed.measure.precision)
@@ -35,7 +34,6 @@ from __future__ import annotations
 
 import copy
 import itertools
-import math
 import random
 import re
 from dataclasses import dataclass, field
@@ -47,6 +45,7 @@ import yaml
 from ..errors import SpecError
 from .fidelity import Fidelity, Precision
 from ..offload.modes import MODES, Mode, get_mode
+from .load import LoadPlan, Phase
 from .options import BalanceSpec, OptionError, ServiceOptions
 
 if TYPE_CHECKING:
@@ -58,9 +57,6 @@ BUDGETS = ("extra", "same-total")
 _KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
          "per_mode_params", "backend", "order_seed", "precision", "equivalence_pct"}
-_LOAD_KEYS = {"rates", "step_seconds", "warmup_seconds", "processes", "keepalive", "poisson",
-              "mix", "dynamic_cost_us", "timeout_s", "latency_target_ms"}
-DEFAULT_LATENCY_TARGET_MS = 200.0
 SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
 
 
@@ -95,7 +91,7 @@ class Experiment:
     budgets: str
     modes: list[Mode]
     workloads: list[str]
-    load: dict[str, Any]
+    load: LoadPlan
     repetitions: int = 1
     seed: int = 1
     order_seed: int | None = None   # None: ``seed``
@@ -107,7 +103,7 @@ class Experiment:
     equivalence_pct: float = 5.0  # a gain whose interval lies inside ± this is "no difference"
     service: ServiceOptions = field(default_factory=ServiceOptions)
     balance: list[BalanceSpec | None] = field(default_factory=list)  # None: a point without
-    phases: list[dict[str, Any]] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)
     backend: str = "netns"
     precision: Precision | None = None
     roles: list[str] = field(default_factory=list)  # ROLE=NODE[,NODE] for a Mininet Topo topology
@@ -137,17 +133,11 @@ class Experiment:
                 out.append(Point(len(out), cfg, mode, wl, rep, bal))
         return out
 
-    @property
-    def latency_target_ms(self) -> float:
-        return float(self.load.get("latency_target_ms", DEFAULT_LATENCY_TARGET_MS))
-
     def rates_for(self, workload: str) -> list[float]:
-        rates = self.load["rates"]
-        if isinstance(rates, dict):
-            if workload not in rates:
-                raise SpecError(f"{self.source}: load.rates gives no rates for workload {workload!r}")
-            return rates[workload]
-        return rates
+        try:
+            return self.load.rates_for(workload)
+        except SpecError as e:
+            raise SpecError(f"{self.source}: {e}") from None
 
     def topology_for(self, params: dict[str, str]) -> "Topology":
         """The topology of one configuration: a shipped name or YAML file, or a Mininet
@@ -175,16 +165,6 @@ class Experiment:
         if point.balance is not None:
             swept["balance"] = point.balance
         return self.service.with_values(swept, f"{self.source}: point {point.id}: ") if swept else self.service
-
-
-def rates_from(spec: Any) -> list[float]:
-    """``[100, 200]``, ``"100:1000:100"`` (start:stop:step, inclusive) or ``"100,200"``: the
-    load generator's own parser (loadgen/schedule.py), its error as a SpecError."""
-    from loadgen.schedule import ScheduleError, parse_rates
-    try:
-        return parse_rates(spec)
-    except ScheduleError as e:
-        raise SpecError(str(e)) from None
 
 
 def available_experiments() -> list[str]:
@@ -220,31 +200,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         raise SpecError(f"{source}: unknown key(s) {', '.join(sorted(unknown))}; allowed: {', '.join(sorted(_KEYS))}")
     if quick and raw.get("quick"):
         raw = _merge(raw, raw["quick"])
-    load = dict(raw.get("load") or {})
-    bad = set(load) - _LOAD_KEYS
-    if bad:
-        raise SpecError(f"{source}: load: unknown key(s) {', '.join(sorted(bad))}; allowed: {', '.join(sorted(_LOAD_KEYS))}")
-    rates = load.get("rates", [500])
-    if isinstance(rates, dict):  # per workload: {static: "1000:6000:500", dynamic: [200, 400]}
-        unknown_wl = set(rates) - set(WORKLOADS)
-        if unknown_wl:
-            raise SpecError(f"{source}: load.rates names unknown workload(s) {', '.join(sorted(unknown_wl))}")
-        load["rates"] = {wl: rates_from(r) for wl, r in rates.items()}
-    else:
-        load["rates"] = rates_from(rates)
-    for key, default in (("step_seconds", 5.0), ("warmup_seconds", 1.0)):
-        v = load.setdefault(key, default)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 < v <= 3600:
-            raise SpecError(f"{source}: load.{key} must be a number of seconds in (0, 3600], not {v!r}")
-    _check_load_extras(load, source)
-    procs = load.setdefault("processes", 1)
-    if isinstance(procs, bool) or not isinstance(procs, int) or not 1 <= procs <= 64:
-        raise SpecError(f"{source}: load.processes must be a whole number from 1 to 64, not {procs!r}")
-    target = load.setdefault("latency_target_ms", DEFAULT_LATENCY_TARGET_MS)
-    if isinstance(target, bool) or not isinstance(target, (int, float)) or not (0 < target <= 600_000) \
-            or not math.isfinite(target):
-        raise SpecError(f"{source}: load.latency_target_ms must be a number of milliseconds in (0, 600000], "
-                        f"not {target!r}")
+    load = LoadPlan.from_yaml(raw.get("load"), source)
     names = raw.get("modes") or ["regular"]
     if not isinstance(names, list):
         raise SpecError(f"{source}: modes is a list of modes: {', '.join(MODES)}")
@@ -257,16 +213,12 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
     for w in workloads:
         if w not in WORKLOADS:
             raise SpecError(f"{source}: unknown workload {w!r}; workloads: {', '.join(WORKLOADS)}")
-    phases = list(raw.get("phases") or [])
-    if "shifting" in workloads:
-        if not phases:
-            raise SpecError(f"{source}: the shifting workload needs phases: [{{mix, rate, seconds}}, ...]")
-        for ph in phases:
-            if not isinstance(ph, dict) or set(ph) != {"mix", "rate", "seconds"}:
-                raise SpecError(f"{source}: each phase is {{mix: STATIC_SHARE, rate: REQ_PER_S, seconds: S}}")
-            rates_from([ph["rate"]])
-            if not 0 <= float(ph["mix"]) <= 1 or float(ph["seconds"]) <= 0:
-                raise SpecError(f"{source}: phase {ph}: mix in [0, 1] and seconds > 0")
+    raw_phases = raw.get("phases") or []
+    if not isinstance(raw_phases, list):
+        raise SpecError(f"{source}: phases is a list of {{mix, rate, seconds}}")
+    phases = [Phase.from_yaml(ph, f"{source}: phases[{i}]") for i, ph in enumerate(raw_phases)]
+    if "shifting" in workloads and not phases:
+        raise SpecError(f"{source}: the shifting workload needs phases: [{{mix, rate, seconds}}, ...]")
     budgets = str(raw.get("budgets", "extra"))
     if budgets not in BUDGETS:
         raise SpecError(f"{source}: budgets must be one of {', '.join(BUDGETS)}, not {budgets!r}")
@@ -354,25 +306,6 @@ def _roles(raw: Any, topology: str, source: str) -> list[str]:
         names = nodes if isinstance(nodes, list) else [nodes]
         out.append(f"{role}={','.join(str(n) for n in names)}")
     return out
-
-
-def _check_load_extras(load: dict[str, Any], source: str) -> None:
-    """The load settings beyond rates and step lengths: each of its type and range."""
-    for key in ("keepalive", "poisson"):
-        if key in load and not isinstance(load[key], bool):
-            raise SpecError(f"{source}: load.{key} must be true or false, not {load[key]!r}")
-    if "mix" in load:
-        v = load["mix"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0 <= v <= 1:
-            raise SpecError(f"{source}: load.mix is the static share, a number in [0, 1], not {v!r}")
-    if "dynamic_cost_us" in load:
-        v = load["dynamic_cost_us"]
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= 10_000_000:
-            raise SpecError(f"{source}: load.dynamic_cost_us must be a whole number in [0, 10000000], not {v!r}")
-    if "timeout_s" in load:
-        v = load["timeout_s"]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 < v <= 3600:
-            raise SpecError(f"{source}: load.timeout_s must be a number of seconds in (0, 3600], not {v!r}")
 
 
 def _check_topologies(exp: Experiment, source: str) -> None:

@@ -34,6 +34,7 @@ from .names import cgroup_name, shm_channel_name
 from ..offload import channels
 from ..offload.config import ServerConfig
 from ..app.config import AppConfig
+from ..balance.config import ControllerConfig
 from ..offload.modes import REGULAR, Mode
 from .options import ServiceOptions
 from .topology import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
@@ -251,12 +252,9 @@ def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, k
     steps: list[Step] = []
     vip = addresses.service_address
     for front, hosts in by_front.items():
-        argv = ["--knob", knob, "--policy", spec, "--net-cgroup", cgroup_name(testbed, front),
-                "--state-dir", str(run_dir)]
-        for h in hosts:
-            argv += ["--app-cgroup", cgroup_name(testbed, h)]
+        own: dict[str, Any] = {}
         if knob == "place":
-            argv += ["--placement-file", str(run_dir / "placement.json")]
+            own["placement_file"] = run_dir / "placement.json"
         elif knob == "work":
             direct = [address_toward(topo, addresses, h, front) for h in hosts]
             for h, addr in zip(hosts, direct):
@@ -264,14 +262,17 @@ def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, k
                 steps.append(Process(h, "app-direct", app(
                     REGULAR, listen=("0.0.0.0", SERVICE_PORT), stats_file=run_dir / f"stats-{h}-direct.json"),
                     waits_for=PortListens(front, addr, SERVICE_PORT)))
-            argv += ["--vip", vip, "--port", str(SERVICE_PORT), "--hosts", ",".join(direct)]
+            own.update(vip=vip, port=SERVICE_PORT, hosts=tuple(direct))
         else:
             budgets = [topo.node(n).cpu for n in [front, *hosts]]
             if any(b is None for b in budgets):
                 raise TestbedError("the CPU split shares a fixed total: give the TCP server and the "
                                    "hosts CPU budgets (-p tcpserver_cpu=... -p host_cpu=...)")
-            argv += ["--total-cpu", f"{sum(budgets):g}"]  # type: ignore[arg-type]
-        steps.append(Process(front, "balance", module("testbed.balance.controller", *argv),
+            own["total_cpu"] = sum(budgets)  # type: ignore[arg-type]
+        controller = ControllerConfig(knob=knob, policy=spec, net_cgroup=cgroup_name(testbed, front),
+                                      app_cgroups=tuple(cgroup_name(testbed, h) for h in hosts),
+                                      state_dir=run_dir, **own)
+        steps.append(Process(front, "balance", module("testbed.balance.controller", *controller.to_argv()),
                              waits_for=PathAppears(run_dir / "balance.json")))
     return steps
 

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from . import guard
 from ..describe.experiment import Experiment, Point
-from .point import PointRun
+from .point import PointRun, set_aside
 
 STEP_DIR = "step{:02d}"
 
@@ -158,16 +158,8 @@ def _judge_turn(run_dir: Path, live: list[PointRun], i: int, manifest: dict[str,
 def _set_aside(run_dir: Path, live: list[PointRun], i: int, attempt: int, reason: str,
                manifest: dict[str, Any]) -> None:
     """Move this turn's steps out of every point (kept for inspection) and record why."""
-    kept = []
-    for run in live:
-        src = run.out / "load" / STEP_DIR.format(i)
-        if src.exists():
-            dest = run_dir / "remeasured" / run.p.id / f"{STEP_DIR.format(i)}.a{attempt}"
-            if dest.exists():
-                shutil.rmtree(dest)
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.move(str(src), dest)
-            kept.append(str(dest.relative_to(run_dir)))
+    step = STEP_DIR.format(i)
+    kept = [set_aside(run_dir, run.out / "load" / step, f"{run.p.id}/{step}.a{attempt}") for run in live]
     manifest.setdefault("remeasured", []).append(
         {"points": [run.p.id for run in live], "step": i, "attempt": attempt,
-         "reason": reason, "kept_in": kept})
+         "reason": reason, "kept_in": [k for k in kept if k]})

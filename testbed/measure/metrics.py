@@ -191,7 +191,7 @@ def offload_flags(tb: "Testbed") -> dict[str, dict[str, str]]:
         if key in seen:
             continue
         seen.add(key)
-        for lp in tb.plan.links:
+        for lp in tb.addresses.links:
             ifname = lp.interfaces.get(key)
             if not ifname:
                 continue

@@ -44,10 +44,10 @@ def point_seconds(exp: Experiment, workload: str | None = None) -> float:
     """About how long one point's load runs (for progress and the dry run's estimate)."""
     load = exp.load
     if workload == "shifting":
-        return sum(float(ph["seconds"]) + load["warmup_seconds"] + 3 for ph in exp.phases)
+        return sum(ph.seconds + load.warmup_seconds + 3 for ph in exp.phases)
     workloads = [workload] if workload else [w for w in exp.workloads if w != "shifting"]
     longest = max((len(exp.rates_for(w)) for w in workloads), default=1)
-    per_step = load["step_seconds"] + load["warmup_seconds"]
+    per_step = load.step_seconds + load.warmup_seconds
     if exp.fidelity.pairing == "step":  # one load generator per step, knee-search turns at most
         return (longest + exp.fidelity.refine) * (per_step + STEP_START_S) + 5
     return longest * per_step + 5
@@ -72,14 +72,13 @@ def sweep_config(exp: Experiment, p: Point, url: str, out: Path, rates: Sequence
     load = exp.load
     kw: dict[str, Any] = {
         "target": url, "rates": list(rates if rates is not None else exp.rates_for(p.workload)), "out": out,
-        "workload": p.workload, "step_seconds": float(load["step_seconds"]),
-        "warmup": float(load["warmup_seconds"]), "processes": int(load.get("processes", 1)),
-        "seed": exp.seed + p.repetition, "latency_target_ms": exp.latency_target_ms,
-        "keepalive": bool(load.get("keepalive")), "poisson": bool(load.get("poisson"))}
-    if p.workload == "mixed" and "mix" in load:
-        kw["mix"] = float(load["mix"])
-    if "dynamic_cost_us" in load:
-        kw["dynamic_cost_us"] = int(load["dynamic_cost_us"])
+        "workload": p.workload, "step_seconds": load.step_seconds, "warmup": load.warmup_seconds,
+        "processes": load.processes, "seed": exp.seed + p.repetition, "latency_target_ms": load.latency_target_ms,
+        "keepalive": load.keepalive, "poisson": load.poisson}
+    if p.workload == "mixed" and load.mix is not None:
+        kw["mix"] = load.mix
+    if load.dynamic_cost_us is not None:
+        kw["dynamic_cost_us"] = load.dynamic_cost_us
     return SweepConfig(**{**kw, **override})
 
 
@@ -117,7 +116,7 @@ class PointRun:
             from ..system.kernel import pid_start_time
             tb = Testbed(topo, self.name, mode=p.mode, subnet=self.subnet, start_services=True,
                          service_options=service, backend=exp.backend)
-            tb.extra["owner"] = {"by": "runner", "pid": os.getpid(), "start_time": pid_start_time(os.getpid())}
+            tb.recorded["owner"] = {"by": "runner", "pid": os.getpid(), "start_time": pid_start_time(os.getpid())}
             tb.up()
             self.tb = tb
             self.info["offloads"] = offload_flags(tb)
@@ -134,7 +133,7 @@ class PointRun:
     def load(self, cfg: "SweepConfig", prefix: str = "") -> int:
         """Run the load generator with ``cfg`` in the point's client node; its exit status."""
         assert self.tb is not None
-        return run_loadgen(self.tb, cfg, self.out, prefix, float(self.exp.load.get("timeout_s", 60)))
+        return run_loadgen(self.tb, cfg, self.out, prefix, self.exp.load.timeout_s)
 
     def sweep(self, out: Path, rates: Sequence[float] | None = None, **override: Any) -> "SweepConfig":
         assert self.tb is not None
@@ -199,9 +198,9 @@ def drive_load(run: PointRun, prefix: str = "") -> int:
         return run.load(run.sweep(out / "load"), prefix)
     for i, phase in enumerate(exp.phases):
         cfg = sweep_config(exp, replace(p, workload="mixed"), run.tb.service_url, out / "load" / f"phase{i}",
-                           [float(phase["rate"])], step_seconds=float(phase["seconds"]), mix=float(phase["mix"]))
-        print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase['mix']}, "
-              f"{phase['rate']} req/s for {phase['seconds']} s", flush=True)
+                           [phase.rate], step_seconds=phase.seconds, mix=phase.mix)
+        print(f"{prefix}phase {i + 1}/{len(exp.phases)}: static share {phase.mix:g}, "
+              f"{phase.rate:g} req/s for {phase.seconds:g} s", flush=True)
         code = run.load(cfg, prefix)
         if code != 0:
             return code
@@ -251,6 +250,20 @@ def _tail(path: Path, lines: int = 10) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return ""
+
+
+def set_aside(run_dir: Path, src: Path, name: str) -> str | None:
+    """Move a spoiled attempt ``src`` to ``remeasured/NAME`` (kept for inspection, replacing
+    an older one there); its path in the run (None: nothing at ``src``)."""
+    dest = run_dir / "remeasured" / name
+    kept = None
+    if src.exists():
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(src), dest)
+        kept = str(dest.relative_to(run_dir))
+    return kept
 
 
 def write_record(path: Path, data: dict[str, Any]) -> None:

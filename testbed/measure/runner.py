@@ -25,7 +25,6 @@ import json
 import logging
 import os
 import platform
-import shutil
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from . import guard, precision, probe
 from ..errors import TestbedError
 from ..describe.experiment import Experiment, Point, load_experiment
 from .interleave import run_side_by_side
-from .point import RECORDED_SYSCTLS, ROOT, point_dir, point_seconds, point_status, run_point, write_record
+from .point import RECORDED_SYSCTLS, ROOT, point_dir, point_seconds, point_status, run_point, set_aside, write_record
 
 log = logging.getLogger(__name__)
 
@@ -226,15 +225,10 @@ def _run_alone(exp: Experiment, p: Point, run_dir: Path, manifest: dict[str, Any
 
 def _set_aside(run_dir: Path, p: Point, attempt: int, judged: "guard.Judgement", manifest: dict[str, Any]) -> None:
     """Move a spoiled attempt out of points/ (kept for inspection) and record why."""
-    dest = run_dir / "remeasured" / f"{p.id}.a{attempt}"
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.parent.mkdir(exist_ok=True)
-    shutil.move(str(point_dir(run_dir, p)), dest)
+    kept = set_aside(run_dir, point_dir(run_dir, p), f"{p.id}.a{attempt}")
     manifest.setdefault("remeasured", []).append(
         {"point": p.id, "attempt": attempt, "reason": judged.reason, "slowed_steps": judged.slowed_steps,
-         "interfered_steps": judged.interfered_steps, "steps": judged.steps,
-         "kept_in": str(dest.relative_to(run_dir))})
+         "interfered_steps": judged.interfered_steps, "steps": judged.steps, "kept_in": kept})
     _save_manifest(run_dir, manifest)
 
 
@@ -288,8 +282,8 @@ def write_manifest(exp: Experiment, run_dir: Path, quick: bool) -> dict[str, Any
                     "started": time.time(), "seed": exp.seed, "repetitions": exp.repetitions,
                     "order_seed": exp.seed if exp.order_seed is None else exp.order_seed,
                     "order": [p.id for p in exp.points()],
-                    "latency_target_ms": exp.latency_target_ms,
-                    "load": exp.load, "topology": exp.topology, "params": exp.params,
+                    "latency_target_ms": exp.load.latency_target_ms,
+                    "load": exp.load.to_values(), "topology": exp.topology, "params": exp.params,
                     "sweep": exp.sweep, "modes": exp.modes, "workloads": exp.workloads,
                     "fidelity": exp.fidelity.to_dict(), "equivalence_pct": exp.equivalence_pct,
                     **environment()}

@@ -89,11 +89,11 @@ class Testbed:
         self.subnet = subnet
         self.start_services = start_services
         self.service_options = ServiceOptions.from_mapping(service_options or {})
-        self.plan = plan_addresses(topology, subnet)
+        self.addresses = plan_addresses(topology, subnet)
         self.cgroups = cg.detect()
         self.processes: list[ProcessRecord] = []
         self.warnings: list[str] = []
-        self.extra: dict[str, Any] = {}  # filled by services (URLs, docroot, balance...)
+        self.recorded: dict[str, Any] = {}  # saved with the state: the services' URLs and docroot, the runner's owner
         self.build_seconds = 0.0
 
     # -- lifecycle -----------------------------------------------------------------------
@@ -113,13 +113,13 @@ class Testbed:
                                f"`sudo testbed down {self.name}` first, or pick --name")
         check_subnet_free(self.subnet)
         self._check_names_free()
-        services = (plan_services(self.name, self.topology, self.plan, self.mode, self.service_options,
+        services = (plan_services(self.name, self.topology, self.addresses, self.mode, self.service_options,
                                   self.store.dir) if self.start_services else None)
         t0 = time.monotonic()
         self.store.create()
         self.store.save(self._state(building=True))
         try:
-            self.built = self.network.build(self.topology, self.plan)
+            self.built = self.network.build(self.topology, self.addresses)
             self._make_cgroups()
             self.build_seconds = time.monotonic() - t0
             self.save()
@@ -195,7 +195,7 @@ class Testbed:
 
     def address(self, node: str, network: str | None = None) -> str:
         key = self.topology.node(node).netns_key
-        for link, addr in self.plan.addresses_of(key):
+        for link, addr in self.addresses.addresses_of(key):
             if network is None or link == network:
                 return addr
         raise TestbedError(f"node {node} has no address" + (f" on {network}" if network else ""))
@@ -203,7 +203,7 @@ class Testbed:
     @property
     def service_url(self) -> str:
         port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
-        return f"http://{self.plan.service_address}{port}/"
+        return f"http://{self.addresses.service_address}{port}/"
 
     # -- state ---------------------------------------------------------------------------
 
@@ -217,7 +217,7 @@ class Testbed:
             nodes[n.name] = {
                 "role": n.role, "cpu": n.cpu, "cpuset": n.cpuset,
                 "netns": netns_name(self.name, n.netns_key),
-                "addresses": dict(self.plan.addresses_of(n.netns_key)),
+                "addresses": dict(self.addresses.addresses_of(n.netns_key)),
                 "cgroups": [str(d) for d in self.cgroups.dirs(group)],
                 "pids": [p.pid for p in self.processes if p.node == n.name],
             }
@@ -225,12 +225,12 @@ class Testbed:
             "name": self.name, "building": building, "mode": self.mode.name, "backend": self.backend,
             "network": self.built.to_dict(),
             "topology": self.topology.to_dict(), "subnet": self.subnet,
-            "service_address": self.plan.service_address, "service_url": self.service_url,
-            "addresses": sorted(self.plan.all_addresses()),
+            "service_address": self.addresses.service_address, "service_url": self.service_url,
+            "addresses": sorted(self.addresses.all_addresses()),
             "nodes": nodes, "processes": [p.to_dict() for p in self.processes],
             "cgroup_version": self.cgroups.version, "created": time.time(),
             "build_seconds": round(self.build_seconds, 4), "warnings": self.warnings,
-            **self.extra,
+            **self.recorded,
         }
 
     @classmethod
@@ -249,7 +249,7 @@ class Testbed:
                  backend=state.get("backend", "netns"))
         tb.processes = [ProcessRecord(**p) for p in state.get("processes", [])]
         tb.built = BuiltTopology.from_dict(state.get("network", {}))
-        tb.extra = {k: v for k, v in state.items() if k not in tb._state()}
+        tb.recorded = {k: v for k, v in state.items() if k not in tb._state()}
         tb.build_seconds = state.get("build_seconds", 0.0)
         return tb
 

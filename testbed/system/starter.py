@@ -54,7 +54,7 @@ def start(tb: RunningTestbed, plan: ServicePlan) -> None:
     """Write the token, then every step in order; raises TestbedError naming what failed
     (the caller tears the testbed down)."""
     write_secret(plan.token_file)
-    tb.extra.update(plan.state)
+    tb.recorded.update(plan.state)
     for step in plan.steps:
         match step:
             case RunToEnd(node, argv, timeout):
@@ -122,7 +122,7 @@ def http_get(tb: RunningTestbed, node: str, url_path: str = "/manifest.json",
              timeout: float = 2.0) -> tuple[int, bytes]:
     """GET the service from inside ``node`` (the socket is opened in its namespace)."""
     with in_netns(tb.netns(node)):
-        conn = http.client.HTTPConnection(tb.plan.service_address, SERVICE_PORT, timeout=timeout)
+        conn = http.client.HTTPConnection(tb.addresses.service_address, SERVICE_PORT, timeout=timeout)
         conn.connect()
     try:
         conn.request("GET", url_path, headers={"Connection": "close"})
