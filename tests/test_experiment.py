@@ -120,7 +120,9 @@ def test_dry_run_lists_the_points_and_runs_nothing(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "testbed", "run", "san-cost", "--dry-run",
                           "--results", str(tmp_path)], cwd=root, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
-    assert "san-cost: 15 points, 29 min of offered load" in out.stdout
+    # 15 points, each 8 rates and 2 knee-search turns of a 10 s step, 1 s warm-up and the
+    # generator's 3 s start, plus 5 s: 36.25 min
+    assert "san-cost: 15 points, 36 min of offered load" in out.stdout
     assert "'channel': 'shm', 'poll_us': 2000, 'host_poll_us': 2000" in out.stdout
     assert list(tmp_path.iterdir()) == []
 

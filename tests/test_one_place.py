@@ -89,7 +89,7 @@ def test_budgets_are_parsed_once_and_never_turned_back_into_strings() -> None:
 
 
 def test_offered_rates_have_one_parser_and_one_limit() -> None:
-    assert _calls("parse_rates").keys() <= {"testbed/describe/experiment.py", "loadgen/cli.py",
+    assert _calls("parse_rates").keys() <= {"testbed/describe/load.py", "loadgen/cli.py",
                                             "loadgen/locustfile_sweep.py", "bench/loadgen.py"}
     limits = [(_rel(p), m.group(0)) for p in CODE for m in re.finditer(r"^MAX_RATE\s*=", p.read_text(), re.M)]
     assert limits == [("loadgen/schedule.py", "MAX_RATE =")]
