@@ -42,8 +42,8 @@ DPI = 110
 NCOLS = 3
 PANEL_W, PANEL_H = 4.6, 3.2  # inches: three panels are 1,518 px wide at DPI
 ROLE_COLORS = {"host": "tab:blue", "tcpserver": "tab:orange", "nic": "tab:green", "link": "tab:purple",
-               "generator": "tab:red", "client": "grey"}
-LETTER = {"host": "H", "tcpserver": "T", "nic": "N", "link": "L", "generator": "G"}
+               "generator": "tab:red", "client": "grey", "fileserver": "tab:brown"}
+LETTER = {"host": "H", "tcpserver": "T", "nic": "N", "link": "L", "generator": "G", "fileserver": "F"}
 SPLIT = (("user", "tab:blue"), ("system", "tab:orange"), ("softirq", "tab:red"))
 
 
@@ -51,7 +51,8 @@ def node_role(node: str, roles: dict[str, str]) -> str:
     if node in roles:
         return roles[node]
     return "client" if node == "client" else ("nic" if node.startswith("nic") else
-                                              "tcpserver" if node.startswith("tcpserver") else "host")
+                                              "tcpserver" if node.startswith("tcpserver") else
+                                              "fileserver" if node.startswith("files") else "host")
 
 
 def _node_color(node: str, roles: dict[str, str], nodes: list[str]) -> Any:

@@ -3,7 +3,7 @@
 import importlib
 import sys
 
-BENCHMARKS = ("bench.build", "bench.offload", "bench.channels", "bench.san", "bench.loadgen")
+BENCHMARKS = ("bench.build", "bench.offload", "bench.channels", "bench.san", "bench.fileserver", "bench.loadgen")
 
 for name in BENCHMARKS:
     print(f"\n=== {name} ===", flush=True)

@@ -26,7 +26,8 @@ def free_port() -> int:
 
 
 @contextlib.asynccontextmanager
-async def offload_stack(mode: str, docroot: Path, hosts: int = 1, san: str | None = None,
+async def offload_stack(mode: str, docroot: Path | None, hosts: int = 1, san: str | None = None,
+                        app_kw: dict | None = None,
                         **cfg_kw) -> AsyncIterator[tuple[TcpServer, list[hostsock.Tunnel], int]]:
     port = free_port()
     san = san or f"tcp:127.0.0.1:{free_port()}"
@@ -36,7 +37,7 @@ async def offload_stack(mode: str, docroot: Path, hosts: int = 1, san: str | Non
     tunnels = []
     try:
         for i in range(hosts):
-            app = App(docroot)
+            app = App(docroot, **(app_kw or {}))
             t = await hostsock.open_tunnel(san, TOKEN, mode, f"h{i}")
             await t.create_server(lambda app=app: HttpProtocol(app), port)
             tunnels.append(t)

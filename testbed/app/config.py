@@ -24,7 +24,7 @@ LISTEN_BACKLOG = 1024
 
 @dataclass(frozen=True)
 class AppConfig:
-    docroot: Path
+    docroot: Path | None                   # the document root on this machine's disk, or
     mode: Mode
     listen: tuple[str, int] | None = None  # regular mode: kernel sockets on ADDR:PORT
     tunnel: str | None = None              # offloaded modes: the TCP server's SAN endpoint
@@ -37,9 +37,16 @@ class AppConfig:
     listen_backlog: int = LISTEN_BACKLOG
     poll_us: int = 0
     stats_file: Path | None = None
+    file_server: tuple[str, int] | None = None  # ... on a file server (app/remote_files.py)
+    direct_files: bool = False             # bodies sent by the TCP server from the file server (FETCH)
 
     def __post_init__(self) -> None:
         """One line naming the option and its rule (ValueError)."""
+        if (self.docroot is None) == (self.file_server is None):
+            raise ValueError("give one document root: --docroot DIR or --file-server ADDR:PORT")
+        if self.direct_files and (self.file_server is None or not self.mode.offloaded):
+            raise ValueError("--direct-files has the TCP server send bodies from the file server: "
+                             "it needs --file-server and an offloaded mode")
         if self.mode.offloaded:
             if not self.tunnel or not self.token_file:
                 raise ValueError(f"mode {self.mode.name} needs --tunnel and --token-file")
@@ -63,7 +70,8 @@ class AppConfig:
     def to_argv(self) -> list[str]:
         """The application's arguments (``from_argv`` reads them back); options at their
         defaults are left out."""
-        argv = ["--docroot", str(self.docroot), "--mode", self.mode.name]
+        argv = ["--docroot", str(self.docroot)] if self.docroot is not None else []
+        argv += ["--mode", self.mode.name]
         for f in fields(self):
             if f.name in ("docroot", "mode"):
                 continue
@@ -71,8 +79,10 @@ class AppConfig:
             if v is None or v == f.default:
                 continue
             flag = _flag(f.name)
-            if f.name == "listen":
+            if f.name in ("listen", "file_server"):
                 argv += [flag, f"{v[0]}:{v[1]}"]
+            elif v is True:
+                argv.append(flag)
             else:
                 argv += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
         return argv
@@ -84,7 +94,7 @@ class AppConfig:
         a = parser().parse_args(argv)
         kw: dict[str, Any] = {f.name: getattr(a, f.name) for f in fields(cls)
                               if f.name not in ("docroot", "mode") and getattr(a, f.name) is not None}
-        return cls(docroot=Path(a.docroot), mode=get_mode(a.mode), **kw), a
+        return cls(docroot=Path(a.docroot) if a.docroot else None, mode=get_mode(a.mode), **kw), a
 
 
 def _flag(name: str) -> str:
@@ -102,7 +112,7 @@ def _addr_port(s: str) -> tuple[str, int]:
 def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m testbed.app.server",
                                  description="the host web application (every mode)")
-    ap.add_argument("--docroot", required=True)
+    ap.add_argument("--docroot", help="the document root on this machine (or --file-server)")
     ap.add_argument("--mode", default="regular")
     ap.add_argument("--listen", type=_addr_port, help="regular mode: ADDR:PORT on kernel sockets")
     ap.add_argument("--tunnel", help="offloaded modes: tcp:ADDR:PORT, unix:PATH or shm:NAME of the TCP server")
@@ -120,5 +130,10 @@ def parser() -> argparse.ArgumentParser:
                     help="offloaded modes: poll the SAN every US microseconds while busy instead of "
                          "waking per event (over shm: no doorbell while polling; default 0 = off)")
     ap.add_argument("--stats-file", type=Path, help="JSON counters (with SAN frames by type), every 0.5 s")
+    ap.add_argument("--file-server", type=_addr_port, metavar="ADDR:PORT",
+                    help="read the document root from this HTTP file server instead of a local --docroot")
+    ap.add_argument("--direct-files", action="store_true", default=None,
+                    help="offloaded modes with --file-server: the TCP server sends each file's body "
+                         "to the client straight from the file server (the host sends the head)")
     ap.add_argument("--log-level", default="INFO")
     return ap

@@ -52,6 +52,7 @@ import httptools
 
 from ..system.files import write_json
 from .config import HEADER_TIMEOUT, LISTEN_BACKLOG, AppConfig
+from .remote_files import RemoteFile, RemoteFiles
 
 log = logging.getLogger("testbed.app.server")
 
@@ -68,7 +69,8 @@ PRECOMPOSE_LIMIT = 64 * 1024  # files up to this size are served as one pre-buil
 MAX_ALIASES = 10_000
 MAX_ALIAS_BYTES = 256
 STATUS = {200: b"OK", 400: b"Bad Request", 404: b"Not Found", 405: b"Method Not Allowed",
-          408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large"}
+          408: b"Request Timeout", 414: b"URI Too Long", 431: b"Request Header Fields Too Large",
+          502: b"Bad Gateway"}
 # Requests read while our replies wait unread (the transport paused our writing) are
 # answered when it resumes. Past DEFER_PAUSE of them reading pauses too (a client that
 # pipelines without reading); MAX_DEFERRED bounds what one read already holds. Reading is
@@ -108,10 +110,15 @@ class Entry:
 class App:
     """Everything the connections share: the document root and its cache."""
 
-    def __init__(self, docroot: str | os.PathLike, dynamic_cost_us: int = 0,
+    def __init__(self, docroot: str | os.PathLike | None, dynamic_cost_us: int = 0,
                  cache_bytes: int = 512 * 1024 * 1024, idle_timeout: float = 30.0,
-                 header_timeout: float = HEADER_TIMEOUT) -> None:
-        self.root = Path(docroot).resolve()
+                 header_timeout: float = HEADER_TIMEOUT, remote: RemoteFiles | None = None,
+                 direct_files: bool = False) -> None:
+        # a local document root, or one on a file server (``remote``; nothing read from disk)
+        self.root = Path(docroot).resolve() if docroot is not None else None
+        self.remote = remote
+        self.direct_files = direct_files  # remote bodies go client-ward from the TCP server
+        self.relays: set[asyncio.Task] = set()  # bodies being read from the file server
         self.dynamic_cost_us = dynamic_cost_us
         self.files: dict[Path, Entry] = {}  # resolved file -> its entry (charged once)
         self.cache: dict[bytes, Entry] = {}  # request path -> entry (MAX_ALIASES at most)
@@ -127,6 +134,8 @@ class App:
         e = self.cache.get(path)
         if e is not None:
             return e
+        if self.root is None:
+            return None
         if b"%" in path:
             path_d = unquote_to_bytes(path)
         else:
@@ -194,7 +203,7 @@ class HttpProtocol(asyncio.Protocol):
     """One HTTP connection; works on any asyncio Transport (kernel or tunneled)."""
 
     __slots__ = ("app", "transport", "parser", "url", "last", "closing", "began", "pending", "wpaused",
-                 "rpaused", "deferred")
+                 "rpaused", "deferred", "busy")
 
     def __init__(self, app: App) -> None:
         self.app = app
@@ -208,6 +217,7 @@ class HttpProtocol(asyncio.Protocol):
         self.wpaused = False  # the transport's buffer is full: the client does not read
         self.rpaused = False  # we paused reading (DEFER_PAUSE requests deferred)
         self.deferred: collections.deque[tuple[bytes, bytes, bool]] | None = None  # read while wpaused
+        self.busy = False  # a body is on its way from the file server: later requests wait
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -227,10 +237,13 @@ class HttpProtocol(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         self.wpaused = False
+        self._serve_deferred()
+
+    def _serve_deferred(self) -> None:
         deferred = self.deferred
-        while deferred and not self.wpaused and not self.closing:
+        while deferred and not self.wpaused and not self.busy and not self.closing:
             self.serve(*deferred.popleft())
-        if self.rpaused and not self.wpaused and not self.closing:
+        if self.rpaused and not self.wpaused and not self.busy and not self.closing:
             self.rpaused = False
             self.transport.resume_reading()
 
@@ -274,7 +287,7 @@ class HttpProtocol(asyncio.Protocol):
         if self.closing:
             return
         p = self.parser
-        if self.wpaused:  # answered once the client reads our replies again
+        if self.wpaused or self.busy:  # answered once the client reads (or the file server sent) the last
             deferred = self.deferred
             if deferred is None:
                 deferred = self.deferred = collections.deque()
@@ -298,6 +311,11 @@ class HttpProtocol(asyncio.Protocol):
             return
         q = url.find(b"?")
         path = url if q < 0 else url[:q]
+        if app.remote is not None:
+            f = app.remote.lookup(path)
+            if f is not None:
+                self.serve_remote(f, head, ka)
+                return
         e = app.cache.get(path) or app.lookup(path)
         t = self.transport
         if e is not None:
@@ -329,6 +347,45 @@ class HttpProtocol(asyncio.Protocol):
         if not ka:
             self.closing = True
             t.close()
+
+    def serve_remote(self, f: RemoteFile, head: bool, ka: bool) -> None:
+        """A file of the file server: its head from here; its body straight from the file
+        server by the TCP server (``direct_files``), or read here and sent."""
+        t = self.transport
+        if head:
+            t.write(_head(200, f.ctype, f.size, ka))
+        elif self.app.direct_files:
+            t.write(_head(200, f.ctype, f.size, ka))
+            t.send_file(f.path, f.size)  # type: ignore[attr-defined]
+        else:
+            self.busy = True
+            task = asyncio.get_running_loop().create_task(self._relay(f, ka))
+            self.app.relays.add(task)  # the loop holds tasks weakly: kept until done
+            task.add_done_callback(self.app.relays.discard)
+            return
+        if not ka:
+            self.closing = True
+            t.close()
+
+    async def _relay(self, f: RemoteFile, ka: bool) -> None:
+        try:
+            body = await self.app.remote.get(f.path)  # type: ignore[union-attr]
+        except Exception as e:  # down, slow, or not a file server's answer: 502, at once
+            log.warning("file server: %s", e or type(e).__name__)
+            self.busy = False
+            if not self.closing:
+                self.respond(502, b"file server unavailable\n", False)
+            return
+        self.busy = False
+        if self.closing:  # the client left meanwhile
+            return
+        self.transport.write(_head(200, f.ctype, f.size, ka))
+        self.transport.write(body)
+        if not ka:
+            self.closing = True
+            self.transport.close()
+        else:
+            self._serve_deferred()
 
     def respond(self, status: int, body: bytes, ka: bool, extra: bytes = b"", head: bool = False) -> None:
         t = self.transport
@@ -370,6 +427,8 @@ def _write_stats(path: Path, app: App, tunnels: list, pacer: Any = None) -> None
         d["tunnel"] = tunnels[-1].counters()
     if pacer is not None:
         d["polls"], d["poll_sleeps"] = pacer.polls, pacer.sleeps
+    if app.remote is not None:
+        d.update(app.remote.counters())
     try:
         write_json(path, d)
     except OSError as e:
@@ -383,7 +442,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg, a = AppConfig.from_argv(argv)
         logging.basicConfig(level=a.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
-        if not cfg.docroot.is_dir():
+        if cfg.docroot is not None and not cfg.docroot.is_dir():
             raise ValueError(f"document root {cfg.docroot} is not a directory "
                              "(make one: python -m testbed.app.docroot DIR)")
         token = read_token(str(cfg.token_file)) if cfg.mode.offloaded else ""
@@ -392,12 +451,18 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     mode, host_id = cfg.mode, cfg.host_id or socket.gethostname()
     loop_name = install_loop()
-    app = App(str(cfg.docroot), cfg.dynamic_cost_us, idle_timeout=cfg.idle_timeout, header_timeout=cfg.header_timeout)
+    app = App(cfg.docroot, cfg.dynamic_cost_us, idle_timeout=cfg.idle_timeout, header_timeout=cfg.header_timeout,
+              direct_files=cfg.direct_files)
 
     async def run() -> None:
         from testbed.offload import hostsock
 
         loop = asyncio.get_running_loop()
+        if cfg.file_server is not None:  # its index before the first client
+            app.remote = RemoteFiles(*cfg.file_server)
+            n = await app.remote.load_index()
+            log.info("document root on the file server %s:%d: %d files%s", *cfg.file_server, n,
+                     ", bodies sent by the TCP server" if cfg.direct_files else "")
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)

@@ -68,19 +68,18 @@ class ControllerConfig:
         return argv
 
     @classmethod
-    def from_argv(cls, argv: Sequence[str] | None = None) -> "ControllerConfig":
-        """Parse the controller's command line (argparse exits on a malformed one) and check
-        it (ValueError naming the option)."""
-        a = parser().parse_args(argv)
+    def from_argv(cls, argv: Sequence[str] | None = None, description: str | None = None) -> "ControllerConfig":
+        """Parse the controller's command line (argparse exits on a malformed one; its help
+        shows ``description``) and check it (ValueError naming the option)."""
+        a = parser(description).parse_args(argv)
         return cls(knob=a.knob, policy=a.policy, net_cgroup=a.net_cgroup, app_cgroups=tuple(a.app_cgroup),
                    state_dir=a.state_dir, total_cpu=a.total_cpu, vip=a.vip, port=a.port,
                    hosts=tuple(h for h in (a.hosts or "").split(",") if h),
                    placement_file=a.placement_file, duration=a.duration)
 
 
-def parser() -> argparse.ArgumentParser:
-    from . import controller  # its docstring is the help text
-    ap = argparse.ArgumentParser(prog="python -m testbed.balance.controller", description=controller.__doc__,
+def parser(description: str | None = None) -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="python -m testbed.balance.controller", description=description,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--policy", default="adaptive")
     ap.add_argument("--knob", required=True, help=" | ".join(KNOBS))

@@ -182,7 +182,7 @@ def _publish(state_dir: Path, knob: str, policy: Policy, state: State, decision:
 
 def main(argv: list[str] | None = None) -> int:
     try:
-        cfg = ControllerConfig.from_argv(argv)
+        cfg = ControllerConfig.from_argv(argv, description=__doc__)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -108,6 +108,11 @@ def _daemon(rule: str) -> Any:
     return check
 
 
+def _bool(name: str, v: object) -> None:
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be true or false, not {v!r}")
+
+
 def _knob(name: str, v: object) -> None:
     from ..balance.policy import KNOBS
     _one_of(KNOBS)(name, v)
@@ -176,6 +181,9 @@ class ServiceOptions:
                                   "push modes: connections one host may have unfinished (0 = no bound)",
                                   "N", _int_text)
     overload_control: bool | None = _opt(None, _daemon("overload_control"))
+    # direct communication with the file server: the TCP server sends each file's body to
+    # the client from the file server (FETCH); needs a topology with a fileserver node
+    direct_files: bool = _opt(False, _bool)
     tcpserver_args: tuple[str, ...] = _opt((), _args)  # benchmarks: more daemon arguments
 
     def __post_init__(self) -> None:
@@ -237,8 +245,8 @@ class ServiceOptions:
                     help_ += f" (default {f.default})"
                 p.add_argument(f.metadata["flag"], dest=f"opt_{f.name}", default=None,
                                metavar=f.metadata["metavar"], help=help_)
-        p.add_argument("--no-overload-control", dest="opt_overload_control", action="store_false",
-                       default=None, help="the TCP server without overload control, for comparisons")
+        for flag, (name, action, help_) in SWITCHES.items():
+            p.add_argument(flag, dest=f"opt_{name}", action=action, default=None, help=help_)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> "ServiceOptions":
@@ -249,7 +257,7 @@ class ServiceOptions:
             v = getattr(args, f"opt_{f.name}", None)
             if v is None:
                 continue
-            flags[f.name] = f.metadata["flag"] or "--no-overload-control"
+            flags[f.name] = f.metadata["flag"] or next(k for k, sw in SWITCHES.items() if sw[0] == f.name)
             text = f.metadata["text"]
             if isinstance(v, str) and text is not None:
                 try:
@@ -281,3 +289,11 @@ class ServiceOptions:
 
 
 SERVICE_KEYS = frozenset(f.name for f in fields(ServiceOptions))
+# up's flags that switch an option without a value: flag -> (option, argparse action, help)
+SWITCHES = {
+    "--no-overload-control": ("overload_control", "store_false",
+                              "the TCP server without overload control, for comparisons"),
+    "--direct-files": ("direct_files", "store_true",
+                       "with a file server node (multitier): the TCP server sends each file's body to "
+                       "the client straight from the file server; the host sends the head"),
+}

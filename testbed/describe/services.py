@@ -40,6 +40,7 @@ from .options import ServiceOptions
 from .topology import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
 SAN_PORT = 7000
+FILE_PORT = 80  # the file server node's HTTP port (its own namespace)
 DOCROOT_TIMEOUT_S = 120.0
 
 
@@ -189,13 +190,34 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
     channel = opts.channel or topo.channel
     port = "" if SERVICE_PORT == 80 else f":{SERVICE_PORT}"
     url = f"http://{vip}{port}/"
-    # the application's options the modes share; each start adds its own (AppConfig.to_argv)
-    app_common = {"docroot": docroot, "dynamic_cost_us": opts.dynamic_cost_us}
+    fileservers = [n.name for n in topo.by_role("fileserver")]
+    if opts.direct_files and not mode.offloaded:
+        raise TestbedError(f"direct_files has the TCP server send file bodies: in {mode.name} mode there is "
+                           "no TCP server (e.g. --mode eager-accept)")
+    if opts.direct_files and not fileservers:
+        raise TestbedError("direct_files needs a file server node (role fileserver): use the multitier "
+                           "topology")
+    # where the document root is: made on the file server's node and served by it, or made
+    # where the hosts read it from disk
+    steps: list[Step] = [RunToEnd(fileservers[0] if fileservers else hosts[0],
+                                  module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
+                                         "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)]
+    if fileservers:
+        fs = fileservers[0]
+        fs_addr = address_toward(topo, addresses, fs, hosts[0])
+        steps.append(Process(fs, "fileserver", module(
+            "testbed.app.fileserver", "--root", str(docroot), "--listen", f"{fs_addr}:{FILE_PORT}",
+            "--workdir", str(run_dir / "fileserver")), waits_for=PortListens(fs, fs_addr, FILE_PORT)))
 
-    def app(mode: Mode, **own: Any) -> tuple[str, ...]:
-        return module("testbed.app.server", *AppConfig(mode=mode, **app_common, **own).to_argv())
-    steps: list[Step] = [RunToEnd(hosts[0], module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
-                                                   "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)]
+    def files_for(host: str) -> dict[str, Any]:
+        """The host application's document root: on disk, or on the file server."""
+        if not fileservers:
+            return {"docroot": docroot}
+        return {"docroot": None, "file_server": (address_toward(topo, addresses, fileservers[0], host), FILE_PORT)}
+
+    def app(mode: Mode, host: str, **own: Any) -> tuple[str, ...]:
+        return module("testbed.app.server", *AppConfig(mode=mode, dynamic_cost_us=opts.dynamic_cost_us,
+                                                       **files_for(host), **own).to_argv())
     by_front: dict[str, list[str]] = {}
     if not mode.offloaded:
         for host in hosts:
@@ -204,7 +226,7 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
             # the public port is the app's here: the listen_backlog option bounds its queue
             backlog = {"listen_backlog": opts.listen_backlog} if opts.listen_backlog else {}
             steps += [LocalAddress(host, vip),
-                      Process(host, "app", app(mode, listen=("0.0.0.0", SERVICE_PORT), **backlog,
+                      Process(host, "app", app(mode, host, listen=("0.0.0.0", SERVICE_PORT), **backlog,
                                                stats_file=run_dir / f"stats-{host}.json"))]
         for front, fhosts in by_front.items():
             if topo.node(front).netns_key != topo.node(fhosts[0]).netns_key:
@@ -217,6 +239,9 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
                   if getattr(opts, k) is not None}
         if knob == "place":  # the balancer moves the share through this file
             tuning.update(serve_static=str(docroot), placement_file=run_dir / "placement.json")
+        if opts.direct_files:  # FETCH frames: the TCP server reads bodies from the file server
+            front0 = fronts_of(topo, addresses, hosts[0])[0]
+            tuning["file_server"] = (address_toward(topo, addresses, fileservers[0], front0), FILE_PORT)
         for host in hosts:
             front = fronts_of(topo, addresses, host)[0]
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
@@ -230,13 +255,15 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
                                                              *opts.tcpserver_args), waits_for=ready)]
             by_front.setdefault(front, []).append(host)
             steps.append(Process(host, "app", app(
-                mode, tunnel=san, token_file=token_file, listen_port=SERVICE_PORT, host_id=host,
-                stats_file=run_dir / f"stats-{host}.json", poll_us=opts.host_poll_us or 0)))
+                mode, host, tunnel=san, token_file=token_file, listen_port=SERVICE_PORT, host_id=host,
+                stats_file=run_dir / f"stats-{host}.json", poll_us=opts.host_poll_us or 0,
+                direct_files=opts.direct_files)))
     for client in (n.name for n in topo.by_role("client")):
         steps.append(Route(client, f"{vip}/32",
                            tuple(address_toward(topo, addresses, f, client) for f in sorted(by_front))))
     steps.append(ServiceAnswers(topo.by_role("client")[0].name))
     state: dict[str, Any] = {"docroot": str(docroot), "mode": mode.name, "channel": channel, "service_url": url,
+                             **({"fileserver": f"{fileservers[0]} {fs_addr}:{FILE_PORT}"} if fileservers else {}),
                              "dynamic_url": f"{url}dynamic?cost_us={opts.dynamic_cost_us}"}
     if policy is not None and knob is not None and opts.balance is not None:
         steps += _balancer(testbed, topo, addresses, opts.balance.text, knob, by_front, app,
@@ -260,7 +287,7 @@ def _balancer(testbed: str, topo: Topology, addresses: AddressPlan, spec: str, k
             for h, addr in zip(hosts, direct):
                 # the pass-through path: the same app on the host's kernel TCP, counted apart
                 steps.append(Process(h, "app-direct", app(
-                    REGULAR, listen=("0.0.0.0", SERVICE_PORT), stats_file=run_dir / f"stats-{h}-direct.json"),
+                    REGULAR, h, listen=("0.0.0.0", SERVICE_PORT), stats_file=run_dir / f"stats-{h}-direct.json"),
                     waits_for=PortListens(front, addr, SERVICE_PORT)))
             own.update(vip=vip, port=SERVICE_PORT, hosts=tuple(direct))
         else:

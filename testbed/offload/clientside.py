@@ -17,21 +17,29 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from typing import TYPE_CHECKING
 
 from . import placement as _placement
 from .flow import CLIENT_READ_PAUSE, CLIENT_READ_RESUME, DaemonWindows
 from .protocol import (
+    CLOSE,
     CLOSE_DONE,
     CONNECTED,
     CREDIT,
     DATA,
     EOF,
+    FETCH,
     MAX_PAYLOAD,
     RECV_WINDOW,
     RESET,
+    SEND,
     SEND_DONE,
+    SHUTDOWN,
     encode_peer,
 )
+
+if TYPE_CHECKING:
+    from .fetch import FileFetch
 
 
 
@@ -41,7 +49,7 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
     __slots__ = (
         "srv", "port", "host", "cid", "transport", "rbuf", "rlen", "rwin", "want", "eof",
         "eof_sent", "unacked", "wpaused", "host_closed", "done_on_close", "last", "rpaused",
-        "wait_since", "announced", "queued_at",
+        "wait_since", "announced", "queued_at", "fetching", "after",
     )
 
     def __init__(self, srv: "TcpServer", port: "PortState") -> None:
@@ -65,6 +73,8 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
         self.wait_since = 0.0
         self.announced = False
         self.queued_at = 0.0
+        self.fetching: "FileFetch | None" = None  # a body on its way from the file server
+        self.after: "list[tuple[int, object]] | None" = None  # the host's frames behind it
 
     # --- client side ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -191,6 +201,8 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
         self.wpaused = False
         if self.unacked:
             self.release()
+        if self.fetching is not None:
+            self.fetching.resume()
 
     def release(self) -> None:
         """Bytes the host sent are now in the kernel: give the window back (batched)."""
@@ -205,6 +217,9 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         srv = self.srv
+        if self.fetching is not None:
+            self.fetching.abandon()
+            self.fetching = self.after = None
         if not self.cid:  # refused before it was counted
             return
         srv.conns.pop(self.cid, None)
@@ -224,6 +239,9 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
 
     # --- host side -----------------------------------------------------------------
     def host_send(self, payload: bytes) -> None:
+        if self.fetching is not None:  # after the body on its way (fetch.py)
+            self._after(SEND, payload)
+            return
         srv = self.srv
         self.last = srv.tick
         n = len(payload)
@@ -238,7 +256,60 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
     def host_close(self, want_done: bool) -> None:
         self.host_closed = True
         self.done_on_close = want_done
+        if self.fetching is not None:
+            self._after(CLOSE, want_done)
+            return
         self.transport.close()
+
+    def host_shutdown(self) -> None:
+        if self.fetching is not None:
+            self._after(SHUTDOWN, None)
+        elif self.transport.can_write_eof():
+            self.transport.write_eof()
+
+    # --- direct communication with the file server (fetch.py) ---------------------------
+    def host_fetch(self, path: bytes, size: int) -> None:
+        """FETCH: the body of ``path`` (``size`` bytes) from the file server to the client."""
+        if self.fetching is not None:
+            self._after(FETCH, (path, size))
+        elif size == 0:
+            return
+        else:
+            self.fetching = self.srv.files.fetch(self, path, size)  # type: ignore[union-attr]
+
+    def _after(self, ftype: int, arg: object) -> None:
+        if self.after is None:
+            self.after = []
+        self.after.append((ftype, arg))
+
+    def fetch_wrote(self, data: bytes) -> None:
+        self.last = self.srv.tick
+        self.srv.c_client_out += len(data)
+        self.transport.write(data)
+
+    def fetch_done(self) -> None:
+        """The body is written: the host's frames that waited behind it, in order, until
+        one starts another fetch."""
+        self.fetching = None
+        after, self.after = self.after, None
+        while after:
+            ftype, arg = after.pop(0)
+            if ftype == SEND:
+                self.host_send(arg)  # type: ignore[arg-type]
+            elif ftype == FETCH:
+                self.host_fetch(*arg)  # type: ignore[misc]
+            elif ftype == SHUTDOWN:
+                self.host_shutdown()
+            else:
+                self.host_close(bool(arg))
+            if self.fetching is not None:  # another body: the rest waits again
+                self.after = after + (self.after or [])
+                return
+
+    def fetch_failed(self) -> None:
+        """The file server did not deliver: the client's head is out, so only a reset is left."""
+        self.fetching = self.after = None
+        self.transport.abort()
 
 
 

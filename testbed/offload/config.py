@@ -130,12 +130,17 @@ class ServerConfig:
     client_io: str = "epoll"
     # the paper's "No Interrupts": poll every poll_us microseconds (0 = wake per event)
     poll_us: int = 0
+    # direct communication with the file server (fetch.py): the HTTP file server whose
+    # bodies FETCH frames send to clients (None: FETCH is refused)
+    file_server: tuple[str, int] | None = None
 
     def __post_init__(self) -> None:
         if not self.mode.offloaded:
             raise ValueError(f"mode {self.mode.name!r} has no TCP server: the tcpserver node only routes IP")
         for name in RULES:
             check_option(name, getattr(self, name))
+        if self.file_server is not None and not (self.file_server[0] and 0 < self.file_server[1] < 65536):
+            raise ValueError(f"--file-server must be ADDR:PORT with a port in 1-65535, not {self.file_server!r}")
         if (self.placement_file or self.placement_share) and not self.serve_static:
             raise ValueError("placement_file/placement_share need serve_static DOCROOT")
 
@@ -152,6 +157,8 @@ class ServerConfig:
                 continue
             if isinstance(v, bool):
                 argv += [flag, "on" if v else "off"]
+            elif name == "file_server":
+                argv += [flag, f"{v[0]}:{v[1]}"]
             else:
                 argv += [flag, f"{v:g}" if isinstance(v, float) else str(v)]
         return argv
@@ -221,6 +228,9 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
      'the share as JSON {"share": x}, re-read when it changes (every 100 ms; SIGHUP: now)'),
     ("--placement-share", "placement_share", {"type": float},
      "the share until the placement file says otherwise (default 0)"),
+    ("--file-server", "file_server", {"type": _addr_port, "metavar": "ADDR:PORT"},
+     "direct communication: the HTTP file server whose files the hosts' FETCH frames send to "
+     "clients from here"),
 ]
 
 

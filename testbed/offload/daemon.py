@@ -36,6 +36,7 @@ from . import placement as _placement
 from . import rawio
 from .clientside import ClientConn, OutboundConn, PlacedConn
 from .config import ServerConfig
+from .fetch import FilePool
 from .hostside import HostChannel
 from .polling import PollingPacer
 from .protocol import ERROR, LISTEN_OK
@@ -87,6 +88,8 @@ class TcpServer(Scheduler, StatsReport):
         self.c_listener_pauses = 0
         self.cache: dict | None = None
         self.place: _placement.Control | None = None
+        # direct communication with the file server (fetch.py): FETCH frames send its bodies
+        self.files = FilePool(self.loop, *cfg.file_server) if cfg.file_server else None
         self.poller = rawio.Poller(self.loop) if cfg.client_io == "epoll" else None
         self.pacer: PollingPacer | None = None
         self._frames_out_gone = 0
@@ -121,8 +124,9 @@ class TcpServer(Scheduler, StatsReport):
                 self.poller.on_events = self.pacer.wake
         if cfg.stats_file:
             self.loop.call_soon(self._write_stats)
-        log.info("TCP server: clients on %s:%d, hosts on %s, mode %s",
-                 cfg.listen_host, cfg.listen_port, cfg.san, cfg.mode.name)
+        log.info("TCP server: clients on %s:%d, hosts on %s, mode %s%s",
+                 cfg.listen_host, cfg.listen_port, cfg.san, cfg.mode.name,
+                 f", file server {cfg.file_server[0]}:{cfg.file_server[1]}" if cfg.file_server else "")
 
     async def open_port(self, port: int) -> PortState:
         ps = self.ports.get(port)

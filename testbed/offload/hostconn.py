@@ -24,6 +24,7 @@ from .flow import HostWindows
 from .protocol import (
     CLOSE,
     CREDIT,
+    FETCH,
     RECV_REQ,
     RECV_WINDOW,
     SEND,
@@ -33,6 +34,14 @@ from .protocol import (
     decode_peer,
 )
 from .transport import DEFAULT_HIGH, DEFAULT_LOW, StreamTransport
+
+
+class _FileRef(bytes):
+    """A FETCH waiting in a connection's send queue behind the bytes written before it: an
+    empty bytes (it adds nothing to the queue's length) that names the file."""
+
+    path: bytes
+    size: int
 
 
 class TunnelError(ConnectionError):
@@ -103,6 +112,20 @@ class TunnelTransport(HostWindows, StreamTransport):
         if self._qlen > self._high and not self._wpaused:
             self._pause_writing()
 
+    def send_file(self, path: bytes, size: int) -> None:
+        """Have the TCP server send the file server's ``path`` (``size`` bytes) to the client
+        after what was written so far: the body never crosses this host (FETCH,
+        docs/protocol.md). Only with a TCP server started with a file server."""
+        if self._closing or self._closed:
+            return
+        if not self._queue:  # what was written is on its way already (even split's SEND in flight)
+            self._ch.emit(FETCH, self.cid, size, path)
+            return
+        ref = _FileRef()
+        ref.path, ref.size = path, size
+        self._queue.append(ref)
+        self._pump()
+
     def can_write_eof(self) -> bool:
         return True
 
@@ -159,20 +182,27 @@ class TunnelTransport(HostWindows, StreamTransport):
         if ch.sync_send:
             if self._inflight:
                 return
+            while q and type(q[0]) is _FileRef:
+                ref = q.popleft()
+                ch.emit(FETCH, self.cid, ref.size, ref.path)
             if q:
                 # one SEND at a time; writes made meanwhile ride together in the next one
-                data = b"".join(q) if len(q) > 1 else q[0]
-                q.clear()
+                # (up to a FETCH, which waits for that SEND's turn)
+                n = next((i for i, d in enumerate(q) if type(d) is _FileRef), len(q))
+                data = b"".join([q.popleft() for _ in range(n)]) if n > 1 else q.popleft()
                 chunk, rest = data[:SEND_CHUNK], data[SEND_CHUNK:]
                 if rest:
-                    q.append(rest)
-                self._qlen = len(rest)
+                    q.appendleft(rest)
+                self._qlen -= len(chunk)
                 self._inflight = len(chunk)
                 ch.emit(SEND, self.cid, 0, chunk)
                 return
         else:
-            while q and self._credit > 0:
+            while q and (self._credit > 0 or type(q[0]) is _FileRef):
                 data = q.popleft()
+                if type(data) is _FileRef:
+                    ch.emit(FETCH, self.cid, data.size, data.path)
+                    continue
                 n = self.take_credit(len(data))
                 if n < len(data):
                     q.appendleft(data[n:])

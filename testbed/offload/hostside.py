@@ -30,6 +30,7 @@ from .protocol import (
     CONNECT,
     CREDIT,
     ERROR,
+    FETCH,
     HELLO,
     LISTEN,
     PING,
@@ -169,8 +170,14 @@ class HostChannel(FrameWriter, asyncio.Protocol):
                             c.push_buffered()
                 elif ftype == SHUTDOWN:
                     c = conns.get(cid)
-                    if c is not None and c.transport.can_write_eof():
-                        c.transport.write_eof()
+                    if c is not None:
+                        c.host_shutdown()
+                elif ftype == FETCH:
+                    if srv.files is None:
+                        raise ProtocolError("FETCH, but this TCP server has no file server (--file-server)")
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.host_fetch(bytes(payload), arg)
                 elif ftype == LISTEN:
                     self.want_peer = self.want_peer or payload[:1] == b"\x01"
                     self.srv.listen_request(self, cid, arg)

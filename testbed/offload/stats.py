@@ -84,6 +84,7 @@ class StatsReport:
             "poll_sleeps": self.pacer.sleeps if self.pacer is not None else 0,
             "hosts_attached": len(self.hosts),
             "hosts": hosts,
+            **(self.files.counters() if self.files is not None else {}),
         }
 
     def _write_stats(self) -> None:
