@@ -175,8 +175,9 @@ def prepare(steps: pd.DataFrame, *, roles: dict[str, str] | None = None,
     steps["mode_label"] = [m if not isinstance(b, str) or not b else f"{m}:{b}"
                            for m, b in zip(steps["mode"], steps.get("balance", [None] * len(steps)))]
     cfg_cols = sorted(c for c in steps.columns if c.startswith("config_"))
+    # a point without the key (a mode outside the sweep) has NaN or None there, by the column's dtype
     steps["config_label"] = [", ".join(f"{c[len('config_'):]}={_fmt_value(row[c])}" for c in cfg_cols
-                                       if not (isinstance(row[c], float) and np.isnan(row[c])))
+                                       if not (row[c] is None or (isinstance(row[c], float) and np.isnan(row[c]))))
                              for _, row in steps[cfg_cols].iterrows()] if cfg_cols else ""
     # phases of a shifting workload (the balancing experiment) are compared phase by phase, like configurations
     phase = steps["phase"] if "phase" in steps else pd.Series([None] * len(steps), index=steps.index)
