@@ -15,16 +15,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 from dataclasses import dataclass
 from urllib.parse import quote_from_bytes, unquote_to_bytes
+
+from ..offload.fetch import MAX_HEAD, parse_head
 
 GET_TIMEOUT = 10.0  # seconds for one body from the file server
 MAX_CONNS = 32  # keep-alive connections to the file server at most (more requests wait)
 MAX_FILES = 1_000_000  # an index larger than this is refused (a file server, not the web)
-MAX_HEAD = 16 * 1024
-_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE)
-_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close[ \t]*\r\n", re.IGNORECASE)
 
 
 class FileServerError(OSError):
@@ -152,14 +150,12 @@ class RemoteFiles:
             raise FileServerError("the file server closed the connection") from None
         if len(head) > MAX_HEAD:
             raise FileServerError("response head too long")
-        status = head[9:12]
+        status, length, reusable = parse_head(head)
         if status != b"200":
             raise FileServerError(f"GET {path[:80]!r}: status {status.decode(errors='replace')}")
-        m = _LENGTH.search(head)
-        if m is None:
+        if length is None:
             raise FileServerError(f"GET {path[:80]!r}: no Content-Length")
-        body = await reader.readexactly(int(m.group(1)))
-        return body, _CLOSE.search(head) is None
+        return await reader.readexactly(length), reusable
 
     def close(self) -> None:
         for _, writer in self.idle:

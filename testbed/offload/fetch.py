@@ -34,6 +34,14 @@ _LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)[ \t]*\r\n", re.IGNORECASE
 _CLOSE = re.compile(rb"\r\nconnection:[ \t]*close[ \t]*\r\n", re.IGNORECASE)
 
 
+def parse_head(head: bytes) -> tuple[bytes, int | None, bool]:
+    """A file server's response head (status line and headers, up to the blank line): its
+    status code, its Content-Length (None: none given) and whether the connection may be
+    kept (no ``Connection: close``). The host's reader (app/remote_files.py) uses it too."""
+    m = _LENGTH.search(head)
+    return head[9:12], int(m.group(1)) if m else None, _CLOSE.search(head) is None
+
+
 class ClientConn(Protocol):
     """What a fetch needs of the client's connection (``clientside.ClientConn``)."""
     cid: int
@@ -141,13 +149,10 @@ class FileFetch(asyncio.Protocol):
                     self.fail("response head too long")
                 return
             head, data = bytes(self.head[:end + 2]), bytes(self.head[end + 4:])
-            status = head[9:12]
-            m = _LENGTH.search(head)
-            if status != b"200" or m is None or int(m.group(1)) != self.size:
-                self.fail(f"status {status.decode(errors='replace')}, length "
-                          f"{m.group(1).decode() if m else '?'} for {self.size} announced")
+            status, length, self.reusable = parse_head(head)
+            if status != b"200" or length != self.size:
+                self.fail(f"status {status.decode(errors='replace')}, length {length} for {self.size} announced")
                 return
-            self.reusable = _CLOSE.search(head) is None
             self.left = self.size
             if not data and self.left:
                 return

@@ -188,8 +188,11 @@ class TunnelTransport(HostWindows, StreamTransport):
             if q:
                 # one SEND at a time; writes made meanwhile ride together in the next one
                 # (up to a FETCH, which waits for that SEND's turn)
-                n = next((i for i, d in enumerate(q) if type(d) is _FileRef), len(q))
-                data = b"".join([q.popleft() for _ in range(n)]) if n > 1 else q.popleft()
+                if len(q) == 1:  # the common case: no scan
+                    data = q.popleft()
+                else:
+                    n = next((i for i, d in enumerate(q) if type(d) is _FileRef), len(q))
+                    data = b"".join([q.popleft() for _ in range(n)]) if n > 1 else q.popleft()
                 chunk, rest = data[:SEND_CHUNK], data[SEND_CHUNK:]
                 if rest:
                     q.appendleft(rest)
