@@ -3,7 +3,8 @@
 import importlib
 import sys
 
-BENCHMARKS = ("bench.build", "bench.offload", "bench.channels", "bench.san", "bench.fileserver", "bench.loadgen")
+BENCHMARKS = ("bench.build", "bench.offload", "bench.channels", "bench.san", "bench.fileserver", "bench.zerocopy",
+              "bench.loadgen")
 
 for name in BENCHMARKS:
     print(f"\n=== {name} ===", flush=True)

@@ -251,7 +251,7 @@ def _raw_attach(name: str) -> tuple[socket.socket, object, int]:
     s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     s.connect(f"/dev/shm/{name}.sock")
     msg, fds, _, _ = socket.recv_fds(s, 4096, 1)
-    mm, cap, _ = shmring._map_ring(fds[0], msg, name)
+    mm, cap, _, _ = shmring._map_ring(fds[0], msg, name)
     os.close(fds[0])
     return s, mm, cap
 

@@ -29,6 +29,7 @@ BAD_SERVICE = {
     "listen_backlog": (70000, "listen_backlog"), "queue_deadline": (-1, "queue_deadline"),
     "host_conns": (-1, "host_conns"), "overload_control": ("yes", "overload_control"),
     "tcpserver_args": ("--x", "tcpserver_args"), "direct_files": ("yes", "direct_files"),
+    "zero_copy": ("maybe", "zero_copy"),
 }
 BAD_LOAD = {
     "rates": ("x", "rates"), "step_seconds": (0, "step_seconds"), "warmup_seconds": (-1, "warmup_seconds"),

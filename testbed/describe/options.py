@@ -184,6 +184,9 @@ class ServiceOptions:
     # direct communication with the file server: the TCP server sends each file's body to
     # the client from the file server (FETCH); needs a topology with a fileserver node
     direct_files: bool = _opt(False, _bool)
+    # No Data Copying: large sends leave the TCP server with MSG_ZEROCOPY from a send area
+    # the host writes into (shm channel, asynchronous modes; offload/zerocopy.py)
+    zero_copy: bool = _opt(False, _bool)
     tcpserver_args: tuple[str, ...] = _opt((), _args)  # benchmarks: more daemon arguments
 
     def __post_init__(self) -> None:
@@ -296,4 +299,7 @@ SWITCHES = {
     "--direct-files": ("direct_files", "store_true",
                        "with a file server node (multitier): the TCP server sends each file's body to "
                        "the client straight from the file server; the host sends the head"),
+    "--zero-copy": ("zero_copy", "store_true",
+                    "shm channel, asynchronous modes: hosts put large sends in a shared send area and "
+                    "the TCP server sends them with MSG_ZEROCOPY, without copying them"),
 }

@@ -36,6 +36,7 @@ from ..offload.config import ServerConfig
 from ..app.config import AppConfig
 from ..balance.config import ControllerConfig
 from ..offload.modes import REGULAR, Mode
+from ..offload.zerocopy import kernel_refusal
 from .options import ServiceOptions
 from .topology import FRONT_ROLES, SERVICE_PORT, AddressPlan, Topology
 
@@ -194,6 +195,13 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
     if opts.direct_files and not mode.offloaded:
         raise TestbedError(f"direct_files has the TCP server send file bodies: in {mode.name} mode there is "
                            "no TCP server (e.g. --mode eager-accept)")
+    if opts.zero_copy:
+        if not mode.offloaded:
+            raise TestbedError(f"zero_copy has the TCP server send the host's bytes: in {mode.name} mode "
+                               "there is no TCP server (e.g. --mode async-send)")
+        why = kernel_refusal()
+        if why:
+            raise TestbedError(f"zero_copy: {why}")
     if opts.direct_files and not fileservers:
         raise TestbedError("direct_files needs a file server node (role fileserver): use the multitier "
                            "topology")
@@ -247,9 +255,12 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
             if front not in by_front:
                 ready = PathAppears(Path(san.split(":", 1)[1])) if channel == "unix" else None
-                daemon = ServerConfig(vip, SERVICE_PORT, channels.parse(san), mode, token_file=token_file,
-                                      stats_file=run_dir / f"stats-{front}.json", poll_us=opts.poll_us,
-                                      **tuning)
+                try:
+                    daemon = ServerConfig(vip, SERVICE_PORT, channels.parse(san), mode, token_file=token_file,
+                                          stats_file=run_dir / f"stats-{front}.json", poll_us=opts.poll_us,
+                                          zero_copy=opts.zero_copy, **tuning)
+                except ValueError as e:  # a combination only the channel and the mode decide
+                    raise TestbedError(str(e)) from None
                 steps += [LocalAddress(front, vip),
                           Process(front, "tcpserver", module("testbed.offload", *daemon.to_argv(),
                                                              *opts.tcpserver_args), waits_for=ready)]

@@ -78,8 +78,10 @@ def _tune(transport: asyncio.BaseTransport) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
-async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> asyncio.AbstractServer:
-    """Listen for hosts on ``spec``; each accepted channel gets ``factory()``."""
+async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol],
+                area_bytes: int = 0) -> asyncio.AbstractServer:
+    """Listen for hosts on ``spec``; each accepted channel gets ``factory()``; over shm,
+    ``area_bytes`` of send area per host for zero-copy sends (zerocopy.py)."""
     loop = asyncio.get_running_loop()
     if spec.kind == "tcp":
         return await loop.create_server(factory, spec.host, spec.port, reuse_address=True, backlog=128)
@@ -89,7 +91,7 @@ async def serve(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> a
         os.chmod(spec.path, 0o600)  # only root (the testbed) may attach
         return srv
     from . import shmring
-    return await shmring.serve(spec.path, spec.name, factory)
+    return await shmring.serve(spec.path, spec.name, factory, area_bytes=area_bytes)
 
 
 async def connect(spec: ChannelSpec, factory: Callable[[], asyncio.Protocol]) -> tuple[asyncio.BaseTransport, asyncio.Protocol]:

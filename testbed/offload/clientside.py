@@ -34,6 +34,7 @@ from .protocol import (
     RESET,
     SEND,
     SEND_DONE,
+    SEND_ZC,
     SHUTDOWN,
     encode_peer,
 )
@@ -219,7 +220,7 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
         srv = self.srv
         if self.fetching is not None:
             self.fetching.abandon()
-            self.fetching = self.after = None
+            self._drop_after()
         if not self.cid:  # refused before it was counted
             return
         srv.conns.pop(self.cid, None)
@@ -252,6 +253,30 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
             host = self.host
             if host is not None:  # (None: the write found the client gone)
                 host.emit(SEND_DONE if srv.sync_send else CREDIT, self.cid, due)
+
+    def host_send_zc(self, off: int, n: int) -> None:
+        """SEND_ZC: ``n`` bytes at ``off`` in the host's send area, sent without a copy
+        (zerocopy.py); the region goes back to the host once the kernel let go of it."""
+        host = self.host
+        if self.fetching is not None:
+            self._after(SEND_ZC, (off, n))
+            return
+        if host is None or host.zc_area is None:
+            return
+        srv = self.srv
+        self.last = srv.tick
+        srv.c_client_out += n
+        srv.c_zc_sends += 1
+        view = host.zc_area[off:off + n]
+        write_zc = getattr(self.transport, "write_zc", None)
+        if write_zc is not None:
+            write_zc(view, host.zc_done, off)
+        else:  # a transport of the event loop's (an outbound connection): copied
+            self.transport.write(bytes(view))
+            host.zc_done(off)
+        due = self.client_took(n, not self.wpaused, srv.sync_send)
+        if due is not None and self.host is not None:
+            host.emit(SEND_DONE if srv.sync_send else CREDIT, self.cid, due)
 
     def host_close(self, want_done: bool) -> None:
         self.host_closed = True
@@ -296,6 +321,8 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
             ftype, arg = after.pop(0)
             if ftype == SEND:
                 self.host_send(arg)  # type: ignore[arg-type]
+            elif ftype == SEND_ZC:
+                self.host_send_zc(*arg)  # type: ignore[misc]
             elif ftype == FETCH:
                 self.host_fetch(*arg)  # type: ignore[misc]
             elif ftype == SHUTDOWN:
@@ -308,8 +335,16 @@ class ClientConn(DaemonWindows, asyncio.Protocol):
 
     def fetch_failed(self) -> None:
         """The file server did not deliver: the client's head is out, so only a reset is left."""
-        self.fetching = self.after = None
+        self._drop_after()
         self.transport.abort()
+
+    def _drop_after(self) -> None:
+        """No more fetch: the frames behind it will not be sent (send-area regions go back)."""
+        after, self.fetching, self.after = self.after, None, None
+        host = self.host
+        for ftype, arg in after or ():
+            if ftype == SEND_ZC and host is not None:
+                host.zc_done(arg[0])  # type: ignore[index]
 
 
 

@@ -133,6 +133,9 @@ class ServerConfig:
     # direct communication with the file server (fetch.py): the HTTP file server whose
     # bodies FETCH frames send to clients (None: FETCH is refused)
     file_server: tuple[str, int] | None = None
+    # No Data Copying (zerocopy.py): hosts write large sends into a send area of the shm
+    # channel and the daemon hands it to the kernel with MSG_ZEROCOPY
+    zero_copy: bool = False
 
     def __post_init__(self) -> None:
         if not self.mode.offloaded:
@@ -141,6 +144,16 @@ class ServerConfig:
             check_option(name, getattr(self, name))
         if self.file_server is not None and not (self.file_server[0] and 0 < self.file_server[1] < 65536):
             raise ValueError(f"--file-server must be ADDR:PORT with a port in 1-65535, not {self.file_server!r}")
+        if self.zero_copy:
+            _flag("zero_copy", self.zero_copy)
+            if self.san.kind != "shm":
+                raise ValueError(f"zero_copy sends from memory the host shares with the TCP server: it needs "
+                                 f"the shm channel, not {self.san.kind} (--channel shm)")
+            if self.mode.sync_send:
+                raise ValueError(f"zero_copy needs an asynchronous send: in {self.mode.name} each send waits "
+                                 "for its completion anyway (e.g. --mode async-send)")
+            if self.client_io != "epoll":
+                raise ValueError("zero_copy needs --client-io epoll (the daemon's own client sockets)")
         if (self.placement_file or self.placement_share) and not self.serve_static:
             raise ValueError("placement_file/placement_share need serve_static DOCROOT")
 
@@ -172,7 +185,7 @@ class ServerConfig:
         a = parser().parse_args(argv)
         kw: dict[str, Any] = {name: getattr(a, name) for _, name, _, _ in _FLAGS
                               if getattr(a, name) is not None}
-        for name in ("overload_control",):
+        for name in ("overload_control", "zero_copy"):
             if name in kw:
                 kw[name] = kw[name] == "on"
         if a.token_file is None:
@@ -231,6 +244,9 @@ _FLAGS: list[tuple[str, str, dict[str, Any], str]] = [
     ("--file-server", "file_server", {"type": _addr_port, "metavar": "ADDR:PORT"},
      "direct communication: the HTTP file server whose files the hosts' FETCH frames send to "
      "clients from here"),
+    ("--zero-copy", "zero_copy", {"choices": ("on", "off")},
+     "on: hosts put large sends in a shared send area and the daemon sends them with "
+     "MSG_ZEROCOPY, no copy through its user space (shm channel, asynchronous modes)"),
 ]
 
 

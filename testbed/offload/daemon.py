@@ -33,7 +33,7 @@ import time
 
 from . import channels
 from . import placement as _placement
-from . import rawio
+from . import rawio, zerocopy
 from .clientside import ClientConn, OutboundConn, PlacedConn
 from .config import ServerConfig
 from .fetch import FilePool
@@ -86,6 +86,7 @@ class TcpServer(Scheduler, StatsReport):
         self.c_shed = 0
         self.c_stale = 0
         self.c_listener_pauses = 0
+        self.c_zc_sends = 0
         self.cache: dict | None = None
         self.place: _placement.Control | None = None
         # direct communication with the file server (fetch.py): FETCH frames send its bodies
@@ -110,8 +111,13 @@ class TcpServer(Scheduler, StatsReport):
             log.info("function placement: %d cached files from %s, share %.3f%s", len(self.cache),
                      cfg.serve_static, self.place.share,
                      f" (control file {cfg.placement_file})" if cfg.placement_file else "")
+        if cfg.zero_copy:
+            why = zerocopy.kernel_refusal()
+            if why:
+                raise ValueError(f"--zero-copy: {why}")
         await self.open_port(cfg.listen_port)
-        self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self))
+        self.san_server = await channels.serve(cfg.san, lambda: HostChannel(self),
+                                               area_bytes=zerocopy.AREA_BYTES if cfg.zero_copy else 0)
         self.loop.call_later(1.0, self._sweep)
         if cfg.queue_deadline > 0 and cfg.overload_control:
             self.loop.call_later(self._queue_period(), self._sweep_queue)

@@ -104,7 +104,8 @@ class TunnelTransport(HostWindows, StreamTransport):
         # the credit and one frame goes at once
         if not ch.sync_send and not self._queue and n <= self._credit and n <= SEND_CHUNK:
             self._credit -= n
-            ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
+            if n < ch.zc_min or not ch.send_zc(self.cid, data):  # (zero-copy: zerocopy.py)
+                ch.emit_send(self.cid, data if type(data) is bytes else bytes(data))
             return
         self._queue.append(bytes(data))
         self._qlen += n
@@ -211,7 +212,8 @@ class TunnelTransport(HostWindows, StreamTransport):
                     q.appendleft(data[n:])
                     data = data[:n]
                 self._qlen -= n
-                ch.emit_send(self.cid, data)
+                if n < ch.zc_min or not ch.send_zc(self.cid, data):
+                    ch.emit_send(self.cid, data)
             if q:
                 return
         if self._wpaused and self._qlen <= self._low:

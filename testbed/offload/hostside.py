@@ -39,14 +39,17 @@ from .protocol import (
     RECV_REQ,
     SEND,
     SEND_CLOSE,
+    SEND_ZC,
     SHUTDOWN,
     TYPE_NAMES,
     WELCOME,
+    ZC_DONE,
     FrameDecoder,
     ProtocolError,
     decode_hello,
 )
 from .writer import FrameWriter
+from .zerocopy import OFFSET
 
 log = logging.getLogger("testbed.offload.server")
 
@@ -67,6 +70,8 @@ class HostChannel(FrameWriter, asyncio.Protocol):
         self.hello_timer: asyncio.TimerHandle | None = None
         self.peer = None
         self.want_peer = False
+        self.zc_area: memoryview | None = None  # the host's send area (zero-copy, shm only)
+        self.zc_freed: list[int] = []  # its regions the kernel let go of, for the next ZC_DONE
 
     # --- channel lifecycle ---------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -74,6 +79,7 @@ class HostChannel(FrameWriter, asyncio.Protocol):
         channels.tune_accepted(transport)
         transport.set_write_buffer_limits(high=SAN_HIGH_WATER)
         self.peer = transport.get_extra_info("peername")
+        self.zc_area = transport.get_extra_info("shm_send_area")
         self.hello_timer = self.loop.call_later(self.srv.cfg.hello_timeout, self._hello_timeout)
 
     def _hello_timeout(self) -> None:
@@ -148,6 +154,16 @@ class HostChannel(FrameWriter, asyncio.Protocol):
                         c.host_close(False)
                         if push_accept:
                             srv.host_finished(self)
+                elif ftype == SEND_ZC:
+                    area = self.zc_area
+                    off = OFFSET.unpack(payload)[0] if len(payload) == 4 else -1
+                    if area is None or off < 0 or off + arg > len(area) or not arg:
+                        raise ProtocolError(f"SEND_ZC of {arg} bytes at {off}: outside the send area")
+                    c = conns.get(cid)
+                    if c is not None:
+                        c.host_send_zc(off, arg)
+                    else:
+                        self.zc_done(off)
                 elif ftype == RECV_REQ:
                     c = conns.get(cid)
                     if c is not None:
@@ -192,6 +208,20 @@ class HostChannel(FrameWriter, asyncio.Protocol):
                     raise ProtocolError(f"host may not send {TYPE_NAMES.get(ftype)} frames")
         except ProtocolError as e:
             self.fail(str(e))
+
+    def zc_done(self, off: int) -> None:
+        """The kernel let go of the send area's region at ``off``: tell the host (one
+        ZC_DONE per loop iteration carries every region freed in it)."""
+        if self.dead:
+            return
+        if not self.zc_freed:
+            self.loop.call_soon(self._send_zc_done)
+        self.zc_freed.append(off)
+
+    def _send_zc_done(self) -> None:
+        freed, self.zc_freed = self.zc_freed, []
+        if freed and not self.dead:
+            self.emit(ZC_DONE, 0, len(freed), b"".join(map(OFFSET.pack, freed)))
 
     def hello(self, payload: bytes) -> None:
         h = decode_hello(payload)

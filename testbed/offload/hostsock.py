@@ -36,6 +36,7 @@ import asyncio
 import collections
 import concurrent.futures
 import logging
+import struct
 import threading
 from typing import Any, Callable
 
@@ -62,8 +63,10 @@ from .protocol import (
     PONG,
     RESET,
     SEND_DONE,
+    SEND_ZC,
     TYPE_NAMES,
     WELCOME,
+    ZC_DONE,
     FrameDecoder,
     Hello,
     ProtocolError,
@@ -72,6 +75,7 @@ from .protocol import (
 )
 from .transport import GONE
 from .writer import FrameWriter
+from .zerocopy import MIN_BYTES, OFFSET, SendArea
 
 log = logging.getLogger("testbed.offload.hostsock")
 
@@ -178,10 +182,18 @@ class Tunnel(FrameWriter, asyncio.Protocol):
         self.received = [0] * (MAX_TYPE + 1)
         self.stale_skipped = 0  # connections (or their data) dropped: reset in the same batch
         self.backlog_refused = 0
+        # zero-copy sends (zerocopy.py): the send area when the TCP server offers one, and the
+        # smallest write that goes through it (no area: none does)
+        self.zc: SendArea | None = None
+        self.zc_min = 1 << 62
 
     # --- channel -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         self.transport = transport
+        area = transport.get_extra_info("shm_send_area")
+        if area is not None:
+            self.zc = SendArea(area)
+            self.zc_min = MIN_BYTES
         self.emit(HELLO, 0, 0, encode_hello(Hello(self.token, self.host_id, self.mode.name)))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -255,6 +267,14 @@ class Tunnel(FrameWriter, asyncio.Protocol):
                 if tr is not None:
                     tr._send_done(arg)
                     self._wake_drain(cid, tr)
+            elif ftype == ZC_DONE:
+                try:
+                    for (off,) in OFFSET.iter_unpack(payload):
+                        self.zc.free(off)  # type: ignore[union-attr]
+                except (ValueError, AttributeError, struct.error) as e:
+                    log.error("TCP server sent a bad ZC_DONE (%s); dropping the channel", e)
+                    self.abort_channel()
+                    return
             elif ftype == EOF:
                 tr = conns.get(cid)
                 if tr is not None:
@@ -368,8 +388,18 @@ class Tunnel(FrameWriter, asyncio.Protocol):
         self.conns[cid] = tr
         return TunnelSocket(tr)
 
+    def send_zc(self, cid: int, data: bytes | bytearray | memoryview) -> bool:
+        """Put ``data`` in the send area and send its place (SEND_ZC), or False: no room."""
+        off = self.zc.put(data)  # type: ignore[union-attr]
+        if off < 0:
+            return False
+        self.emit(SEND_ZC, cid, len(data), OFFSET.pack(off))
+        return True
+
     def counters(self) -> dict[str, Any]:
+        zc = {} if self.zc is None else {"send_area_full": self.zc.full}
         return {
+            **zc,
             "frames_sent": {TYPE_NAMES[i]: n for i, n in enumerate(self.sent) if n},
             "frames_received": {TYPE_NAMES[i]: n for i, n in enumerate(self.received) if n},
             "connections_open": len(self.conns),

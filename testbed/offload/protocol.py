@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 from .native import NATIVE
 
-PROTOCOL_VERSION = 3  # 2: SEND_CLOSE; 3: FETCH
+PROTOCOL_VERSION = 4  # 2: SEND_CLOSE; 3: FETCH; 4: SEND_ZC, ZC_DONE
 HDR = struct.Struct("<IBBHII")
 HDR_SIZE = HDR.size  # 16
 MAX_PAYLOAD = 256 * 1024 - HDR_SIZE  # a frame never exceeds 256 KiB on the wire
@@ -67,12 +67,15 @@ PING = 21  # either way: liveness; answered by PONG with the same arg
 PONG = 22
 SEND_CLOSE = 23  # host -> server: SEND, then CLOSE (no CLOSE_DONE): an async close's last write
 FETCH = 24  # host -> server: arg size; payload a path: that file's body from the file server (fetch.py)
+SEND_ZC = 25  # host -> server: arg length; payload u32 offset: bytes in the send area (zerocopy.py)
+ZC_DONE = 26  # server -> host: arg count; payload u32 offsets: those send-area regions are free
 
 TYPE_NAMES = {i + 1: n for i, n in enumerate(
     "HELLO WELCOME ERROR LISTEN LISTEN_OK ACCEPT_REQ ACCEPTED CONN_NEW RECV_REQ DATA SEND SEND_DONE"
-    " CREDIT SHUTDOWN CLOSE CLOSE_DONE EOF RESET CONNECT CONNECTED PING PONG SEND_CLOSE FETCH".split()
+    " CREDIT SHUTDOWN CLOSE CLOSE_DONE EOF RESET CONNECT CONNECTED PING PONG SEND_CLOSE FETCH SEND_ZC"
+    " ZC_DONE".split()
 )}
-MAX_TYPE = 24
+MAX_TYPE = 26
 
 
 class ProtocolError(Exception):

@@ -40,13 +40,16 @@ from collections.abc import Callable
 from typing import Any
 
 from .transport import DEFAULT_HIGH, DEFAULT_LOW, GONE, StreamTransport
+from .zerocopy import MSG_ZEROCOPY, Completions, Done, Linger, abort_socket, enable
 
 log = logging.getLogger("testbed.offload.rawio")
 
 _EPOLLIN = select.EPOLLIN
 _EPOLLOUT = select.EPOLLOUT
+_EPOLLERR = select.EPOLLERR
 _EPOLLBAD = select.EPOLLERR | select.EPOLLHUP
 _DONTWAIT = socket.MSG_DONTWAIT
+_ZC_SEND = socket.MSG_DONTWAIT | MSG_ZEROCOPY
 _READ_SIZE = 65536
 _ACCEPTS_PER_WAKE = 128
 _EVENTS_PER_WAKE = 512
@@ -193,11 +196,25 @@ class RawListener:
         self.fd = -1
 
 
+class _ZcChunk:
+    """Bytes in the send area waiting in a write buffer: sent with MSG_ZEROCOPY, not copied."""
+
+    __slots__ = ("view", "done", "off")
+
+    def __init__(self, view: memoryview, done: Done, off: int) -> None:
+        self.view = view
+        self.done = done
+        self.off = off
+
+    def __len__(self) -> int:
+        return len(self.view)
+
+
 class RawTransport(StreamTransport):
     """One accepted client socket (see the module docstring for the contract)."""
 
     __slots__ = ("poller", "sock", "fd", "peer", "_mask", "_registered", "_wbuf", "_wlen",
-                 "_closing", "_closed", "_eof_pending", "_reading", "_hup")
+                 "_closing", "_closed", "_eof_pending", "_reading", "_hup", "_zc")
 
     def __init__(self, poller: Poller, sock: socket.socket, fd: int, peer: Any,
                  protocol: asyncio.Protocol) -> None:
@@ -218,6 +235,7 @@ class RawTransport(StreamTransport):
         self._eof_pending = False  # write_eof after the buffered bytes
         self._reading = True
         self._hup = False  # error/hang-up seen while not reading
+        self._zc: Completions | None = None  # zero-copy sends the kernel holds (write_zc)
         try:
             protocol.connection_made(self)
             # the request is usually in already (TCP_DEFER_ACCEPT, or a quick client): read
@@ -256,6 +274,10 @@ class RawTransport(StreamTransport):
         self._set_mask(mask)
 
     def _event(self, ev: int) -> None:
+        if ev & _EPOLLERR and self._zc is not None and self._zc.reap(self.sock):
+            ev &= ~_EPOLLERR  # completion notices (a real error shows again once they are read)
+            if not ev:
+                return
         if ev & (_EPOLLOUT | _EPOLLBAD) and self._wlen:
             self._flush()  # after an error or reset the send fails and the transport ends
             if self._closed:
@@ -326,21 +348,80 @@ class RawTransport(StreamTransport):
         if not self._wpaused and self._wlen > self._high:
             self._pause_writing()
 
+    def write_zc(self, view: memoryview, done: Done, off: int) -> None:
+        """Send ``view`` (a region of a host's send area) without copying it: MSG_ZEROCOPY;
+        ``done(off)`` once the kernel let go of it (zerocopy.py). Copied instead when the
+        kernel refuses zero-copy on this socket."""
+        if self._closed or self._closing or self._eof_pending:
+            done(off)
+            return
+        zc = self._zc
+        if zc is None:
+            if not enable(self.sock):
+                self.write(bytes(view))
+                done(off)
+                return
+            zc = self._zc = Completions()
+        if not self._wlen:
+            try:
+                n = self.sock.send(view, _ZC_SEND)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as e:
+                if e.errno == errno.ENOBUFS:  # no room for more notices now: copy this one
+                    self.write(bytes(view))
+                    done(off)
+                    return
+                done(off)
+                self._fatal(e)
+                return
+            if n:
+                last = zc.sent()
+                if n == len(view):
+                    zc.owe(last, done, off)
+                    return
+                view = view[n:]
+        self._wbuf.append(_ZcChunk(view, done, off))  # type: ignore[arg-type]
+        self._wlen += len(view)
+        self._want()
+        if not self._wpaused and self._wlen > self._high:
+            self._pause_writing()
+
+    def _send_chunk(self, item: _ZcChunk) -> int:
+        try:
+            n = self.sock.send(item.view, _ZC_SEND)
+        except OSError as e:
+            if e.errno != errno.ENOBUFS:
+                raise
+            n = self.sock.send(bytes(item.view), _DONTWAIT)  # no room for notices: copied
+            if n == len(item.view):  # free once the zero-copy sends of its start are
+                self._zc.owe(self._zc.next_id - 1, item.done, item.off)  # type: ignore[union-attr]
+            return n
+        if n:
+            last = self._zc.sent()  # type: ignore[union-attr]
+            if n == len(item.view):
+                self._zc.owe(last, item.done, item.off)  # type: ignore[union-attr]
+        return n
+
     def _flush(self) -> None:
         buf = self._wbuf
         while buf:
+            item = buf[0]
             try:
-                n = self.sock.send(buf[0], _DONTWAIT)
+                n = self.sock.send(item, _DONTWAIT) if type(item) is not _ZcChunk else self._send_chunk(item)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as e:  # reset, broken pipe...: this connection ends
                 self._fatal(e)
                 return
             self._wlen -= n
-            if n == len(buf[0]):
+            if n == len(item):
                 buf.pop(0)
+            elif type(item) is _ZcChunk:
+                item.view = item.view[n:]
+                break
             else:
-                buf[0] = buf[0][n:]
+                buf[0] = item[n:]
                 break
         if self._wpaused and self._wlen <= self._low:
             self._resume_writing()
@@ -349,7 +430,7 @@ class RawTransport(StreamTransport):
         if self._wlen:
             return
         if self._closing:
-            self._finish(None)
+            self._finish(None, True)
             return
         if self._eof_pending:
             self._eof_pending = False
@@ -384,7 +465,7 @@ class RawTransport(StreamTransport):
         if self._closing or self._closed:
             return
         if not self._wlen:
-            self._finish(None)
+            self._finish(None, True)
             return
         self._closing = True  # the buffered bytes go out first, then the socket closes
         self._reading = False
@@ -398,21 +479,47 @@ class RawTransport(StreamTransport):
         if not self._closed:
             self._finish(exc if isinstance(exc, Exception) else None)
 
-    def _finish(self, exc: Exception | None) -> None:
+    def _finish(self, exc: Exception | None, graceful: bool = False) -> None:
         self._closed = True
         self._closing = True
+        zc = self._zc
+        if zc is not None and (zc.outstanding or self._wbuf):
+            self._close_zc(zc, graceful)
+        else:
+            if self._registered:
+                self.poller.forget(self.fd)  # close() below drops it from the epoll set
+            self.sock.close()
         self._wbuf = []
         self._wlen = 0
-        if self._registered:
-            self.poller.forget(self.fd)  # close() below drops it from the epoll set
-            self._registered = False
-        self.sock.close()
+        self._registered = False
         protocol = self._protocol
         self._protocol = GONE
         try:
             protocol.connection_lost(exc)
         except Exception:  # one connection's bug must not end the server
             log.exception("connection_lost of %r failed", protocol)
+
+    def _close_zc(self, zc: Completions, graceful: bool) -> None:
+        """Close with zero-copy sends the kernel may still hold: a graceful close lingers
+        until they complete; an abort or an error resets (freeing the pages at once). Bytes
+        never handed to the kernel are given back now."""
+        for item in self._wbuf:
+            if type(item) is _ZcChunk:
+                zc.owe(zc.next_id - 1, item.done, item.off)  # after the sends before it
+        if graceful:  # everything was handed to the kernel: wait for it only if it still holds some
+            if zc.outstanding:
+                zc.reap(self.sock)  # usually the client acknowledged it all before it closed
+            if zc.outstanding:
+                Linger(self.poller, self.sock, self.fd, zc, self._registered)
+                return
+            if self._registered:
+                self.poller.forget(self.fd)
+            self.sock.close()
+            return
+        if self._registered:
+            self.poller.forget(self.fd)
+        abort_socket(self.sock)
+        zc.release_all()
 
     # --- the rest of the Transport interface --------------------------------------------
     def get_extra_info(self, name: str, default: Any = None) -> Any:

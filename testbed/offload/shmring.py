@@ -12,7 +12,8 @@ How it works (docs/protocol.md has the layout):
   across network namespaces).
 - Per accepted host it creates ``/dev/shm/tcps-NAME-<pid>-<n>``: a 4 KiB header page and
   two single-producer/single-consumer rings of ``cap`` bytes (a power of two, 4 MiB by
-  default), one per direction. It passes the open file to the host with SCM_RIGHTS and
+  default), one per direction, and, when the TCP server sends without copying
+  (``--zero-copy``), the host's send area after them (``zerocopy.py``). It passes the open file to the host with SCM_RIGHTS and
   unlinks it at once: the mapping lives while either side has it, and no file is left
   behind even if both processes are killed (``testbed clean`` removes ``/dev/shm/tcps-*``
   for the case of a crash inside the handshake).
@@ -59,9 +60,9 @@ log = logging.getLogger(__name__)
 
 SHM_DIR = "/dev/shm"
 MAGIC = b"TCPSRING"
-VERSION = 1
+VERSION = 2  # 2: the send area
 DEFAULT_RING_BYTES = 4 << 20
-_HELLO = struct.Struct("<8sIIQ")  # magic, version, reserved, capacity (then the file name)
+_HELLO = struct.Struct("<8sIIQ")  # magic, version, send area bytes, capacity (then the file name)
 HANDSHAKE_TIMEOUT = 5.0
 _EFD_FLAGS = os.EFD_NONBLOCK | os.EFD_CLOEXEC
 
@@ -70,12 +71,13 @@ class ShmServer(asyncio.AbstractServer):
     """The rendezvous socket; each accepted host gets its own ring file and transport."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, path: str, name: str,
-                 factory: Callable[[], asyncio.BaseProtocol], ring_bytes: int) -> None:
+                 factory: Callable[[], asyncio.BaseProtocol], ring_bytes: int, area_bytes: int) -> None:
         self._loop = loop
         self.path = path
         self.name = name
         self._factory = factory
         self.ring_bytes = ring_bytes
+        self.area_bytes = area_bytes
         self._n = 0
         self._lsock: socket.socket | None = None
         self._ino = 0
@@ -105,25 +107,26 @@ class ShmServer(asyncio.AbstractServer):
                 log.warning("shm channel %s: accept failed: %s", self.name, e)
                 return
             try:
-                mm, ring, bells = self._make_ring(conn)
+                mm, area, ring, bells = self._make_ring(conn)
             except OSError as e:
                 log.warning("shm channel %s: ring setup failed: %s; connection dropped", self.name, e)
                 conn.close()
                 continue
-            tr = ShmTransport(self._loop, conn, mm, self.ring_bytes, "server", self._factory(), ring, bells)
+            tr = ShmTransport(self._loop, conn, mm, self.ring_bytes, "server", self._factory(), ring, bells, area)
             tr._start()
 
-    def _make_ring(self, conn: socket.socket) -> tuple[mmap.mmap, str, tuple[int, int]]:
+    def _make_ring(self, conn: socket.socket) -> tuple[mmap.mmap, mmap.mmap | None, str, tuple[int, int]]:
         self._n += 1
         ring = f"{self.name}-{os.getpid()}-{self._n}"
         path = os.path.join(SHM_DIR, ring)
-        size = HEADER + 2 * self.ring_bytes
+        size = HEADER + 2 * self.ring_bytes + self.area_bytes
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.ftruncate(fd, size)
-            mm = mmap.mmap(fd, size)
+            mm = mmap.mmap(fd, size - self.area_bytes)
+            area = _map_area(fd, self.ring_bytes, self.area_bytes)
             try:
-                hello = _HELLO.pack(MAGIC, VERSION, 0, self.ring_bytes)
+                hello = _HELLO.pack(MAGIC, VERSION, self.area_bytes, self.ring_bytes)
                 mm[:_HELLO.size] = hello
                 conn.setblocking(False)
                 to_host, to_server = os.eventfd(0, _EFD_FLAGS), os.eventfd(0, _EFD_FLAGS)
@@ -135,11 +138,13 @@ class ShmServer(asyncio.AbstractServer):
                     raise
             except BaseException:
                 mm.close()
+                if area is not None:
+                    area.close()
                 raise
         finally:
             os.unlink(path)  # both ends hold it now (the fd in flight counts): nothing to leak
             os.close(fd)
-        return mm, ring, (to_host, to_server)
+        return mm, area, ring, (to_host, to_server)
 
     # asyncio.AbstractServer
     def close(self) -> None:
@@ -176,13 +181,15 @@ class ShmServer(asyncio.AbstractServer):
 
 
 async def serve(path: str, name: str, factory: Callable[[], asyncio.BaseProtocol],
-                ring_bytes: int = DEFAULT_RING_BYTES) -> ShmServer:
-    """Listen on ``path`` (``/dev/shm/tcps-NAME.sock``); ring files are ``/dev/shm/NAME-*``."""
+                ring_bytes: int = DEFAULT_RING_BYTES, area_bytes: int = 0) -> ShmServer:
+    """Listen on ``path`` (``/dev/shm/tcps-NAME.sock``); ring files are ``/dev/shm/NAME-*``.
+    ``area_bytes``: each host's send area for zero-copy sends (0: none)."""
     check_arch()
-    if ring_bytes < 4096 or ring_bytes & (ring_bytes - 1):
-        raise ValueError(f"shm ring size {ring_bytes}: a power of two of at least 4096 bytes")
+    for what, n in (("ring", ring_bytes), ("send area", area_bytes)):
+        if (n < 4096 or n & (n - 1)) and (n or what == "ring"):
+            raise ValueError(f"shm {what} size {n}: a power of two of at least 4096 bytes")
     unlink_stale(path, socket.SOCK_SEQPACKET)
-    srv = ShmServer(asyncio.get_running_loop(), path, name, factory, ring_bytes)
+    srv = ShmServer(asyncio.get_running_loop(), path, name, factory, ring_bytes, area_bytes)
     srv._listen()
     return srv
 
@@ -207,7 +214,7 @@ async def connect(path: str, factory: Callable[[], asyncio.BaseProtocol],
         try:
             if not msg:
                 raise ConnectionError(f"shm channel {path}: the server closed during the handshake")
-            mm, cap, ring = _map_ring(ring_fd, msg, path)
+            mm, cap, ring, area = _map_ring(ring_fd, msg, path)
         except BaseException:
             for fd in {*bells} - {-1}:
                 os.close(fd)
@@ -218,7 +225,7 @@ async def connect(path: str, factory: Callable[[], asyncio.BaseProtocol],
         sock.close()
         raise
     protocol = factory()
-    tr = ShmTransport(loop, sock, mm, cap, "host", protocol, ring, bells)
+    tr = ShmTransport(loop, sock, mm, cap, "host", protocol, ring, bells, area)
     tr._start()
     return tr, protocol
 
@@ -234,19 +241,28 @@ def _take_fds(fds: list[int], path: str) -> tuple[int, tuple[int, int]]:
     return fds[0], (fds[2], fds[1])
 
 
-def _map_ring(fd: int, msg: bytes, path: str) -> tuple[mmap.mmap, int, str]:
+def _map_area(fd: int, cap: int, area_bytes: int) -> mmap.mmap | None:
+    """The send area, a mapping of its own: views of it may outlive the rings' mapping (a
+    client socket's queued zero-copy send), and an mmap with views cannot be closed."""
+    return mmap.mmap(fd, area_bytes, offset=HEADER + 2 * cap) if area_bytes else None
+
+
+def _map_ring(fd: int, msg: bytes, path: str) -> tuple[mmap.mmap, int, str, mmap.mmap | None]:
     if len(msg) < _HELLO.size:
         raise OSError(f"shm channel {path}: short handshake ({len(msg)} bytes)")
-    magic, version, _, cap = _HELLO.unpack_from(msg)
+    magic, version, area_bytes, cap = _HELLO.unpack_from(msg)
     if magic != MAGIC or version != VERSION:
         raise OSError(f"shm channel {path}: not a version-{VERSION} TCP-server ring ({magic!r} v{version})")
     if cap < 4096 or cap & (cap - 1) or cap > 1 << 30:
         raise OSError(f"shm channel {path}: bad ring capacity {cap}")
+    if area_bytes & (area_bytes - 1) or area_bytes > 1 << 30:
+        raise OSError(f"shm channel {path}: bad send area size {area_bytes}")
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode) or st.st_size != HEADER + 2 * cap:
-        raise OSError(f"shm channel {path}: the ring file has {st.st_size} bytes, expected {HEADER + 2 * cap}")
-    mm = mmap.mmap(fd, st.st_size)
+    if not stat.S_ISREG(st.st_mode) or st.st_size != HEADER + 2 * cap + area_bytes:
+        raise OSError(f"shm channel {path}: the ring file has {st.st_size} bytes, expected "
+                      f"{HEADER + 2 * cap + area_bytes}")
+    mm = mmap.mmap(fd, HEADER + 2 * cap)
     if mm[:_HELLO.size] != msg[:_HELLO.size]:
         mm.close()
         raise OSError(f"shm channel {path}: the ring file's header does not match the handshake")
-    return mm, cap, msg[_HELLO.size:].decode(errors="replace")
+    return mm, cap, msg[_HELLO.size:].decode(errors="replace"), _map_area(fd, cap, area_bytes)

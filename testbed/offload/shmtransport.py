@@ -76,10 +76,12 @@ class ShmTransport(StreamTransport):
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, mm: mmap.mmap,
                  cap: int, side: str, protocol: asyncio.BaseProtocol, ring_name: str,
-                 bells: tuple[int, int] = (-1, -1)) -> None:
-        """``bells``: the eventfds (rung by us, rung by the peer), or -1: the socket rings."""
+                 bells: tuple[int, int] = (-1, -1), area: mmap.mmap | None = None) -> None:
+        """``bells``: the eventfds (rung by us, rung by the peer), or -1: the socket rings;
+        ``area``: the host's send area for zero-copy sends (zerocopy.py), if the ring has one."""
         super().__init__({"peername": ring_name, "sockname": ring_name, "shm_ring": ring_name,
-                          "shm_ring_bytes": cap})
+                          "shm_ring_bytes": cap,
+                          "shm_send_area": memoryview(area) if area is not None else None})
         self._loop = loop
         self._sock = sock
         self._fd = sock.fileno()

@@ -13,6 +13,7 @@ import os
 import time
 
 from ..system.files import write_json
+from .zerocopy import Completions
 
 log = logging.getLogger("testbed.offload.server")
 
@@ -82,6 +83,10 @@ class StatsReport:
             "polls": self.pacer.polls if self.pacer is not None else 0,
             "poll_overruns": self.pacer.overruns if self.pacer is not None else 0,
             "poll_sleeps": self.pacer.sleeps if self.pacer is not None else 0,
+            "zero_copy": self.cfg.zero_copy,
+            "zero_copy_sends": self.c_zc_sends,
+            "zero_copy_notices": Completions.notices_total,
+            "zero_copy_copied": Completions.copied_total,
             "hosts_attached": len(self.hosts),
             "hosts": hosts,
             **(self.files.counters() if self.files is not None else {}),
