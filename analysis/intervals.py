@@ -81,6 +81,18 @@ def mean_ci(values: Iterable[float]) -> Interval:
     return Interval(mean, mean - half, mean + half, n, std)
 
 
+def rounds_for(half_width: float, n: int, target: float, most: int = 1000) -> int | None:
+    """Paired rounds a 95% interval of ``half_width`` from ``n`` rounds would need to come
+    within ±``target`` if the rounds kept the spread they showed (None: over ``most``)."""
+    if n < 2 or not math.isfinite(half_width) or half_width <= target:
+        return n if half_width <= target else None
+    sd = half_width * math.sqrt(n) / t975(n - 1)
+    for m in range(n + 1, most + 1):
+        if t975(m - 1) * sd / math.sqrt(m) <= target:
+            return m
+    return None
+
+
 def paired_gain_pct(values: dict[int, float], baseline: dict[int, float]) -> Interval:
     """Gain in percent of ``values`` over ``baseline``, paired by round (the keys)."""
     rounds = sorted(set(values) & set(baseline))

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from ..frames import KNEE_FRACTION, REGULAR, Prepared, cpu_at_saturation
+from ..intervals import rounds_for
 from ..render import num as _num
 from ..render import render
 from ..run import RunInfo
@@ -98,7 +99,7 @@ def _precision(s: pd.Series) -> str:
     return f"±{h:.1f}" + (" (> ±5)" if h > PRECISION_PTS else "")
 
 
-PRECISION_PTS = 5.0  # the precision a headline gain is meant to reach (issue 25)
+PRECISION_PTS = 5.0  # the half-width at which a headline gain can decide a 5% effect
 
 
 def _gain(s: pd.Series, prefix: str, with_verdict: bool = True) -> str:
@@ -209,8 +210,11 @@ def summary_sentences(prep: Prepared, runs: list[RunInfo]) -> list[str]:
         text = (f"Precision reached: {len(two_sided) - len(wide)} of {len(two_sided)} two-sided peak gains have a "
                 f"95% interval within ±{PRECISION_PTS:g} points (median half-width ±{float(np.median(hw)):.1f}).")
         if wide:
-            text += (" Wider than ±5 points, so they cannot decide an effect of that size: "
-                     + "; ".join(f"{_where(s)}{s['mode_label']} ±{half_width(s):.1f}" for s in wide) + ".")
+            text += (" Wider than ±5 points, so they cannot decide an effect of that size (in brackets: the "
+                     "paired rounds behind each, and about how many its rounds' spread would need for ±5): "
+                     + "; ".join(f"{_where(s)}{s['mode_label']} ±{half_width(s):.1f} ({_rounds_needed(s)})"
+                                 for s in wide) + ".")
+            text += " " + _why_stopped(runs)
         out.append(text)
     bad = [(r.name, p.get("point"), p.get("status")) for r in runs for p in r.points if p.get("status") != "done"]
     total = sum(len(r.points) for r in runs)
@@ -262,6 +266,25 @@ def _measured_again(runs: list[Any]) -> list[str]:
         elif fidelity.get("remeasure"):
             out.append(f"{name}No turn or point needed measuring again.")
     return out
+
+
+def _rounds_needed(s: pd.Series) -> str:
+    n = int(s.get("gain_pairs") or 0)
+    m = rounds_for(half_width(s), n, PRECISION_PTS)
+    return f"{n} rounds; {'over 1,000' if m is None else f'about {m}'}"
+
+
+def _why_stopped(runs: list) -> str:
+    """What ended the rounds: the experiment's precision rule, or its fixed repetitions."""
+    reasons = []
+    for r in runs:
+        p = r.manifest.get("precision") or {}
+        if p.get("stopped"):
+            reasons.append(f"the rounds stopped after {p.get('rounds')}: {p['stopped']}")
+        else:
+            reasons.append(f"the experiment ran a fixed {r.manifest.get('repetitions', '?')} rounds (no "
+                           "precision rule)")
+    return "Why no more: " + "; ".join(dict.fromkeys(reasons)) + "."
 
 
 def _where(s: pd.Series) -> str:
