@@ -158,7 +158,7 @@ def report(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
                      "(us), per MB of body (ms) and the kernel's share of it, median [min-max] over rounds")
         lines.append(f"{'config':<10}{'replies':>8}{'err':>5}"
                      + "".join(f"{n + ' us':>20}{n + ' ms/MB':>20}{n + ' sys':>18}" for n in NODES)
-                     + f"{'zc sends':>10}{'copied':>8}")
+                     + f"{'SEND_ZC':>9}{'notices':>9}{'copied':>8}")
         for config in CONFIGS:
             col = [r[config][uri] for r in rounds if config in r]
             last = col[-1]
@@ -169,7 +169,8 @@ def report(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
                 cells += f"{_stats([c[f'{n}_us_per_req'] / 1000 / (size / 1e6) for c in col]):>20}"
                 cells += f"{_stats([c[f'{n}_system_share'] for c in col]):>18}"
             lines.append(f"{config:<10}{last['replies']:>8}{last['errors']:>5}{cells}"
-                         f"{last.get('zero_copy_sends', 0):>10}{last.get('zero_copy_copied', 0):>8}"
+                         f"{last.get('zero_copy_sends', 0):>9}{last.get('zero_copy_notices', 0):>9}"
+                         f"{last.get('zero_copy_copied', 0):>8}"
                          f"   throttled at most {throttled:.2f} s")
         for node in NODES:
             ratio = [r["zero-copy"][uri][f"{node}_us_per_req"] / r["copying"][uri][f"{node}_us_per_req"]
@@ -180,9 +181,10 @@ def report(rounds: list[dict[str, dict[str, dict[str, Any]]]]) -> str:
         lines.append(f"\nperf, the TCP server serving {FILES[-1][0]} ({config}, last round): its heaviest symbols")
         lines += [f"  {share:5.1f}%  {sym}" for share, sym in top]
     lines.append("\nratios: the same round's CPU per reply (so per byte: the files are the same) of zero-copy "
-                 "over copying; sys: the system (kernel) share of the node's CPU; zc sends: sends the TCP "
-                 "server made with MSG_ZEROCOPY in the last round, copied: those the kernel reported as "
-                 "copied after all. replies/err: the last round.")
+                 "over copying; sys: the system (kernel) share of the node's CPU; SEND_ZC: host writes the "
+                 "TCP server sent from the send area in the last round (a write may take several sends); "
+                 "notices: the kernel's completion notices (one may cover several sends), copied: those "
+                 "saying it copied the pages after all. replies/err: the last round.")
     return "\n".join(lines)
 
 
