@@ -95,10 +95,42 @@ def render_precision() -> str:
     return "\n".join(lines) + "\n"
 
 
+PAIRING_SHIFT = "pairing-shift"
+
+
+def render_pairing_shift() -> str:
+    """Per experiment shipped both ways: each curve's peak in the current report over its
+    peak in the one kept under round-paired/ (same curve names), Regular TCP apart."""
+    import statistics
+    lines = ["| experiment | pairing now / before | commits now / before | Regular TCP peak, now/before | "
+             "offloaded peaks, now/before: median [min-max] (curves) |", "|---|---|---|---|---|"]
+    for before_path in sorted((REPORTS / EARLIER).glob("*/summary.json")):
+        now_path = REPORTS / before_path.parent.name / "summary.json"
+        if not now_path.exists():
+            continue
+        now, before = json.loads(now_path.read_text()), json.loads(before_path.read_text())
+        peaks = {c["curve"]: (c["mode"], (c.get("peak") or {}).get("mean")) for c in before["curves"]}
+        reg, off = [], []
+        for c in now["curves"]:
+            mode, old = peaks.get(c["curve"], (None, None))
+            new = (c.get("peak") or {}).get("mean")
+            if old and new:
+                (reg if c["mode"] == "regular" else off).append(new / old)
+        if not off:
+            continue
+        rng = f"{statistics.median(off):.2f} [{min(off):.2f}-{max(off):.2f}] ({len(off)})"
+        reg_text = ", ".join(f"{r:.2f}" for r in reg) or "-"
+        lines.append(f"| {before_path.parent.name} | {now.get('pairing', 'round')} / {before.get('pairing', 'round')} | "
+                     f"{str(now.get('commit'))[:7]} / {str(before.get('commit'))[:7]} | {reg_text} | {rng} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(name: str) -> str:
     """The Markdown table of one shipped report's headline numbers."""
     if name == PRECISION:
         return render_precision()
+    if name == PAIRING_SHIFT:
+        return render_pairing_shift()
     s = load_summary(name)
     reps = s.get("repetitions")
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"
