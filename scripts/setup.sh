@@ -15,6 +15,7 @@ APT_PACKAGES=(
     build-essential                         # gcc and libc headers: the engine's native path (_native.c)
     iproute2 nftables ethtool procps curl   # namespaces, NAT for pass-through, offload flags, probes
     tcpdump                                 # `testbed capture`
+    strace                                  # a test traces the TCP server's zero-copy sends
     mininet bridge-utils iputils-ping       # the Mininet backend, without Open vSwitch
     haproxy httperf nginx-light             # the comparison points of the benchmarks
     chromium                                # opening reports in a real browser in tests
