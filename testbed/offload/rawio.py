@@ -342,8 +342,12 @@ class RawTransport(StreamTransport):
             if n == len(data):
                 return
             data = data[n:]
-        self._wbuf.append(bytes(data))
-        self._wlen += len(data)
+        self._hold(bytes(data))
+
+    def _hold(self, item: bytes | _ZcChunk) -> None:
+        """Keep what the socket did not take, behind what it holds already."""
+        self._wbuf.append(item)  # type: ignore[arg-type]
+        self._wlen += len(item)
         self._want()  # adds EPOLLOUT (a syscall only when the mask changes)
         if not self._wpaused and self._wlen > self._high:
             self._pause_writing()
@@ -381,11 +385,7 @@ class RawTransport(StreamTransport):
                     zc.owe(last, done, off)
                     return
                 view = view[n:]
-        self._wbuf.append(_ZcChunk(view, done, off))  # type: ignore[arg-type]
-        self._wlen += len(view)
-        self._want()
-        if not self._wpaused and self._wlen > self._high:
-            self._pause_writing()
+        self._hold(_ZcChunk(view, done, off))
 
     def _send_chunk(self, item: _ZcChunk) -> int:
         try:
