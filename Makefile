@@ -1,7 +1,7 @@
 # Quick start (as root on Debian 12):  make demo   |   make test
 PY := .venv/bin/python
 
-.PHONY: setup demo test vm-test bench clean
+.PHONY: setup demo test vm-test cluster-test bench clean
 setup:
 	bash scripts/setup.sh
 
@@ -15,6 +15,11 @@ test: setup
 # 10 minutes the first time, 7 once its root file system is cached in /var/cache/tcps-vm)
 vm-test:
 	bash scripts/vm-test.sh
+
+# nodes on two machines: two such VMs joined by a virtual wire, the host on the second
+# (tests/cluster/; docs/cluster.md)
+cluster-test:
+	bash scripts/vm-test.sh --cluster
 
 bench: setup
 	$(PY) -m bench

@@ -119,9 +119,12 @@ def links_of(point: dict[str, Any], manifest: dict[str, Any]) -> dict[str, dict[
     if not topo_name:
         return {}
     try:
+        from testbed.describe.machines import machine
         from testbed.describe.topology import load_topology, plan_addresses
         params = {k: ("none" if v is None else str(v)) for k, v in (point.get("params") or {}).items()}
-        plan = plan_addresses(load_topology(topo_name, params))
+        # the machines its nodes ran on, as the point recorded them (placement needs them listed)
+        machines = [machine(name, f["ssh"], f["address"]) for name, f in (point.get("machines") or {}).items()]
+        plan = plan_addresses(load_topology(topo_name, params, machines))
     except Exception as e:  # a topology renamed since the run: no link columns, not no tables
         log.info("links of %s: topology %s not loadable (%s)", point.get("point"), topo_name, e)
         return {}

@@ -16,6 +16,7 @@ APT_PACKAGES=(
     iproute2 nftables ethtool procps curl   # namespaces, NAT for pass-through, offload flags, probes
     tcpdump                                 # `testbed capture`
     strace                                  # a test traces the TCP server's zero-copy sends
+    openssh-client                          # nodes on other machines (docs/cluster.md)
     mininet bridge-utils iputils-ping       # the Mininet backend, without Open vSwitch
     haproxy httperf nginx-light             # the comparison points of the benchmarks
     chromium                                # opening reports in a real browser in tests

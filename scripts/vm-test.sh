@@ -5,6 +5,8 @@
 #
 #   bash scripts/vm-test.sh             # as root; refuses if qemu/debootstrap/mkfs.ext4 are missing
 #   bash scripts/vm-test.sh --install   # apt-get installs them first (CI)
+#   bash scripts/vm-test.sh --cluster   # two VMs joined by a virtual wire: the cluster suite
+#                                       # (tests/cluster/), the host on the second VM (make cluster-test)
 #
 # The root file system (debootstrap, Debian's kernel, scripts/setup.sh run in a chroot) is
 # cached in $TCPS_VM_CACHE (default /var/cache/tcps-vm), keyed by a hash of what shapes it:
@@ -17,16 +19,19 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 INSTALL=0
+CLUSTER=0
 for arg in "$@"; do
     case "$arg" in
         --install) INSTALL=1 ;;
-        -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
-        *) echo "vm-test.sh: unknown argument $arg (only --install)" >&2; exit 2 ;;
+        --cluster) CLUSTER=1 ;;
+        -h|--help) sed -n '2,17p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        *) echo "vm-test.sh: unknown argument $arg (--install, --cluster)" >&2; exit 2 ;;
     esac
 done
 
 # command:the Debian package that provides it, in the order a refusal names them
 NEEDS=(qemu-system-x86_64:qemu-system-x86 debootstrap:debootstrap mkfs.ext4:e2fsprogs)
+[ "$CLUSTER" -eq 1 ] && NEEDS+=(ssh-keygen:openssh-client)
 missing=()
 for need in "${NEEDS[@]}"; do
     command -v "${need%%:*}" >/dev/null || missing+=("${need#*:}")
@@ -65,7 +70,7 @@ fi
 INCLUDE=systemd-sysv,udev,kmod,ca-certificates,initramfs-tools,iproute2,procps
 RECIPE="debootstrap --variant=minbase --include=$INCLUDE $SUITE $MIRROR"
 CACHE=${TCPS_VM_CACHE:-/var/cache/tcps-vm}
-TIME_LIMIT_S=${TCPS_VM_TIME_LIMIT_S:-1500}         # the VM's boot and suite
+TIME_LIMIT_S=${TCPS_VM_TIME_LIMIT_S:-$([ "$CLUSTER" -eq 1 ] && echo 2700 || echo 1500)}  # boot and suite
 BUILD_LIMIT_S=${TCPS_VM_BUILD_LIMIT_S:-1500}       # each of debootstrap and provisioning
 IMAGE_SIZE=${TCPS_VM_IMAGE_SIZE:-8G}
 
@@ -97,14 +102,21 @@ phase() {  # end the previous phase (printing its time), start the next with a p
 BUILDING=0  # 1 while this run builds $PARTIAL (only then is it ours to remove)
 MOUNTS=()   # exact paths we mounted, unmounted in reverse order whatever happens
 QEMU_PID=
+PEER_PID=   # --cluster: the second VM
+# --cluster writes these into the cached root file system for the images only: removed after
+KEYED=(root/.ssh/authorized_keys root/.ssh/id_ed25519 root/.ssh/id_ed25519.pub root/.ssh/config etc/tcps-vm-role
+       etc/tcps-vm-pytest-args)
 cleanup() {
     local rc=$?
     set +e   # every step below runs, whatever the one before it did
     [ -n "$TICKER" ] && kill "$TICKER" 2>/dev/null
-    if [ -n "$QEMU_PID" ] && kill -0 "$QEMU_PID" 2>/dev/null; then
-        kill "$QEMU_PID" 2>/dev/null || true
-        wait "$QEMU_PID" 2>/dev/null || true
-    fi
+    for pid in $QEMU_PID $PEER_PID; do
+        if kill -0 "$pid" 2>/dev/null; then
+            kill "$pid" 2>/dev/null || true
+            wait "$pid" 2>/dev/null || true
+        fi
+    done
+    for f in "${KEYED[@]}"; do [ -d "$ROOTFS" ] && rm -f -- "$ROOTFS/$f"; done
     for ((i = ${#MOUNTS[@]} - 1; i >= 0; i--)); do
         umount "${MOUNTS[$i]}" 2>/dev/null || umount -l "${MOUNTS[$i]}" 2>/dev/null || true
     done
@@ -197,20 +209,59 @@ ln -sfn /etc/systemd/system/tcps-vm-smoke.service \
     "$ROOTFS/etc/systemd/system/multi-user.target.wants/tcps-vm-smoke.service"
 # no login prompt on the serial console: its getty would hang up the suite's output there
 ln -sfn /dev/null "$ROOTFS/etc/systemd/system/serial-getty@ttyS0.service"
-truncate -s "$IMAGE_SIZE" "$RUN/disk.img"
-mkfs.ext4 -q -F -L tcps-vm -d "$ROOTFS" "$RUN/disk.img"
+image() {  # image ROLE FILE: the root file system as an ext4 image for one VM
+    echo "$1" > "$ROOTFS/etc/tcps-vm-role"
+    printf '%s\n' "${TCPS_VM_PYTEST_ARGS:-}" > "$ROOTFS/etc/tcps-vm-pytest-args"
+    # each VM its own identity: the testbed tells two machines apart by it
+    od -An -N16 -tx1 /dev/urandom | tr -d ' \n' > "$ROOTFS/etc/machine-id"
+    truncate -s "$IMAGE_SIZE" "$2"
+    mkfs.ext4 -q -F -L tcps-vm -d "$ROOTFS" "$2"
+}
+if [ "$CLUSTER" -eq 1 ]; then
+    # a key made for this run: the first VM logs into the second with it, as root
+    ssh-keygen -q -t ed25519 -N '' -C tcps-vm-cluster -f "$RUN/id_ed25519"
+    install -d -m 700 "$ROOTFS/root/.ssh"
+    install -m 600 "$RUN/id_ed25519" "$ROOTFS/root/.ssh/id_ed25519"
+    install -m 644 "$RUN/id_ed25519.pub" "$ROOTFS/root/.ssh/id_ed25519.pub"
+    install -m 600 "$RUN/id_ed25519.pub" "$ROOTFS/root/.ssh/authorized_keys"
+    # the peer's host key is new at every boot of a new image: nothing to verify it against
+    printf 'Host 10.99.0.*\n    StrictHostKeyChecking no\n    UserKnownHostsFile /dev/null\n    LogLevel ERROR\n' \
+        > "$ROOTFS/root/.ssh/config"
+    image controller "$RUN/disk.img"
+    image peer "$RUN/peer.img"
+else
+    image smoke "$RUN/disk.img"
+fi
+for f in "${KEYED[@]}"; do rm -f -- "$ROOTFS/$f"; done
 kernel=$(ls "$ROOTFS"/boot/vmlinuz-* | sort -V | tail -1)
 initrd=$(ls "$ROOTFS"/boot/initrd.img-* | sort -V | tail -1)
 
 phase boot+suite
 # -cpu max: the default qemu64 model lacks SSE4.2 and AVX, which PyPI's wheels (pandas,
 # pyarrow) use: the load generator died of SIGILL under it
-qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -nographic -no-reboot \
-    -kernel "$kernel" -initrd "$initrd" \
-    -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.show_status=0" \
-    -drive "file=$RUN/disk.img,format=raw,if=virtio" -nic none \
-    > "$RUN/serial.log" 2>&1 < /dev/null &
-QEMU_PID=$!
+boot() {  # boot IMAGE SERIAL-LOG NETWORK-ARGS...: one VM in the background
+    local disk=$1 log=$2; shift 2
+    qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m 2G -nographic -no-reboot \
+        -kernel "$kernel" -initrd "$initrd" \
+        -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.show_status=0" \
+        -drive "file=$disk,format=raw,if=virtio" "$@" \
+        > "$log" 2>&1 < /dev/null &
+}
+if [ "$CLUSTER" -eq 1 ]; then
+    # the wire between the two VMs: qemu's socket network over this machine's loopback
+    # (the first VM listens, the second connects); nothing else is on it
+    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    boot "$RUN/disk.img" "$RUN/serial.log" -nic none \
+        -netdev "socket,id=wire,listen=127.0.0.1:$port" -device virtio-net-pci,netdev=wire,mac=52:54:00:99:00:01
+    QEMU_PID=$!
+    sleep 2
+    boot "$RUN/peer.img" "$RUN/peer-serial.log" -nic none \
+        -netdev "socket,id=wire,connect=127.0.0.1:$port" -device virtio-net-pci,netdev=wire,mac=52:54:00:99:00:02
+    PEER_PID=$!
+else
+    boot "$RUN/disk.img" "$RUN/serial.log" -nic none
+    QEMU_PID=$!
+fi
 shown=0
 deadline=$(( $(date +%s) + TIME_LIMIT_S ))
 while kill -0 "$QEMU_PID" 2>/dev/null; do
@@ -232,6 +283,7 @@ wait "$QEMU_PID" || true
 QEMU_PID=
 phase ""
 cp "$RUN/serial.log" "$CACHE/last-serial.log"
+[ -f "$RUN/peer-serial.log" ] && cp "$RUN/peer-serial.log" "$CACHE/last-peer-serial.log"
 result=$(tr -d '\r' < "$RUN/serial.log" | grep -a '^TCPS-VM-RESULT:' | tail -1 || true)
 echo "vm-test.sh: total $(( $(date +%s) - T0 ))s; serial log kept in $CACHE/last-serial.log"
 case "$result" in

@@ -35,3 +35,13 @@ class Star(Topo):
         self.addLink(ts, s2)
         for h in ("h1", "h2"):
             self.addLink(self.addHost(h), s2)
+
+
+class Placed(Topo):
+    """Mininet cluster edition's placement: ``server=`` names the machine a host runs on
+    (here h2 on machine ``b``, given with ``up --machine b=root@ADDRESS``)."""
+
+    def build(self) -> None:  # Mininet calls build()
+        h1, t1, h2 = self.addHost("h1"), self.addHost("t1"), self.addHost("h2", server="b")
+        self.addLink(h1, t1)
+        self.addLink(t1, h2)

@@ -11,7 +11,8 @@ apt-get update -qq
 # the host's certificate authorities (copied by vm-test.sh), trusted while provisioning
 update-ca-certificates >/dev/null 2>&1
 export PIP_CERT=/etc/ssl/certs/ca-certificates.crt
-apt-get install -y -qq --no-install-recommends linux-image-amd64 >/dev/null
+# the kernel, and sshd for --cluster's second VM (the first logs into it)
+apt-get install -y -qq --no-install-recommends linux-image-amd64 openssh-server >/dev/null
 cd /opt/tcps
 bash scripts/setup.sh
 # setup.sh stops Debian's nginx and haproxy only where systemd runs; in a chroot, disable

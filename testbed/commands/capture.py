@@ -26,27 +26,32 @@ def capture(tb: "Testbed", target: str, *, interface: str | None = None, write: 
         raise TestbedError("capture --count must be at least 1")
     if seconds is not None and not 0 < seconds <= 86400:
         raise TestbedError("capture --seconds must be in (0, 86400]")
-    tcpdump = shutil.which("tcpdump")
-    if tcpdump is None:
-        raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
     nodes = [n.name for n in tb.topology.nodes]
     links = {lp.link.name: lp for lp in tb.addresses.links}
     if target in nodes:
-        netns, iface = tb.netns(target), interface or "any"
+        node, iface = target, interface or "any"
     elif target in links:
         if interface:
             raise TestbedError("capture: -i is for a node; a link is captured on its first end's interface")
         key, iface = next(iter(links[target].interfaces.items()))
-        netns = tb.netns(next(n.name for n in tb.topology.nodes if n.netns_key == key))
+        node = next(n.name for n in tb.topology.nodes if n.netns_key == key)
     else:
         raise TestbedError(f"no node or link {target!r}; nodes: {', '.join(nodes)}; links: {', '.join(links)}")
+    remote = tb.remote_of(node)
+    tcpdump = "tcpdump" if remote is not None else shutil.which("tcpdump")
+    if tcpdump is None:
+        raise TestbedError("capture needs tcpdump (Debian package tcpdump; scripts/setup.sh installs it)")
     argv = [tcpdump, "-n", "-i", iface, "-U"]  # -U: each packet reaches the file at once
     if write:
         argv += ["-w", write]
     if count:
         argv += ["-c", str(count)]
     argv += pcap_filter or []
-    proc = spawn(netns, [], argv, stdin=None, stdout=None, stderr=None)
+    if remote is not None:  # on the node's machine (a -w file is written there)
+        if seconds is not None:
+            argv = ["timeout", "-s", "INT", f"{seconds:g}", *argv]
+        return remote.interactive("capture", [tb.name, node, *argv], tty=False)
+    proc = spawn(tb.netns(node), [], argv, stdin=None, stdout=None, stderr=None)
     with ctrl_c_goes_to(proc):
         try:
             return proc.wait(timeout=seconds)

@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--backend", default="netns", choices=BACKENDS,
                     help="how nodes and links are built (default: netns, via pyroute2)")
     up.add_argument("--no-services", action="store_true", help="only nodes and links, no app or TCP server")
+    up.add_argument("--machine", action="append", default=[], metavar="NAME=USER@HOST[,address=IP,port=N,project=PATH]",
+                    help="another machine nodes may be placed on (machine: NAME in the topology, or a "
+                    "parameter such as -p host_machine=NAME); docs/cluster.md")
     # the service options: declared, typed and checked by testbed/describe/options.py
     ServiceOptions.add_arguments(up.add_argument_group(
         "service options (the TCP server's overload control defaults to the daemon's; docs/modes.md)"))
@@ -162,17 +165,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     from ..describe.mininet_topo import is_mininet_ref, load_custom_topology, load_mininet_topology
     if bool(args.custom) != bool(args.topo):
         raise TestbedError("--custom FILE and --topo NAME go together (Mininet's convention)")
+    from ..describe.machines import parse_machine_flag
+    machines = [parse_machine_flag(m) for m in args.machine]
     if args.custom:
         if args.topology != "cluster":
             raise TestbedError("give either a topology or --custom/--topo, not both")
-        topo = load_custom_topology(args.custom, args.topo, args.role, parse_params(args.param))
+        topo = load_custom_topology(args.custom, args.topo, args.role, parse_params(args.param), machines)
     elif is_mininet_ref(args.topology):  # module:Class, a Mininet Topo
-        topo = load_mininet_topology(args.topology, args.role, parse_params(args.param))
+        topo = load_mininet_topology(args.topology, args.role, parse_params(args.param), machines)
     elif args.role:
         raise TestbedError("--role is for Mininet Topo classes (module:Class); shipped topologies "
                            "and YAML files name their roles themselves")
     else:
-        topo = load_topology(args.topology, parse_params(args.param))
+        topo = load_topology(args.topology, parse_params(args.param), machines)
     tb = Testbed(topo, args.name, mode=mode, subnet=args.subnet or DEFAULT_SUBNET,
                  start_services=not args.no_services, service_options=options, backend=args.backend)
     tb.up()
@@ -209,6 +214,9 @@ def cmd_exec(args: argparse.Namespace) -> int:
     if not command:
         raise TestbedError("exec needs a command: exec NODE -- CMD...")
     tb = Testbed.attach(_pick(args.name))
+    remote = tb.remote_of(args.node)
+    if remote is not None:  # the node's machine runs it, with this terminal
+        return remote.interactive("exec", [tb.name, args.node, *command], tty=sys.stdin.isatty())
     proc = spawn(tb.netns(args.node), tb.cgroups.procs_files(tb.cgroup(args.node)), command,
                  stdin=None, stdout=None, stderr=None)
     with ctrl_c_goes_to(proc):

@@ -159,6 +159,9 @@ class TestbedShell(cmd.Cmd):
     def run_in(self, node: str, argv: list[str]) -> int:
         """Run argv in the node with the terminal's output; Ctrl-C goes to it, not to us."""
         self.stdout.flush()
+        remote = self.tb.remote_of(node)
+        if remote is not None:  # on the node's machine, its output on this terminal
+            return remote.interactive("exec", [self.tb.name, node, *argv], tty=False)
         proc = spawn(self.tb.netns(node), self.tb.cgroups.procs_files(self.tb.cgroup(node)), argv,
                      stdin=subprocess.DEVNULL, stdout=self.stdout, stderr=subprocess.STDOUT)
         with ctrl_c_goes_to(proc):

@@ -22,8 +22,12 @@ def status_of(name: str) -> dict[str, Any]:
     built = BuiltTopology.from_dict(state.get("network", {}))
     network = make_backend(state.get("backend", "netns"), name).status(built)
     state["network"] = {**built.to_dict(), "missing": list(network.missing)}
+    remote = _remote_status(name, state)
     for node, info in state["nodes"].items():
         group = cgroup_name(name, node)
+        if info.get("machine", "local") != "local":
+            info.update(remote.get(node, {}))
+            continue
         try:
             u = groups.usage(group)
             info["cpu_used_s"] = round(u.total_s, 3)
@@ -31,7 +35,10 @@ def status_of(name: str) -> dict[str, Any]:
         except OSError:
             info["cpu_used_s"] = None
     for p in state.get("processes", []):
-        p["alive"] = pid_alive(p["pid"], p.get("start_time"))
+        if p.get("machine"):
+            p["alive"] = remote.get(f"pid {p['machine']} {p['pid']}", {}).get("alive")
+        else:
+            p["alive"] = pid_alive(p["pid"], p.get("start_time"))
     stats = {}
     run_dir = StateStore(name).dir
     for f in run_dir.glob("stats-*.json"):
@@ -49,6 +56,30 @@ def status_of(name: str) -> dict[str, Any]:
     return state
 
 
+def _remote_status(name: str, state: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per node on another machine: its budget read back there, its CPU used so far; per
+    process ("pid MACHINE PID"): whether it runs. A machine that cannot answer is said so."""
+    from ..describe.machines import Machine
+    from ..errors import TestbedError
+    from ..system.remote.ssh import Remote
+    out: dict[str, dict[str, Any]] = {}
+    for mname, spec in (state["topology"].get("machines") or {}).items():
+        if mname not in state.get("machines", {}):
+            continue  # listed, but holds no node of this testbed
+        try:
+            got = Remote(Machine(name=mname, **spec)).call("status", {"testbed": name}, timeout=60)
+        except TestbedError as e:
+            state.setdefault("network", {}).setdefault("missing", []).append(f"machine {mname} ({e})")
+            continue
+        for node, limits in got["budgets"].items():
+            out[node] = {"budget_read_back": limits, "cpu_used_s": limits.get("used_s"),
+                         "throttled_s": limits.get("throttled_s")}
+        for p in got["processes"]:
+            out[f"pid {mname} {p['pid']}"] = {"alive": p["alive"]}
+        state["network"]["missing"].extend(f"{mname}: {m}" for m in got["missing"])
+    return out
+
+
 def print_status(state: dict[str, Any]) -> None:
     """The human form of ``status_of``: one row per node, then warnings and hints."""
     print(f"testbed {state['name']}: topology {state['topology']['name']}, mode {state['mode']}, "
@@ -59,13 +90,20 @@ def print_status(state: dict[str, Any]) -> None:
         addrs = " ".join(f"{a}({l})" for l, a in info["addresses"].items())
         cpu = "unlimited" if info["cpu"] is None else f"{info['cpu']:g}"
         pids = ",".join(str(p["pid"]) for p in state.get("processes", []) if p["node"] == node)
-        rows.append((node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-"))
-    print_table(("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS"), rows)
+        row = (node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-")
+        rows.append(row + ((info.get("machine", "local"),) if state.get("machines") else ()))
+    print_table(("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")
+                + (("MACHINE",) if state.get("machines") else ()), rows)
+    for mname, facts in (state.get("machines") or {}).items():
+        clock = facts.get("clock", {})
+        print(f"machine {mname}: {facts.get('ssh')} ({facts.get('hostname')}, kernel {facts.get('kernel')}, "
+              f"cgroup v{facts.get('cgroup_version')}), tunnels to {facts.get('address')} from "
+              f"{facts.get('source')}, clock {clock.get('offset_s', 0):+.3f} s (±{clock.get('rtt_s', 0) / 2:.3f})")
     for gone in state.get("network", {}).get("missing", []):
         print(f"warning: {gone} of this testbed is gone (removed by hand?); `sudo testbed down "
               f"{state['name']}` and up again")
     for p in state.get("processes", []):
-        if not p.get("alive", True):
+        if p.get("alive") is False:  # (None: its machine did not answer, said above)
             print(f"warning: {p['name']} in {p['node']} (pid {p['pid']}) is not running; log: {p['log']}")
     if state.get("balance"):
         b = state["balance"]

@@ -46,6 +46,7 @@ from ..errors import SpecError
 from .fidelity import Fidelity, Precision
 from ..offload.modes import MODES, Mode, get_mode
 from .load import LoadPlan, Phase
+from .machines import Machine, machines_from_yaml
 from .options import BalanceSpec, OptionError, ServiceOptions
 
 if TYPE_CHECKING:
@@ -54,7 +55,7 @@ if TYPE_CHECKING:
 EXPERIMENT_DIR = Path(__file__).resolve().parent.parent / "experiments"  # package data (repo: experiments/ links here)
 WORKLOADS = ("static", "dynamic", "mixed", "shifting")  # shifting: mixed load in `phases`
 BUDGETS = ("extra", "same-total")
-_KEYS = {"configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
+_KEYS = {"machines", "configs", "sweep_modes", "name", "description", "topology", "roles", "params", "budgets", "modes", "workloads", "load",
          "repetitions", "seed", "sweep", "quick", "fidelity", "service", "balance", "balance_knob", "phases",
          "per_mode_params", "backend", "order_seed", "precision", "equivalence_pct"}
 SERVICE_PREFIX = "service."  # sweep/configs keys that set service options, not topology parameters
@@ -107,6 +108,7 @@ class Experiment:
     backend: str = "netns"
     precision: Precision | None = None
     roles: list[str] = field(default_factory=list)  # ROLE=NODE[,NODE] for a Mininet Topo topology
+    machines: tuple[Machine, ...] = ()  # other machines its nodes may be placed on (describe/machines.py)
     description: str = ""
     source: str = ""
     raw: dict[str, Any] = field(default_factory=dict)
@@ -145,8 +147,8 @@ class Experiment:
         from .topology import load_topology
         from .mininet_topo import is_mininet_ref, load_mininet_topology
         if is_mininet_ref(self.topology):
-            return load_mininet_topology(self.topology, self.roles, params)
-        return load_topology(self.topology, params)
+            return load_mininet_topology(self.topology, self.roles, params, self.machines)
+        return load_topology(self.topology, params, self.machines)
 
     def topology_params(self, point: Point) -> dict[str, Any]:
         """Parameters for the point's testbed, with the budget comparison applied."""
@@ -279,6 +281,7 @@ def experiment_from_dict(raw: Any, quick: bool = False, source: str = "<dict>") 
         equivalence_pct=float(eq),
         service=service, balance=balance, phases=phases,
         backend=str(raw.get("backend", "netns")), roles=roles, precision=precision,
+        machines=machines_from_yaml(raw.get("machines"), source),
         description=str(raw.get("description", "")).strip(), source=source, raw=raw)
     for wl in workloads:
         if wl != "shifting":

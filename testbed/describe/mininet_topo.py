@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import SpecError
+from .machines import LOCAL, Machine
 from .topology import LINK_NAME, ROLES, Link, Node, Topology, validate
 
 
@@ -87,7 +88,7 @@ def load_topo_class(ref: str) -> type:
 
 
 def load_custom_topology(path: str, topo: str, roles: Iterable[str] | dict[str, str],
-                         params: dict[str, str] | None = None) -> Topology:
+                         params: dict[str, str] | None = None, machines: Iterable[Machine] = ()) -> Topology:
     """Mininet's own convention: ``--custom FILE --topo NAME[,ARG...]``, where FILE defines
     ``topos = {"NAME": constructor}``; ARGs (numbers become numbers, ``k=v`` a keyword) and
     ``-p key=value`` pairs go to the constructor."""
@@ -117,11 +118,11 @@ def load_custom_topology(path: str, topo: str, roles: Iterable[str] | dict[str, 
     except TypeError as e:
         raise SpecError(f"--topo {topo}: cannot build it with {args or ''}{kwargs or ''}: {e}") from None
     role_map = roles if isinstance(roles, dict) else parse_roles(roles)
-    return from_mininet(built, role_map, name=name.lower(), params=kwargs)
+    return from_mininet(built, role_map, name=name.lower(), params=kwargs, machines=machines)
 
 
 def load_mininet_topology(ref: str, roles: Iterable[str] | dict[str, str],
-                          params: dict[str, str] | None = None) -> Topology:
+                          params: dict[str, str] | None = None, machines: Iterable[Machine] = ()) -> Topology:
     """Instantiate the Topo class ``ref`` with ``params`` and convert it."""
     cls = load_topo_class(ref)
     kwargs = {k: _literal(v) for k, v in (params or {}).items()}
@@ -130,11 +131,11 @@ def load_mininet_topology(ref: str, roles: Iterable[str] | dict[str, str],
     except TypeError as e:
         raise SpecError(f"{ref}: cannot build the Topo with {kwargs or 'no parameters'}: {e}") from None
     role_map = roles if isinstance(roles, dict) else parse_roles(roles)
-    return from_mininet(topo, role_map, name=cls.__name__.lower(), params=kwargs)
+    return from_mininet(topo, role_map, name=cls.__name__.lower(), params=kwargs, machines=machines)
 
 
 def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
-                 params: dict[str, Any] | None = None) -> Topology:
+                 params: dict[str, Any] | None = None, machines: Iterable[Machine] = ()) -> Topology:
     """Convert a Mininet ``Topo`` instance, with a role per node that should be a node."""
     all_nodes = list(topo.hosts()) + list(topo.switches())
     unknown = sorted(set(roles) - set(all_nodes))
@@ -197,7 +198,7 @@ def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
 
     result = Topology(name=name, nodes=tuple(nodes), links=tuple(links),
                       description=f"converted from Mininet Topo {type(topo).__name__}",
-                      params=dict(params or {}))
+                      params=dict(params or {}), machines=tuple(machines))
     validate(result, f"Mininet Topo {type(topo).__name__}")
     return result
 
@@ -221,9 +222,11 @@ def _node(name: str, role: str, info: dict[str, Any], ncpus: int) -> Node:
     cores = info.get("cores")
     if isinstance(cores, (list, tuple)):
         cores = ",".join(str(c) for c in cores)
+    server = info.get("server")  # the cluster edition's placement: a machine's name
     return Node(name=name, role=role,
                 cpu=round(float(cpu) * ncpus, 4) if cpu not in (None, -1) else None,
-                cpuset=str(cores) if cores is not None else None)
+                cpuset=str(cores) if cores is not None else None,
+                machine=None if server in (None, "localhost", LOCAL) else str(server))
 
 
 def _link_name(wanted: str, used: set[str], ordinal: int) -> str:

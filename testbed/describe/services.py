@@ -207,9 +207,15 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
                            "topology")
     # where the document root is: made on the file server's node and served by it, or made
     # where the hosts read it from disk
-    steps: list[Step] = [RunToEnd(fileservers[0] if fileservers else hosts[0],
-                                  module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
-                                         "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)]
+    # (the same seed makes the same bytes: each other machine makes its own copy, so that
+    # whatever reads the root there, or checks replies here, finds it)
+    makers = [fileservers[0] if fileservers else hosts[0]]
+    for n in topo.nodes:
+        if topo.machine_of(n.name) not in {topo.machine_of(m) for m in makers}:
+            makers.append(n.name)
+    steps: list[Step] = [RunToEnd(node, module("testbed.app.docroot", str(docroot), "--seed", str(opts.seed),
+                                               "--dirs", str(opts.docroot_dirs)), DOCROOT_TIMEOUT_S)
+                         for node in makers]
     if fileservers:
         fs = fileservers[0]
         fs_addr = address_toward(topo, addresses, fs, hosts[0])
@@ -252,6 +258,10 @@ def plan_services(testbed: str, topo: Topology, addresses: AddressPlan, mode: Mo
             tuning["file_server"] = (address_toward(topo, addresses, fileservers[0], front0), FILE_PORT)
         for host in hosts:
             front = fronts_of(topo, addresses, host)[0]
+            if channel in ("unix", "shm") and topo.machine_of(front) != topo.machine_of(host):
+                raise TestbedError(f"channel {channel} joins {front} and {host} through one machine's memory, but "
+                                   f"they are on machines {topo.machine_of(front)} and {topo.machine_of(host)}: "
+                                   "use --channel tcp")
             san = _san_endpoint(testbed, topo, addresses, run_dir, front, host, channel)
             if front not in by_front:
                 ready = PathAppears(Path(san.split(":", 1)[1])) if channel == "unix" else None

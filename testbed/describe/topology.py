@@ -34,6 +34,7 @@ from typing import Any, Iterable
 import yaml
 
 from . import cpulist
+from .machines import LOCAL, Machine, check_placement, machines_from_yaml
 from ..errors import SpecError
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"  # package data (repo: topologies/ links here)
@@ -58,6 +59,7 @@ class Node:
     cpuset: str | None = None  # e.g. "1" or "0-1"
     namespace: str | None = None  # share another node's network namespace (smp)
     sysctls: dict[str, str] = field(default_factory=dict)
+    machine: str | None = None  # a name under the topology's machines; None: this machine
 
     @property
     def netns_key(self) -> str:
@@ -86,6 +88,26 @@ class Topology:
     channel: str = "tcp"
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
+    machines: tuple[Machine, ...] = ()
+
+    def machine_of(self, node: str) -> str:
+        """The machine a node (or namespace key) runs on: ``LOCAL`` or a name under machines."""
+        for n in self.nodes:
+            if node in (n.name, n.netns_key):
+                return n.machine or LOCAL
+        raise SpecError(f"no node named {node!r} in topology {self.name!r}")
+
+    def machine(self, name: str) -> Machine:
+        for m in self.machines:
+            if m.name == name:
+                return m
+        raise SpecError(f"no machine named {name!r} in topology {self.name!r}")
+
+    @property
+    def remote_machines(self) -> list[Machine]:
+        """The machines other than this one that hold at least one node."""
+        used = {n.machine for n in self.nodes if n.machine and n.machine != LOCAL}
+        return [m for m in self.machines if m.name in used]
 
     def node(self, name: str) -> Node:
         for n in self.nodes:
@@ -108,6 +130,8 @@ class Topology:
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name, "channel": self.channel, "params": self.params,
+            **({"machines": {m.name: {k: v for k, v in m.to_dict().items() if k != "name"}
+                             for m in self.machines}} if self.machines else {}),
             "nodes": [n.__dict__ for n in self.nodes],
             "links": [{**l.__dict__, "nodes": list(l.nodes)} for l in self.links],
         }
@@ -195,8 +219,8 @@ def default_gateways(topo: Topology, plan: AddressPlan) -> dict[str, str]:
 
 # --- loading -----------------------------------------------------------------------------
 
-_TOP_KEYS = {"name", "description", "params", "channel", "nodes", "links"}
-_NODE_KEYS = {"name", "role", "cpu", "cpuset", "namespace", "count", "sysctls"}
+_TOP_KEYS = {"name", "description", "params", "channel", "machines", "nodes", "links"}
+_NODE_KEYS = {"name", "role", "cpu", "cpuset", "namespace", "count", "sysctls", "machine"}
 _LINK_KEYS = {"name", "kind", "nodes", "mbit", "delay_ms", "loss_pct", "count"}
 _OPS = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
         ast.Div: operator.truediv, ast.USub: operator.neg}
@@ -207,8 +231,9 @@ def available_topologies() -> list[str]:
 
 
 def load_topology(name_or_path: str | os.PathLike = "cluster",
-                  params: dict[str, str] | None = None) -> Topology:
-    """Load a shipped topology by name, or a file by path, with parameter overrides."""
+                  params: dict[str, str] | None = None, machines: Iterable[Machine] = ()) -> Topology:
+    """Load a shipped topology by name, or a file by path, with parameter overrides and
+    machines added to (or replacing those of the same name in) its own."""
     path = Path(name_or_path)
     if not path.suffix and not path.exists():
         path = TOPOLOGY_DIR / f"{name_or_path}.yaml"
@@ -221,7 +246,7 @@ def load_topology(name_or_path: str | os.PathLike = "cluster",
         raise SpecError(f"cannot read topology file {path}: {e.strerror}") from None
     except yaml.YAMLError as e:
         raise SpecError(f"{path}: not valid YAML: {e}") from None
-    return topology_from_dict(raw, params or {}, source=str(path))
+    return topology_from_dict(raw, params or {}, source=str(path), machines=machines)
 
 
 def parse_params(pairs: Iterable[str]) -> dict[str, str]:
@@ -235,7 +260,8 @@ def parse_params(pairs: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict>") -> Topology:
+def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict>",
+                       machines: Iterable[Machine] = ()) -> Topology:
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a topology is a mapping with keys {sorted(_TOP_KEYS)}")
     _check_keys(raw, _TOP_KEYS, source)
@@ -267,6 +293,7 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
                 cpuset=ev.text(entry.get("cpuset")),
                 namespace=_format(str(ns), i, source) if ns is not None else None,
                 sysctls={str(k): str(v) for k, v in sysctls.items()},
+                machine=ev.text(entry.get("machine")),
             ))
 
     links: list[Link] = []
@@ -293,7 +320,8 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
 
     topo = Topology(name=str(raw.get("name") or Path(source).stem), nodes=tuple(nodes),
                     links=tuple(links), channel=str(raw.get("channel", "tcp")),
-                    description=str(raw.get("description", "")).strip(), params=params)
+                    description=str(raw.get("description", "")).strip(), params=params,
+                    machines=_merged(machines_from_yaml(raw.get("machines"), source), machines))
     validate(topo, source)
     return topo
 
@@ -347,26 +375,29 @@ def validate(topo: Topology, source: str = "<topology>") -> None:
         if link.loss_pct is not None and link.loss_pct > 100:
             raise SpecError(f"{source}: link {link.name}: loss_pct is a percentage, at most 100, "
                             f"not {link.loss_pct}")
+    check_placement(topo.nodes, topo.machines, source)
     if not topo.by_role("client"):
         raise SpecError(f"{source}: a topology needs a node with role client")
     if not topo.by_role("host"):
         raise SpecError(f"{source}: a topology needs at least one node with role host")
 
 
-def check_cpu_budgets(topo: Topology, ncpus: int | None = None) -> list[str]:
-    """Refuse budgets the machine cannot give; return warnings for budgets that distort."""
+def check_cpu_budgets(topo: Topology, ncpus: int | None = None, machine: str = LOCAL) -> list[str]:
+    """Refuse budgets the machine cannot give to the nodes placed on it; return warnings
+    for budgets that distort."""
     ncpus = ncpus or os.cpu_count() or 1
     warnings = []
     all_cpus = frozenset(range(ncpus))
     groups: dict[frozenset[int], float] = {}
-    for n in topo.nodes:
+    nodes = [n for n in topo.nodes if (n.machine or LOCAL) == machine]
+    for n in nodes:
         cpus = all_cpus
         if n.cpuset is not None:
             cpus = parse_cpuset(n.cpuset, f"node {n.name}")
             missing = cpus - all_cpus
             if missing:
                 raise SpecError(f"node {n.name}: cpuset {n.cpuset} names CPU(s) "
-                                f"{', '.join(map(str, sorted(missing)))}, but this machine has {ncpus} "
+                                f"{', '.join(map(str, sorted(missing)))}, but {'this machine' if machine == LOCAL else 'machine ' + machine} has {ncpus} "
                                 f"(0-{ncpus - 1}); override it, e.g. -p server_cpuset=0")
         if n.cpu is not None:
             if n.cpu > len(cpus):
@@ -377,12 +408,14 @@ def check_cpu_budgets(topo: Topology, ncpus: int | None = None) -> list[str]:
             groups[cpus] = groups.get(cpus, 0.0) + n.cpu
     for cpus, _ in groups.items():
         # every budget confined within this set must fit in it
-        inside = [n for n in topo.nodes if n.cpu is not None
+        inside = [n for n in nodes if n.cpu is not None
                   and (parse_cpuset(n.cpuset, "") if n.cpuset else all_cpus) <= cpus]
         total = sum(n.cpu for n in inside)  # type: ignore[misc]
         if total > len(cpus) + 1e-9:
             detail = " + ".join(f"{n.name} {n.cpu:g}" for n in inside)
-            where = f"CPU(s) {cpulist.format_cpus(cpus)}" if cpus != all_cpus else "this machine"
+            where = f"CPU(s) {cpulist.format_cpus(cpus)}" if cpus != all_cpus else "the machine"
+            if machine != LOCAL:
+                where += f" of machine {machine}"
             raise SpecError(f"CPU budgets exceed {where}: {detail} = {total:g} CPUs, "
                             f"but only {len(cpus)} available; lower them with -p")
     return warnings
@@ -399,6 +432,12 @@ def parse_cpuset(text: str, where: str) -> frozenset[int]:
 
 
 # --- helpers -----------------------------------------------------------------------------
+
+def _merged(own: tuple[Machine, ...], given: Iterable[Machine]) -> tuple[Machine, ...]:
+    out = {m.name: m for m in own}
+    out.update((m.name, m) for m in given)
+    return tuple(out.values())
+
 
 def _check_keys(entry: Any, allowed: set[str], where: str) -> None:
     if not isinstance(entry, dict):

@@ -10,7 +10,11 @@ Every sample records cumulative counters (rates are differences, taken in analys
 - the TCP server's and host apps' live counters (their --stats-file JSON).
 
 The sampler runs in a thread of the runner; it enters namespaces with setns, which
-affects that thread only.
+affects that thread only. Nodes on other machines are sampled there, by a sampler process
+the machine's agent starts beside them (``sample-start``); at the end their rows come
+back (``sample-stop``) with ``machine`` set, their times moved onto this machine's clock
+by the offset measured at ``up``, and that machine's per-CPU rows kept as ``machine_cpu``
+(the per-CPU rows of ``cpu`` kind stay this machine's, as the analysis reads them).
 """
 
 from __future__ import annotations
@@ -95,7 +99,8 @@ def sample(tb: "Testbed") -> list[dict[str, Any]]:
     now = time.time()
     rows: list[dict[str, Any]] = []
     groups = tb.cgroups
-    for n in tb.topology.nodes:
+    here = [n for n in tb.topology.nodes if n.name in tb.local_nodes]
+    for n in here:
         try:
             u = groups.usage(tb.cgroup(n.name))
         except OSError:
@@ -111,7 +116,7 @@ def sample(tb: "Testbed") -> list[dict[str, Any]]:
         rows.append({"t": now, "kind": "cpu", "node": cpu,
                      **{f"{k}_s": v / hz for k, v in f.items()}})
     seen_ns: set[str] = set()
-    for n in tb.topology.nodes:
+    for n in here:
         ns = tb.netns(n.name)
         if ns in seen_ns:
             continue
@@ -134,6 +139,17 @@ def sample(tb: "Testbed") -> list[dict[str, Any]]:
     return rows
 
 
+def from_machine(rows: list[dict[str, Any]], machine: str, offset_s: float) -> list[dict[str, Any]]:
+    """Another machine's rows on this machine's clock, marked with where they were taken."""
+    out = []
+    for r in rows:
+        r = {**r, "t": float(r["t"]) - offset_s, "machine": machine}
+        if r.get("kind") == "cpu":
+            r["kind"] = "machine_cpu"
+        out.append(r)
+    return out
+
+
 def _flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in d.items():
@@ -153,8 +169,11 @@ class Sampler:
         self.rows: list[dict[str, Any]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="sampler", daemon=True)
+        self._remote: dict[str, dict[str, Any]] = {}  # machine -> its sampler's pid
 
     def __enter__(self) -> "Sampler":
+        for name, remote in self.tb.remotes.items():
+            self._remote[name] = remote.call("sample-start", {"testbed": self.tb.name, "interval": self.interval})
         self._thread.start()
         return self
 
@@ -166,6 +185,16 @@ class Sampler:
             self._stop.set()
             self._thread.join(timeout=5)
             self._take()  # a last sample closes the final interval
+            for name, started in self._remote.items():
+                try:
+                    got = self.tb.remotes[name].call("sample-stop", {"testbed": self.tb.name, **started},
+                                                     timeout=300)
+                except Exception as e:  # noqa: BLE001 (the point keeps this machine's samples)
+                    log.warning("machine %s: its samples are lost: %s", name, e)
+                    continue
+                offset = float(((self.tb.recorded.get("machines") or {}).get(name) or {})
+                               .get("clock", {}).get("offset_s", 0.0))
+                self.rows.extend(from_machine(got["rows"], name, offset))
 
     def _take(self) -> None:
         try:
@@ -212,7 +241,8 @@ def offload_flags(tb: "Testbed") -> dict[str, dict[str, str]]:
 def sysctls_of(tb: "Testbed", keys: tuple[str, ...]) -> dict[str, dict[str, str | None]]:
     from ..system.kernel import read_sysctl
     out: dict[str, dict[str, str | None]] = {}
-    for key in tb.topology.namespaces:
+    here = {tb.topology.node(n).netns_key for n in tb.local_nodes}
+    for key in (k for k in tb.topology.namespaces if k in here):
         with in_netns(tb.netns(next(n.name for n in tb.topology.nodes if n.netns_key == key))):
             out[key] = {k: read_sysctl(k) for k in keys}
     return out

@@ -122,7 +122,9 @@ class PointRun:
             self.info["offloads"] = offload_flags(tb)
             self.info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
             self.info["service_url"] = tb.service_url
-            self.info["cfs_period_us"] = cg.detect().limits(tb.cgroup(topo.nodes[0].name))["period_us"]
+            self.info["cfs_period_us"] = cg.detect().limits(tb.cgroup(tb.local_nodes[0]))["period_us"]
+            if tb.remotes:  # where each machine's nodes ran, and its clock against this one's
+                self.info["machines"] = tb.recorded.get("machines", {})
             self._save()
             self.sampler = Sampler(tb, interval=1.0).__enter__()
             return True
@@ -243,6 +245,14 @@ def _collect(tb: Testbed, out: Path) -> None:
     for f in [*tb.store.dir.glob("*.json"), *tb.store.dir.glob("*.jsonl")]:
         if f.name != "state.json":
             shutil.copy2(f, logs / f.name)
+    for p in tb.processes:  # the logs of processes on other machines, fetched from there
+        if p.machine:
+            try:
+                text = tb.remotes[p.machine].call("read", {"testbed": tb.name, "file": str(
+                    Path(p.log).relative_to(tb.store.dir))}).get("text")
+            except (TestbedError, ValueError) as e:
+                text = f"(not fetched from machine {p.machine}: {e})"
+            (logs / f"{p.machine}-{Path(p.log).name}").write_text(text or "")
 
 
 def _tail(path: Path, lines: int = 10) -> str:

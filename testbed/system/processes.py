@@ -33,6 +33,7 @@ class ProcessRecord:
     start_time: int | None
     argv: list[str]
     log: str
+    machine: str | None = None  # None: this machine; else the pid is that machine's
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,29 +31,39 @@ from .state import StateStore
 
 
 class RunningTestbed(Protocol):
-    """What the starter needs of a testbed (lifecycle.Testbed is one)."""
+    """What the starter needs of a testbed (lifecycle.Testbed is one). ``run``, ``popen``,
+    ``add_local_address`` and ``set_route`` reach a node on whichever machine holds it."""
     network: Backend
-    plan: AddressPlan
+    addresses: AddressPlan
     store: StateStore
     processes: list[ProcessRecord]
-    extra: dict[str, Any]
+    recorded: dict[str, Any]
 
     @property
     def service_url(self) -> str: ...
 
     def netns(self, node: str) -> str: ...
 
+    def remote_of(self, node: str) -> Any: ...
+
     def popen(self, node: str, argv: Sequence[str], log_name: str | None = None,
-              supervise: bool = False, **popen_kw: Any) -> subprocess.Popen: ...
+              supervise: bool = False, **popen_kw: Any) -> subprocess.Popen | None: ...
 
     def run(self, node: str, argv: Sequence[str], timeout: float | None = 60,
             check: bool = False, **kw: Any) -> subprocess.CompletedProcess: ...
+
+    def add_local_address(self, node: str, address: str) -> None: ...
+
+    def set_route(self, node: str, dst: str, gateways: Sequence[str]) -> None: ...
+
+    def share_secret(self, path: Path) -> None: ...
 
 
 def start(tb: RunningTestbed, plan: ServicePlan) -> None:
     """Write the token, then every step in order; raises TestbedError naming what failed
     (the caller tears the testbed down)."""
     write_secret(plan.token_file)
+    tb.share_secret(plan.token_file)
     tb.recorded.update(plan.state)
     for step in plan.steps:
         match step:
@@ -63,12 +73,12 @@ def start(tb: RunningTestbed, plan: ServicePlan) -> None:
                     raise TestbedError(f"{' '.join(argv[:3])}... in {node} exited with {res.returncode}: "
                                        f"{res.stderr.decode(errors='replace')[-800:]}")
             case LocalAddress(node, address):
-                tb.network.add_local_address(tb.netns(node), address)
+                tb.add_local_address(node, address)
             case Route(node, dst, gateways):
-                tb.network.set_route(tb.netns(node), dst, gateways)
+                tb.set_route(node, dst, gateways)
             case Process(node, name, argv, env, waits_for):
-                tb.popen(node, argv, log_name=name, supervise=True,
-                         env={**os.environ, **dict(env)} if env else None)
+                # only the step's own variables: the popen of the node's machine adds its environment
+                tb.popen(node, argv, log_name=name, supervise=True, env=dict(env) if env else None)
                 if waits_for is not None:
                     wait_until(tb, waits_for, plan.ready_timeout)
             case ServiceAnswers(client):
@@ -88,22 +98,28 @@ def write_secret(path: Path) -> None:
 def wait_until(tb: RunningTestbed, ready: Readiness, timeout: float) -> None:
     if isinstance(ready, PathAppears):
         _wait_for_path(ready.path, timeout)
+        return
+    remote = tb.remote_of(ready.node)
+    if remote is not None:
+        remote.call("wait-port", {"testbed": tb.store.name, "node": ready.node, "address": ready.address,
+                                  "port": ready.port, "timeout": timeout}, timeout=timeout + 60)
     else:
-        _wait_listening(tb, ready, timeout)
+        wait_listening(tb, ready.node, ready.address, ready.port, timeout)
 
 
-def _wait_listening(tb: RunningTestbed, ready: PortListens, timeout: float) -> None:
+def wait_listening(tb: RunningTestbed, node: str, address: str, port: int, timeout: float) -> None:
+    """Until a connection from inside ``node`` to address:port succeeds (this machine's node)."""
     deadline = time.monotonic() + timeout
     while True:
-        with in_netns(tb.netns(ready.node)):
+        with in_netns(tb.netns(node)):
             sock = socket.socket()
         sock.settimeout(1.0)
         try:
-            sock.connect((ready.address, ready.port))
+            sock.connect((address, port))
             return
         except OSError as e:
             if time.monotonic() > deadline:
-                raise TestbedError(f"nothing listens on {ready.address}:{ready.port} seen from {ready.node} "
+                raise TestbedError(f"nothing listens on {address}:{port} seen from {node} "
                                    f"after {timeout:.0f} s ({e}); logs are in {tb.store.logs}") from None
             time.sleep(0.05)
         finally:
@@ -138,7 +154,7 @@ def wait_ready(tb: RunningTestbed, client: str, timeout: float) -> None:
     last: Any = None
     while time.monotonic() < deadline:
         for p in tb.processes:
-            if not pid_alive(p.pid, p.start_time):
+            if p.machine is None and not pid_alive(p.pid, p.start_time):
                 raise TestbedError(f"{p.name} in {p.node} exited at start; its log "
                                    f"({p.log}) ends:\n{_tail(Path(p.log))}")
         try:

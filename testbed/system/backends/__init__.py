@@ -7,8 +7,9 @@ still, when the mininet backend builds).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Iterable
+from typing import TYPE_CHECKING, Iterable, Mapping
 
+from ...describe.machines import LOCAL
 from ...describe.topology import BACKENDS
 from ...errors import TestbedError
 
@@ -17,11 +18,16 @@ if TYPE_CHECKING:
 
 
 
-def make_backend(name: str, testbed: str, journal: "Journal | None" = None) -> "Backend":
-    """The backend ``name`` for testbed ``testbed``; one short error for an unknown name."""
+def make_backend(name: str, testbed: str, journal: "Journal | None" = None, here: str = LOCAL,
+                 peers: "Mapping[str, str] | None" = None) -> "Backend":
+    """The backend ``name`` for testbed ``testbed``; one short error for an unknown name.
+    ``here`` is the machine whose share it builds, ``peers`` the other machines' addresses."""
     if name == "netns":
         from .netns import NetnsBackend
-        return NetnsBackend(testbed, journal)
+        return NetnsBackend(testbed, journal, here=here, peers=peers)
+    if peers:
+        raise TestbedError(f"backend {name}: nodes on other machines are built by the netns backend only "
+                           "(--backend netns)")
     if name == "mininet":
         from .mininet import MininetBackend
         return MininetBackend(testbed, journal)
