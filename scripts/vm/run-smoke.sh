@@ -15,8 +15,10 @@ echo "tcps-vm: root cgroup.subtree_control: $(cat /sys/fs/cgroup/cgroup.subtree_
 echo "tcps-vm: this suite's cgroup: $(cut -d: -f3 /proc/self/cgroup)"
 
 wire() {  # wire ADDRESS: the VM's one network interface (qemu's socket wire), up with ADDRESS
-    local nic
-    nic=$(ls /sys/class/net | grep -v '^lo$' | head -1)
+    local nic="" dev
+    for dev in /sys/class/net/*; do
+        [ "${dev##*/}" != lo ] && { nic=${dev##*/}; break; }
+    done
     ip addr add "$1/24" dev "$nic" && ip link set "$nic" up
     echo "tcps-vm: $nic is $1/24"
 }
