@@ -96,6 +96,7 @@ def render_precision() -> str:
 
 
 PAIRING_SHIFT = "pairing-shift"
+PAIRING_BIAS = "pairing-bias"  # from bench.pairing's runs: docs/bench/pairing/pairing.json
 
 
 def render_pairing_shift() -> str:
@@ -131,6 +132,12 @@ def render(name: str) -> str:
         return render_precision()
     if name == PAIRING_SHIFT:
         return render_pairing_shift()
+    if name == PAIRING_BIAS:
+        from .pairing import load, table
+        path = ROOT / "docs" / "bench" / "pairing" / "pairing.json"
+        if not path.exists():
+            raise FileNotFoundError(f"no {path.relative_to(ROOT)} (python -m bench.pairing writes it)")
+        return table(load(path))
     s = load_summary(name)
     reps = s.get("repetitions")
     lines = [f"From [docs/reports/{name}](reports/{name}/index.html) (commit {str(s.get('commit'))[:10]}"

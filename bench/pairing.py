@@ -10,14 +10,14 @@ curve, every run's gain, each pairing's mean and spread, and step minus round wi
 95% interval (Welch): the bias of step pairing against runs in which nothing else is up.
 It also gives each pairing's interval half-width per hour of machine time.
 
-Run (root): ``python -m bench.pairing [--experiment san-cost] [--pairs 4] [--configs 0,3]``
+Run (root): ``python -m bench.pairing [--experiment san-cost] [--pairs 4] [--configs 0,3]``;
+``--from RESULTS`` compares runs already made there instead. The gains go to ``--out``
+(docs/bench/pairing/pairing.json), which docs/measurement.md quotes (analysis/pairing.py).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,20 +56,19 @@ def _gains(run_dir: Path) -> tuple[dict[str, float], float]:
     return gains, float(s["minutes"] or 0.0)
 
 
-def _interval(a: list[float], b: list[float]) -> tuple[float, float]:
-    """mean(a) - mean(b) and its 95% half-width (Welch)."""
-    from scipy import stats
-
-    va, vb = statistics.variance(a) / len(a), statistics.variance(b) / len(b)
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / ((va ** 2 / (len(a) - 1)) + (vb ** 2 / (len(b) - 1))) if se > 0 else 1.0
-    return statistics.mean(a) - statistics.mean(b), float(stats.t.ppf(0.975, df)) * se
-
-
-def _half_width(xs: list[float]) -> float:
-    from scipy import stats
-
-    return float(stats.t.ppf(0.975, len(xs) - 1)) * statistics.stdev(xs) / math.sqrt(len(xs))
+def collect(results: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
+    """Each run's pairing, gains, minutes and start, from its directory (``names``: only those)."""
+    import json
+    out = []
+    for d in sorted(p for p in results.iterdir() if (p / "manifest.json").exists()):
+        if names is not None and d.name not in names:
+            continue
+        manifest = json.loads((d / "manifest.json").read_text())
+        gains, minutes = _gains(d)
+        out.append({"run": d.name, "pairing": (manifest.get("fidelity") or {}).get("pairing", "round"),
+                    "started": manifest.get("started"), "commit": manifest.get("commit"),
+                    "minutes": minutes, "gains": gains})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -78,7 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pairs", type=int, default=4, help="runs per pairing, at least 2 (default: 4)")
     ap.add_argument("--configs", default="0,3", help="indexes of the experiment's configs to keep (default: 0,3)")
     ap.add_argument("--results", default="results/pairing", help="where the runs go")
+    ap.add_argument("--from", dest="from_results", metavar="RESULTS", help="compare the runs already in RESULTS")
+    ap.add_argument("--out", default="docs/bench/pairing", help="where pairing.json goes")
     args = ap.parse_args(argv)
+    if args.from_results:
+        return report(collect(Path(args.from_results)), args.experiment, Path(args.out))
     if args.pairs < 2:
         ap.error("--pairs must be at least 2 (a spread needs two runs)")
     if args.experiment not in available_experiments():
@@ -96,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     results.mkdir(parents=True, exist_ok=True)
     # ABBA: step, round, round, step, ...: a drift over the whole bench lands on both alike
     order = [PAIRINGS[(i + 1) // 2 % 2] for i in range(2 * args.pairs)]
-    runs: dict[str, list[tuple[dict[str, float], float]]] = {p: [] for p in PAIRINGS}
+    made: list[str] = []
     with tempfile.TemporaryDirectory(prefix="tcps-pairing-") as tmp:
         for i, pairing in enumerate(order, 1):
             spec = Path(tmp) / f"{args.experiment}-{pairing}.yaml"
@@ -110,29 +113,26 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  the run failed (exit {rc}); stopping", file=sys.stderr)
                 break
             gains, minutes = _gains(new[-1])
-            runs[pairing].append((gains, minutes))
+            made.append(new[-1].name)
             print("  " + ", ".join(f"{c.split(' / ')[-2] if c.count(' / ') > 1 else c}: {g:+.1f}%"
                                    for c, g in gains.items()) + f" ({minutes:.1f} min, {new[-1].name})", flush=True)
-    if min(len(v) for v in runs.values()) < 2:
+    return report(collect(results, made), args.experiment, Path(args.out))
+
+
+def report(runs: list[dict[str, Any]], experiment: str, out: Path) -> int:
+    """Print the comparison and write the runs' gains beside it (pairing.json)."""
+    import json
+    from analysis.pairing import table
+    if min(sum(r["pairing"] == p for r in runs) for p in PAIRINGS) < 2:
+        print("fewer than two runs of a pairing: nothing to compare", file=sys.stderr)
         return 1
-    curves = sorted({c for g, _ in runs["step"] for c in g} & {c for g, _ in runs["round"] for c in g})
-    print(f"\n{args.experiment}: peak gain over Regular TCP (%), one round per run, "
-          f"{len(runs['step'])} step and {len(runs['round'])} round runs alternated")
-    print("curve | step runs | round runs | step mean ± 95% | round mean ± 95% | step - round [95%]")
-    for c in curves:
-        s = [g[c] for g, _ in runs["step"] if c in g]
-        r = [g[c] for g, _ in runs["round"] if c in g]
-        d, hw = _interval(s, r)
-        print(f"{c} | {', '.join(f'{x:+.1f}' for x in s)} | {', '.join(f'{x:+.1f}' for x in r)} | "
-              f"{statistics.mean(s):+.1f} ± {_half_width(s):.1f} | {statistics.mean(r):+.1f} ± {_half_width(r):.1f} | "
-              f"{d:+.1f} [{d - hw:+.1f}, {d + hw:+.1f}]")
-    for p in PAIRINGS:
-        hours = sum(m for _, m in runs[p]) / 60.0
-        widths = [_half_width([g[c] for g, _ in runs[p] if c in g]) for c in curves]
-        # a half-width shrinks as 1/sqrt(runs): scaled to one hour of runs of this pairing
-        per_hour = statistics.median(widths) * math.sqrt(hours)
-        print(f"{p}: {hours * 60:.0f} min of runs; median half-width {statistics.median(widths):.1f} points, "
-              f"{per_hour:.1f} for one hour of runs")
+    commits = {r["commit"] for r in runs}
+    data = {"experiment": experiment, "commit": commits.pop() if len(commits) == 1 else sorted(commits),
+            "runs": runs}
+    print("\n" + table(data))
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "pairing.json").write_text(json.dumps(data, indent=1) + "\n")
+    print(f"written: {out / 'pairing.json'}")
     return 0
 
 
