@@ -177,7 +177,7 @@ class Testbed:
     def _ask_machines(self) -> dict[str, dict[str, Any]]:
         """Every other machine: reachable, root, the same code, its clock close to ours.
         One line naming the machine and what to do, before anything is built."""
-        from .remote.agent import machine_id, source_digest
+        from .remote.identity import machine_id, source_digest
         facts: dict[str, dict[str, Any]] = {}
         mine = source_digest() if self.remotes else ""
         for name, remote in self.remotes.items():

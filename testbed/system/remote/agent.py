@@ -12,7 +12,6 @@ set to this machine's name), under this machine's /run/tcps/<testbed>/, so ``dow
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import socket
@@ -24,33 +23,11 @@ from typing import Any, Callable
 
 from ...describe.machines import PROJECT_ROOT
 from ...errors import TestbedError
-
-#: what must be the same on every machine of a testbed: the code that builds and serves
-DIGEST_GLOBS = ("testbed/**/*.py", "testbed/**/*.c", "testbed/**/*.yaml", "loadgen/**/*.py")
-
-
-def source_digest(root: Path = PROJECT_ROOT) -> str:
-    """A digest of the project's sources: two machines with the same one run the same code."""
-    h = hashlib.sha256()
-    for pattern in DIGEST_GLOBS:
-        for path in sorted(root.glob(pattern)):
-            if "__pycache__" in path.parts:
-                continue
-            h.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes() + b"\0")
-    return h.hexdigest()[:16]
-
+from .identity import machine_id, source_digest
 
 def _share(req: dict[str, Any]):  # type: ignore[no-untyped-def]
     from ..lifecycle import Testbed
     return Testbed.attach(str(req["testbed"]))
-
-
-def machine_id() -> str:
-    """This machine's identity (systemd's machine-id), to tell two machines from one."""
-    try:
-        return Path("/etc/machine-id").read_text().strip()
-    except OSError:
-        return socket.gethostname()
 
 
 def hello(req: dict[str, Any]) -> dict[str, Any]:
