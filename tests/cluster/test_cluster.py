@@ -20,7 +20,8 @@ import pytest
 
 from ..conftest import ROOT, run_cli
 
-pytestmark = pytest.mark.needs_root
+# under software emulation an up takes minutes and a sweep of two points longer still
+pytestmark = [pytest.mark.needs_root, pytest.mark.timeout(1800)]
 
 PEER = os.environ.get("TCPS_CLUSTER_PEER", "")
 MACHINE = ["--machine", f"peer={PEER}", "-p", "host_machine=peer"]
