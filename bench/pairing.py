@@ -18,6 +18,7 @@ Run (root): ``python -m bench.pairing [--experiment san-cost] [--pairs 4] [--con
 from __future__ import annotations
 
 import argparse
+import json
 import subprocess
 import sys
 import tempfile
@@ -58,7 +59,6 @@ def _gains(run_dir: Path) -> tuple[dict[str, float], float]:
 
 def collect(results: Path, names: list[str] | None = None) -> list[dict[str, Any]]:
     """Each run's pairing, gains, minutes and start, from its directory (``names``: only those)."""
-    import json
     out = []
     for d in sorted(p for p in results.iterdir() if (p / "manifest.json").exists()):
         if names is not None and d.name not in names:
@@ -121,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
 
 def report(runs: list[dict[str, Any]], experiment: str, out: Path) -> int:
     """Print the comparison and write the runs' gains beside it (pairing.json)."""
-    import json
     from analysis.pairing import table
     if min(sum(r["pairing"] == p for r in runs) for p in PAIRINGS) < 2:
         print("fewer than two runs of a pairing: nothing to compare", file=sys.stderr)

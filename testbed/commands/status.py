@@ -6,6 +6,8 @@ import json
 import sys
 from typing import Any, Sequence, TextIO
 
+from ..describe.machines import LOCAL
+
 
 def status_of(name: str) -> dict[str, Any]:
     """The state ``up`` recorded, with each node's CPU used so far, which processes are
@@ -25,7 +27,7 @@ def status_of(name: str) -> dict[str, Any]:
     remote = _remote_status(name, state)
     for node, info in state["nodes"].items():
         group = cgroup_name(name, node)
-        if info.get("machine", "local") != "local":
+        if info.get("machine", LOCAL) != LOCAL:
             info.update(remote.get(node, {}))
             continue
         try:
@@ -91,7 +93,7 @@ def print_status(state: dict[str, Any]) -> None:
         cpu = "unlimited" if info["cpu"] is None else f"{info['cpu']:g}"
         pids = ",".join(str(p["pid"]) for p in state.get("processes", []) if p["node"] == node)
         row = (node, info["role"], info["netns"], addrs, cpu, info["cpuset"] or "all", pids or "-")
-        rows.append(row + ((info.get("machine", "local"),) if state.get("machines") else ()))
+        rows.append(row + ((info.get("machine", LOCAL),) if state.get("machines") else ()))
     print_table(("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")
                 + (("MACHINE",) if state.get("machines") else ()), rows)
     for mname, facts in (state.get("machines") or {}).items():

@@ -45,10 +45,6 @@ class Machine:
     project: str = str(PROJECT_ROOT)
 
     @property
-    def host(self) -> str:
-        return self.ssh.split("@", 1)[1]
-
-    @property
     def python(self) -> str:
         return f"{self.project}/.venv/bin/python"
 

@@ -26,7 +26,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import os
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -220,9 +222,6 @@ class Testbed:
             self.recorded.setdefault("machines", {})[name] = facts[name]
             self.save()
 
-    def machine_of(self, node: str) -> str:
-        return self.topology.machine_of(node)
-
     def remote_of(self, node: str) -> Remote | None:
         """The machine that runs ``node``, when it is not this one."""
         machine = self.topology.machine_of(node)
@@ -256,7 +255,6 @@ class Testbed:
 
     def _remote_argv(self, remote: Remote, argv: Sequence[str]) -> list[str]:
         """The other machine's own interpreter in place of this one's."""
-        import sys
         return [remote.machine.python if a == sys.executable else a for a in argv]
 
     def popen(self, node: str, argv: Sequence[str], log_name: str | None = None,
@@ -276,7 +274,6 @@ class Testbed:
             self.save()
             return None
         if popen_kw.get("env") is not None:
-            import os
             popen_kw["env"] = {**os.environ, **popen_kw["env"]}
         log_path = self.store.logs / f"{node}-{log_name or Path(argv[0]).name}.log"
         proc = spawn(self.netns(node), self.cgroups.procs_files(self.cgroup(node)), argv,
