@@ -93,7 +93,9 @@ phase() {  # end the previous phase (printing its time), start the next with a p
     PHASE=$1; phase_start=$now
     if [ -n "$PHASE" ]; then
         echo "vm-test.sh: $PHASE ..."
-        (t=0; while sleep 60; do t=$((t + 60)); echo "vm-test.sh: $1 still running, ${t}s"; done) &
+        # 9>&-: the ticker (and its sleep, which outlives a kill of the ticker by up to a
+        # minute) must not hold the cache's lock: the next run would find it taken
+        (t=0; while sleep 60; do t=$((t + 60)); echo "vm-test.sh: $1 still running, ${t}s"; done) 9>&- &
         TICKER=$!
     fi
     return 0
@@ -245,7 +247,7 @@ boot() {  # boot IMAGE SERIAL-LOG NETWORK-ARGS...: one VM in the background
         -kernel "$kernel" -initrd "$initrd" \
         -append "root=/dev/vda rw console=ttyS0 panic=-1 quiet systemd.show_status=0" \
         -drive "file=$disk,format=raw,if=virtio" "$@" \
-        > "$log" 2>&1 < /dev/null &
+        > "$log" 2>&1 < /dev/null 9>&- &
 }
 if [ "$CLUSTER" -eq 1 ]; then
     # the wire between the two VMs: qemu's socket network over this machine's loopback
