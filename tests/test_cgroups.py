@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.describe.budget import BudgetShape
 from testbed.system.cgroups import CgroupsV1, CgroupsV2, detect
 from testbed.errors import KernelFeatureMissing, TestbedError
 
@@ -63,7 +64,8 @@ def test_v1_budget_written_read_back_changed_and_removed(tb_name):
     group = f"tcps-{tb_name}/node"
     g.create(group, 0.25, "1")
     try:
-        assert g.limits(group) == {"quota_us": 25000, "period_us": 100000, "cpu": 0.25, "cpuset": "1"}
+        assert g.limits(group) == {"quota_us": 25000, "period_us": 100000, "burst_us": 0, "cpu": 0.25,
+                                   "cpuset": "1"}
         g.set_cpu(group, 0.6)
         g.set_cpuset(group, "0-1")
         assert g.limits(group)["cpu"] == 0.6 and g.limits(group)["cpuset"] == "0-1"
@@ -119,9 +121,47 @@ def test_v2_writes_cpu_max_and_cpuset_and_reads_stat(tmp_path):
     g = CgroupsV2(tmp_path)
     g.create("tcps-x/host1", 0.3, "1")
     assert (tmp_path / "tcps-x/host1/cpu.max").read_text() == "30000 100000"
-    assert g.limits("tcps-x/host1") == {"quota_us": 30000, "period_us": 100000, "cpu": 0.3, "cpuset": "1"}
+    assert g.limits("tcps-x/host1") == {"quota_us": 30000, "period_us": 100000, "burst_us": 0, "cpu": 0.3,
+                                        "cpuset": "1"}
     g.set_cpu("tcps-x/host1", None)
     assert (tmp_path / "tcps-x/host1/cpu.max").read_text() == "max 100000"
     u = g.usage("tcps-x/host1")
     assert (u.total_s, u.user_s, u.system_s, u.throttled_s, u.nr_throttled) == (1.5, 1.0, 0.5, 0.25, 4)
     assert detect(tmp_path).version == 2
+
+
+@pytest.mark.skipif(not Path("/sys/fs/cgroup/cpu/cpu.cfs_burst_us").exists(), reason="no CFS burst in this kernel")
+def test_v1_period_and_burst_are_written_kept_when_the_budget_moves_and_read_back(tb_name):
+    g = CgroupsV1()
+    group = f"tcps-{tb_name}/node"
+    g.create(group, 0.3, None, BudgetShape(period_ms=10, burst_pct=50))
+    try:
+        assert {k: g.limits(group)[k] for k in ("quota_us", "period_us", "burst_us")} == \
+            {"quota_us": 3000, "period_us": 10000, "burst_us": 1500}
+        # a smaller budget (what the balancer does) keeps the period and the burst's share;
+        # its quota is below the burst in force, which the kernel refuses unless the burst goes first
+        g.set_cpu(group, 0.1)
+        assert {k: g.limits(group)[k] for k in ("quota_us", "period_us", "burst_us")} == \
+            {"quota_us": 1000, "period_us": 10000, "burst_us": 500}
+        assert g.shape_of(group) == BudgetShape(period_ms=10, burst_pct=50)
+        g.set_cpu(group, 0.2, BudgetShape())
+        assert {k: g.limits(group)[k] for k in ("quota_us", "period_us", "burst_us")} == \
+            {"quota_us": 20000, "period_us": 100000, "burst_us": 0}
+    finally:
+        g.remove(f"tcps-{tb_name}")
+
+
+def test_v2_writes_period_and_burst_and_refuses_a_burst_the_kernel_lacks(tmp_path):
+    _fake_v2(tmp_path, "tcps-x/host1")
+    (tmp_path / "tcps-x/host1/cpu.max.burst").write_text("0\n")
+    g = CgroupsV2(tmp_path)
+    g.create("tcps-x/host1", 0.15, None, BudgetShape(period_ms=20, burst_pct=100))
+    assert (tmp_path / "tcps-x/host1/cpu.max").read_text() == "3000 20000"
+    assert (tmp_path / "tcps-x/host1/cpu.max.burst").read_text() == "3000"
+    g.set_cpu("tcps-x/host1", 0.3)
+    assert (tmp_path / "tcps-x/host1/cpu.max").read_text() == "6000 20000"
+    assert g.limits("tcps-x/host1")["burst_us"] == 6000
+    (tmp_path / "tcps-x/host1/cpu.max.burst").unlink()
+    with pytest.raises(KernelFeatureMissing, match="cpu_burst_pct: this kernel has no cpu.max.burst"):
+        g.set_cpu("tcps-x/host1", 0.3, BudgetShape(burst_pct=10))
+    g.set_cpu("tcps-x/host1", 0.3, BudgetShape())  # no burst asked: nothing to refuse

@@ -53,6 +53,22 @@ def test_processes_run_in_their_node_cgroup_with_budget_read_back(tb_name):
         assert used.user_s > used.system_s
 
 
+def test_the_budget_shape_is_written_read_back_and_sets_how_often_a_node_is_stopped(tb_name):
+    topo = load_topology("cluster", {"host_cpu": "0.3", "tcpserver_cpu": "0.2", "cpu_period_ms": "10",
+                                     "cpu_burst_pct": "50"})
+    with Testbed(topo, tb_name) as tb:
+        groups = cgroups.detect()
+        limits = groups.limits(tb.cgroup("host1"))
+        assert (limits["quota_us"], limits["period_us"]) == (3000, 10000)
+        if (groups.root / "cpu" / "cpu.cfs_burst_us").exists() or (groups.root / "cpu.max.burst").exists():
+            assert limits["burst_us"] == 1500
+        burn = tb.popen("host1", [sys.executable, "-c", "import time\nt=time.time()\nwhile time.time()-t<1.0: pass"])
+        burn.wait(timeout=10)
+        used = groups.usage(tb.cgroup("host1"))
+        # a 1 s busy loop, stopped at the end of each 10 ms period's 3 ms (100 ms: about 10 times)
+        assert used.nr_throttled >= 50, used
+
+
 def test_every_shipped_topology_builds_execs_and_goes_away(tb_name):
     for name in available_topologies():
         params = {"hosts": "3"} if name == "multihost" else {}

@@ -304,3 +304,12 @@ def test_hints_name_the_nodes_of_a_users_topo(capsys):
     out = capsys.readouterr().out
     assert "sudo testbed exec c1 -- curl" in out and "sudo testbed exec h1 -- ip" in out, out
     assert "exec client" not in out and "exec host1" not in out
+
+
+def test_a_topo_takes_the_budget_shape_beside_its_own_parameters():
+    topo = load_mininet_topology("tests.mininet_topos:Star", ["client=c1", "tcpserver=ts", "host=h1,h2"],
+                                 {"cpu_period_ms": "10", "cpu_burst_pct": "25"})
+    assert (topo.budget.period_ms, topo.budget.burst_pct) == (10, 25)
+    with pytest.raises(SpecError, match="cpu_burst_pct must be a number from 0 to 100"):
+        load_mininet_topology("tests.mininet_topos:Star", ["client=c1", "tcpserver=ts", "host=h1,h2"],
+                              {"cpu_burst_pct": "x"})

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from testbed.commands.cli import main
+from testbed.describe import budget
 from testbed.describe.load import LOAD_KEYS
 from testbed.system.kernel import list_netns
 from testbed.describe.options import SERVICE_KEYS
@@ -48,6 +49,7 @@ BAD_FLAGS = [
     ("--host-poll-us", "x", "--host-poll-us"), ("--backlog", "0", "--backlog"),
     ("--listen-backlog", "0", "--listen-backlog"), ("--queue-deadline", "nan", "--queue-deadline"),
     ("--host-conns", "-1", "--host-conns"), ("--mode", "sometimes", "--mode"),
+    ("-p", "cpu_period_ms=2000", "cpu_period_ms"), ("-p", "cpu_burst_pct=-1", "cpu_burst_pct"),
 ]
 
 
@@ -62,6 +64,7 @@ def test_every_option_has_a_bad_case() -> None:
     from testbed.describe.options import SWITCHES  # flags without a value: nothing to get wrong
     declared = {s for a in p._actions for s in a.option_strings} - {"-h", "--help", *SWITCHES}
     assert declared <= flags, declared - flags
+    assert {f"-p {k}" for k in budget.PARAMS} == {f"-p {v.split('=')[0]}" for f, v, _ in BAD_FLAGS if f == "-p"}
 
 
 def _cases() -> list[tuple[str, dict, str]]:
@@ -75,6 +78,10 @@ def _cases() -> list[tuple[str, dict, str]]:
     out.append(("sweep service.backlog", {**BASE, "sweep": {"service.backlog": [64, 0]}}, "backlog"))
     out.append(("balance knob limits", {**BASE, "topology": "smp", "balance": ["fixed:0.02"],
                                         "balance_knob": "cpu"}, "balance"))
+    out.append(("params cpu_period_ms", {**BASE, "params": {**BASE["params"], "cpu_period_ms": 0.5}},
+                "cpu_period_ms"))
+    out.append(("configs cpu_burst_pct", {**BASE, "configs": [{"cpu_burst_pct": 0}, {"cpu_burst_pct": 200}]},
+                "cpu_burst_pct"))
     out.append(("work knob on smp", {**BASE, "topology": "smp", "balance": ["adaptive"],
                                      "balance_knob": "work"}, "work knob"))
     return out

@@ -2,6 +2,7 @@
 
 import pytest
 
+from testbed.describe.budget import BudgetShape
 from testbed.errors import SpecError
 from testbed.describe.topology import (available_topologies, check_cpu_budgets, load_topology,
                           parse_params, plan_addresses, topology_from_dict)
@@ -123,3 +124,17 @@ def test_bad_yaml_and_missing_files(tmp_path):
         load_topology(tmp_path / "missing.yaml")
     with pytest.raises(SpecError, match="not key=value"):
         parse_params(["hosts"])
+
+
+@pytest.mark.parametrize("name", available_topologies())
+def test_every_topology_takes_the_budget_shape_and_keeps_it_through_its_record(name):
+    topo = load_topology(name, {"cpu_period_ms": "20", "cpu_burst_pct": "50"})
+    assert topo.budget == BudgetShape(period_ms=20, burst_pct=50)
+    assert topology_from_dict(topo.to_dict(), {}).budget == topo.budget  # what a remote agent rebuilds
+    assert load_topology(name).budget.is_default
+
+
+def test_a_budget_the_period_makes_too_small_for_the_kernel_is_refused():
+    with pytest.raises(SpecError, match=r"node tcpserver: cpu 0.15 per 5 ms period is a quota below .*1000 us"):
+        load_topology("cluster", {"cpu_period_ms": "5", "tcpserver_cpu": "0.15", "host_cpu": "0.5"})
+    assert load_topology("cluster", {"cpu_period_ms": "10", "tcpserver_cpu": "0.1"}).budget.quota_us(0.1) == 1000

@@ -52,6 +52,7 @@ def manifest_rows(r: RunInfo) -> list[tuple[str, str]]:
     m = r.manifest
     when = lambda t: dt.datetime.fromtimestamp(t).isoformat(timespec="seconds") if t else "-"  # noqa: E731
     cfs = sorted({str(p.get("cfs_period_us")) for p in r.points if p.get("cfs_period_us")})
+    burst = sorted({f'{p["cfs_burst_pct"]:g}' for p in r.points if p.get("cfs_burst_pct") is not None})
     key = {"run directory": str(r.dir), "experiment": m.get("experiment"), "source": m.get("source"),
            "quick": m.get("quick"), "commit": m.get("commit"),
            "uncommitted changes": m.get("dirty"), "kernel": m.get("kernel"),
@@ -61,7 +62,8 @@ def manifest_rows(r: RunInfo) -> list[tuple[str, str]]:
            "repetitions": m.get("repetitions"), "topology": m.get("topology"), "params": m.get("params"),
            "sweep": m.get("sweep"), "modes": m.get("modes"), "workloads": m.get("workloads"),
            "load": m.get("load"), "budgets": m.get("budgets"), "fidelity": m.get("fidelity"),
-           "CFS period (µs)": ", ".join(cfs) or "-", "host sysctls": m.get("host_sysctls"),
+           "CFS period (µs)": ", ".join(cfs) or "-", "CFS burst (% of quota)": ", ".join(burst) or "-",
+           "host sysctls": m.get("host_sysctls"),
            "clock": m.get("clock")}
     sysctls = next((p.get("sysctls") for p in r.points if p.get("sysctls")), None)
     if sysctls:

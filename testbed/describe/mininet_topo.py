@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from ..errors import SpecError
+from .budget import PARAMS, BudgetShape, split_params
 from .machines import LOCAL, Machine
 from .topology import LINK_NAME, ROLES, Link, Node, Topology, validate
 
@@ -112,26 +113,28 @@ def load_custom_topology(path: str, topo: str, roles: Iterable[str] | dict[str, 
         raise SpecError(f"--topo {name!r}: {path} offers {', '.join(sorted(topos))}")
     args = [_literal(w) for w in words if "=" not in w]
     kwargs = {k.strip(): _literal(v) for k, _, v in (w.partition("=") for w in words if "=" in w)}
-    kwargs.update({k: _literal(v) for k, v in (params or {}).items()})
+    shape, own = split_params(params or {})
+    kwargs.update({k: _literal(v) for k, v in own.items()})
     try:
         built = topos[name](*args, **kwargs)
     except TypeError as e:
         raise SpecError(f"--topo {topo}: cannot build it with {args or ''}{kwargs or ''}: {e}") from None
     role_map = roles if isinstance(roles, dict) else parse_roles(roles)
-    return from_mininet(built, role_map, name=name.lower(), params=kwargs, machines=machines)
+    return from_mininet(built, role_map, name=name.lower(), params={**kwargs, **shape}, machines=machines)
 
 
 def load_mininet_topology(ref: str, roles: Iterable[str] | dict[str, str],
                           params: dict[str, str] | None = None, machines: Iterable[Machine] = ()) -> Topology:
     """Instantiate the Topo class ``ref`` with ``params`` and convert it."""
     cls = load_topo_class(ref)
-    kwargs = {k: _literal(v) for k, v in (params or {}).items()}
+    shape, own = split_params(params or {})
+    kwargs = {k: _literal(v) for k, v in own.items()}
     try:
         topo = cls(**kwargs)
     except TypeError as e:
         raise SpecError(f"{ref}: cannot build the Topo with {kwargs or 'no parameters'}: {e}") from None
     role_map = roles if isinstance(roles, dict) else parse_roles(roles)
-    return from_mininet(topo, role_map, name=cls.__name__.lower(), params=kwargs, machines=machines)
+    return from_mininet(topo, role_map, name=cls.__name__.lower(), params={**kwargs, **shape}, machines=machines)
 
 
 def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
@@ -196,9 +199,11 @@ def from_mininet(topo: Any, roles: dict[str, str], name: str = "mininet",
                           delay_ms=_agree(infos, "delay", link_name, _milliseconds),
                           loss_pct=_agree(infos, "loss", link_name, float)))
 
+    params = {k: _literal(v) if k in PARAMS else v for k, v in (params or {}).items()}
     result = Topology(name=name, nodes=tuple(nodes), links=tuple(links),
                       description=f"converted from Mininet Topo {type(topo).__name__}",
-                      params=dict(params or {}), machines=tuple(machines))
+                      params=params, machines=tuple(machines),
+                      budget=BudgetShape.from_params(params, f"Mininet Topo {type(topo).__name__}"))
     validate(result, f"Mininet Topo {type(topo).__name__}")
     return result
 

@@ -33,7 +33,8 @@ from typing import Any, Iterable
 
 import yaml
 
-from . import cpulist
+from . import budget, cpulist
+from .budget import BudgetShape
 from .machines import LOCAL, Machine, check_placement, machines_from_yaml
 from ..errors import SpecError
 
@@ -89,6 +90,7 @@ class Topology:
     description: str = ""
     params: dict[str, Any] = field(default_factory=dict)
     machines: tuple[Machine, ...] = ()
+    budget: BudgetShape = field(default_factory=BudgetShape)  # how every cpu: is enforced
 
     def machine_of(self, node: str) -> str:
         """The machine a node (or namespace key) runs on: ``LOCAL`` or a name under machines."""
@@ -265,7 +267,7 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a topology is a mapping with keys {sorted(_TOP_KEYS)}")
     _check_keys(raw, _TOP_KEYS, source)
-    params = dict(raw.get("params") or {})
+    params = {**budget.PARAMS, **(raw.get("params") or {})}
     unknown = set(overrides) - set(params)
     if unknown:
         raise SpecError(f"{source}: unknown parameter(s) {', '.join(sorted(unknown))}; "
@@ -321,7 +323,8 @@ def topology_from_dict(raw: Any, overrides: dict[str, Any], source: str = "<dict
     topo = Topology(name=str(raw.get("name") or Path(source).stem), nodes=tuple(nodes),
                     links=tuple(links), channel=str(raw.get("channel", "tcp")),
                     description=str(raw.get("description", "")).strip(), params=params,
-                    machines=_merged(machines_from_yaml(raw.get("machines"), source), machines))
+                    machines=_merged(machines_from_yaml(raw.get("machines"), source), machines),
+                    budget=BudgetShape.from_params(params, source))
     validate(topo, source)
     return topo
 
@@ -342,6 +345,9 @@ def validate(topo: Topology, source: str = "<topology>") -> None:
             raise SpecError(f"{source}: node {n.name}: role {n.role!r} is not one of {', '.join(ROLES)}")
         if n.cpu is not None and n.cpu < MIN_CPU:
             raise SpecError(f"{source}: node {n.name}: cpu {n.cpu} is below {MIN_CPU} CPUs")
+        if n.cpu is not None and n.cpu * topo.budget.period_us < budget.MIN_QUOTA_US:
+            raise SpecError(f"{source}: node {n.name}: cpu {n.cpu} per {topo.budget.period_ms:g} ms period is a quota "
+                            f"below the kernel's {budget.MIN_QUOTA_US} us; raise cpu_period_ms")
         if n.cpuset is not None:
             parse_cpuset(n.cpuset, f"{source}: node {n.name}")
     keys = {n.netns_key for n in topo.nodes}

@@ -22,7 +22,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..system import cgroups as cg
 from ..errors import TestbedError
 from ..describe.experiment import Experiment, Point
 from ..system.lifecycle import Testbed
@@ -122,7 +121,9 @@ class PointRun:
             self.info["offloads"] = offload_flags(tb)
             self.info["sysctls"] = sysctls_of(tb, RECORDED_SYSCTLS)
             self.info["service_url"] = tb.service_url
-            self.info["cfs_period_us"] = cg.detect().limits(tb.cgroup(tb.local_nodes[0]))["period_us"]
+            # how the budgets were enforced (read back against these at up)
+            self.info["cfs_period_us"] = tb.topology.budget.period_us
+            self.info["cfs_burst_pct"] = tb.topology.budget.burst_pct
             if tb.remotes:  # where each machine's nodes ran, and its clock against this one's
                 self.info["machines"] = tb.recorded.get("machines", {})
             self._save()

@@ -29,6 +29,7 @@ from typing import Iterator
 
 from .. import PREFIX
 from ..describe import cpulist
+from ..describe.budget import BudgetShape
 from ..errors import KernelFeatureMissing, TestbedError
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: v2: controllers the testbed enabled in the root's cgroup.subtree_control, one a line
 ROOT_RECORD = Path(f"/run/{PREFIX}-cgroup-root-controllers")
 TOP_PREFIX = f"{PREFIX}-"
-DEFAULT_PERIOD_US = 100_000
+DEFAULT_PERIOD_US = BudgetShape().period_us
 
 
 @dataclass(frozen=True)
@@ -97,11 +98,32 @@ class Cgroups:
     root: Path
 
     def create(self, group: str, cpu: float | None, cpuset: str | None,
-               period_us: int = DEFAULT_PERIOD_US) -> None:
+               shape: BudgetShape = BudgetShape()) -> None:
         raise NotImplementedError
 
-    def set_cpu(self, group: str, cpu: float | None, period_us: int = DEFAULT_PERIOD_US) -> None:
+    def set_cpu(self, group: str, cpu: float | None, shape: BudgetShape | None = None) -> None:
+        """The group's budget; ``shape`` None keeps the period and burst share it has."""
         raise NotImplementedError
+
+    def shape_of(self, group: str) -> BudgetShape:
+        """The period and burst share a group's budget is enforced with now."""
+        lim = self.limits(group)
+        quota, burst = int(lim["quota_us"]), int(lim["burst_us"])  # type: ignore[call-overload]
+        return BudgetShape(int(lim["period_us"]) / 1000,  # type: ignore[call-overload]
+                           min(100.0, 100.0 * burst / quota) if quota > 0 else 0.0)
+
+    @staticmethod
+    def _set_burst(file: Path, cpu: float | None, shape: BudgetShape, before: bool) -> None:
+        """The burst is written around the quota: zeroed before it (the kernel refuses a
+        quota below the burst in force), set after it."""
+        if before:
+            if file.exists():
+                _write(file, "0")
+        elif cpu is not None and shape.burst_pct > 0:
+            if not file.exists():
+                raise KernelFeatureMissing(f"cpu_burst_pct: this kernel has no {file.name} (Linux 5.14 or later "
+                                           "with CONFIG_CFS_BANDWIDTH): use cpu_burst_pct=0")
+            _write(file, str(shape.burst_us(cpu)))
 
     def set_cpuset(self, group: str, cpuset: str) -> None:
         raise NotImplementedError
@@ -176,7 +198,7 @@ class CgroupsV1(Cgroups):
         return self.root / "cpuset" / group
 
     def create(self, group: str, cpu: float | None, cpuset: str | None,
-               period_us: int = DEFAULT_PERIOD_US) -> None:
+               shape: BudgetShape = BudgetShape()) -> None:
         for h in self.HIERARCHIES:
             base = self.root / h
             # create each level; cpuset children start empty and must copy their parent's
@@ -188,15 +210,17 @@ class CgroupsV1(Cgroups):
                         parent = base.parent
                         _write(base / "cpuset.mems", (parent / "cpuset.mems").read_text().strip())
                         _write(base / "cpuset.cpus", (parent / "cpuset.cpus").read_text().strip())
-        self.set_cpu(group, cpu, period_us)
+        self.set_cpu(group, cpu, shape)
         if cpuset is not None:
             self.set_cpuset(group, cpuset)
 
-    def set_cpu(self, group: str, cpu: float | None, period_us: int = DEFAULT_PERIOD_US) -> None:
+    def set_cpu(self, group: str, cpu: float | None, shape: BudgetShape | None = None) -> None:
         d = self.root / "cpu" / group
-        quota = -1 if cpu is None else max(1000, round(cpu * period_us))
-        _write(d / "cpu.cfs_period_us", str(period_us))
-        _write(d / "cpu.cfs_quota_us", str(quota))
+        shape = shape or self.shape_of(group)
+        self._set_burst(d / "cpu.cfs_burst_us", cpu, shape, before=True)
+        _write(d / "cpu.cfs_period_us", str(shape.period_us))
+        _write(d / "cpu.cfs_quota_us", str(-1 if cpu is None else shape.quota_us(cpu)))
+        self._set_burst(d / "cpu.cfs_burst_us", cpu, shape, before=False)
 
     def set_cpuset(self, group: str, cpuset: str) -> None:
         d = self._cpuset_dir(group)
@@ -221,7 +245,9 @@ class CgroupsV1(Cgroups):
         d = self.root / "cpu" / group
         quota = int((d / "cpu.cfs_quota_us").read_text())
         period = int((d / "cpu.cfs_period_us").read_text())
+        burst = d / "cpu.cfs_burst_us"
         return {"quota_us": quota, "period_us": period,
+                "burst_us": int(burst.read_text()) if burst.exists() else 0,
                 "cpu": None if quota < 0 else quota / period,
                 "cpuset": (self._cpuset_dir(group) / "cpuset.cpus").read_text().strip()}
 
@@ -281,7 +307,7 @@ class CgroupsV2(Cgroups):
         ROOT_RECORD.unlink(missing_ok=True)
 
     def create(self, group: str, cpu: float | None, cpuset: str | None,
-               period_us: int = DEFAULT_PERIOD_US) -> None:
+               shape: BudgetShape = BudgetShape()) -> None:
         wanted = (["cpu"] if cpu is not None else []) + (["cpuset"] if cpuset is not None else [])
         d = self.root
         with self._root_locked():
@@ -291,7 +317,7 @@ class CgroupsV2(Cgroups):
                 d = d / part
                 d.mkdir(exist_ok=True)
         if cpu is not None:
-            self.set_cpu(group, cpu, period_us)
+            self.set_cpu(group, cpu, shape)
         if cpuset is not None:
             self.set_cpuset(group, cpuset)
 
@@ -300,7 +326,7 @@ class CgroupsV2(Cgroups):
             super().remove(group)
             self._release_root_controllers()
 
-    def set_cpu(self, group: str, cpu: float | None, period_us: int = DEFAULT_PERIOD_US) -> None:
+    def set_cpu(self, group: str, cpu: float | None, shape: BudgetShape | None = None) -> None:
         d = self.root / group
         if not (d / "cpu.max").exists():
             if cpu is None:
@@ -308,8 +334,10 @@ class CgroupsV2(Cgroups):
             with self._root_locked():
                 for parent in reversed(Path(group).parents):
                     self._enable(self.root / parent, "cpu")
-        value = f"{'max' if cpu is None else max(1000, round(cpu * period_us))} {period_us}"
-        _write(d / "cpu.max", value)
+        shape = shape or self.shape_of(group)
+        self._set_burst(d / "cpu.max.burst", cpu, shape, before=True)
+        _write(d / "cpu.max", f"{'max' if cpu is None else shape.quota_us(cpu)} {shape.period_us}")
+        self._set_burst(d / "cpu.max.burst", cpu, shape, before=False)
 
     def set_cpuset(self, group: str, cpuset: str) -> None:
         d = self.root / group
@@ -335,7 +363,9 @@ class CgroupsV2(Cgroups):
             q, p = (d / "cpu.max").read_text().split()
             quota, period = q, int(p)
         cpuset = (d / "cpuset.cpus").read_text().strip() if (d / "cpuset.cpus").exists() else ""
+        burst = d / "cpu.max.burst"
         return {"quota_us": -1 if quota == "max" else int(quota), "period_us": period,
+                "burst_us": int(burst.read_text()) if burst.exists() else 0,
                 "cpu": None if quota == "max" else int(quota) / period, "cpuset": cpuset}
 
 

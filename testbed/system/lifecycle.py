@@ -235,10 +235,14 @@ class Testbed:
         self.store.journal("cgroup", cgroup_name(self.name))
         self.cgroups.create(cgroup_name(self.name), None, None)
         for n in (n for n in self.topology.nodes if n.name in self.local_nodes):
-            self.cgroups.create(cgroup_name(self.name, n.name), n.cpu, n.cpuset)
+            shape = self.topology.budget
+            self.cgroups.create(cgroup_name(self.name, n.name), n.cpu, n.cpuset, shape)
             limits = self.cgroups.limits(cgroup_name(self.name, n.name))
             if n.cpu is not None and abs(float(limits["cpu"]) - n.cpu) > 0.011:  # type: ignore[arg-type]
                 raise TestbedError(f"node {n.name}: cgroup reads back {limits['cpu']} CPUs, not {n.cpu}")
+            if n.cpu is not None and (limits["period_us"], limits["burst_us"]) != (shape.period_us, shape.burst_us(n.cpu)):
+                raise TestbedError(f"node {n.name}: cgroup reads back period {limits['period_us']} us and burst "
+                                   f"{limits['burst_us']} us, not {shape.period_us} and {shape.burst_us(n.cpu)}")
 
     def down(self) -> list[str]:
         """Stop processes, remove cgroups and namespaces, forget the state. Idempotent."""
