@@ -129,6 +129,19 @@ def test_budgets_survive_systemd_and_the_root_cannot_drop_their_controllers(tb_n
     assert leftovers_anywhere() == []
 
 
+def test_a_budget_shape_is_written_as_cpu_max_and_cpu_max_burst(tb_name):
+    """v2's files for the period and the burst (v1's are tested on the host)."""
+    run_cli("up", "cluster", "--name", tb_name, "--no-services", "-p", "host_cpu=0.3", "-p", "cpu_period_ms=10",
+            "-p", "cpu_burst_pct=50", timeout=300)
+    group = CGROUP / f"tcps-{tb_name}" / "host1"
+    try:
+        assert (group / "cpu.max").read_text().split() == ["3000", "10000"]
+        assert (group / "cpu.max.burst").read_text().strip() == "1500"
+    finally:
+        run_cli("down", tb_name, timeout=300)
+    assert leftovers_anywhere() == []
+
+
 def test_open_loop_sweep_holds_its_rates(tb_name, tmp_path):
     run_cli("up", "cluster", "--name", tb_name, "--mode", "setup-with-accept", timeout=600)
     try:
