@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from testbed.commands.status import print_status
 from testbed.system import cgroups
 from testbed.errors import KernelFeatureMissing, SpecError, TestbedError
 from testbed.system.lifecycle import Testbed
@@ -53,7 +54,7 @@ def test_processes_run_in_their_node_cgroup_with_budget_read_back(tb_name):
         assert used.user_s > used.system_s
 
 
-def test_the_budget_shape_is_written_read_back_and_sets_how_often_a_node_is_stopped(tb_name):
+def test_the_budget_shape_is_written_read_back_and_sets_how_often_a_node_is_stopped(tb_name, capsys):
     topo = load_topology("cluster", {"host_cpu": "0.3", "tcpserver_cpu": "0.2", "cpu_period_ms": "10",
                                      "cpu_burst_pct": "50"})
     with Testbed(topo, tb_name) as tb:
@@ -67,6 +68,8 @@ def test_the_budget_shape_is_written_read_back_and_sets_how_often_a_node_is_stop
         used = groups.usage(tb.cgroup("host1"))
         # a 1 s busy loop, stopped at the end of each 10 ms period's 3 ms (100 ms: about 10 times)
         assert used.nr_throttled >= 50, used
+        print_status(tb._state())
+        assert "budgets: each quota per 10 ms CFS period, a burst of 50% of it" in capsys.readouterr().out
 
 
 def test_every_shipped_topology_builds_execs_and_goes_away(tb_name):

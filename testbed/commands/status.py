@@ -6,6 +6,7 @@ import json
 import sys
 from typing import Any, Sequence, TextIO
 
+from ..describe.budget import BudgetShape
 from ..describe.machines import LOCAL
 
 
@@ -96,6 +97,10 @@ def print_status(state: dict[str, Any]) -> None:
         rows.append(row + ((info.get("machine", LOCAL),) if state.get("machines") else ()))
     print_table(("NODE", "ROLE", "NAMESPACE", "ADDRESSES", "CPU", "CPUSET", "PIDS")
                 + (("MACHINE",) if state.get("machines") else ()), rows)
+    shape = BudgetShape.from_params(state["topology"].get("params", {}), "state")
+    if not shape.is_default:
+        print(f"budgets: each quota per {shape.period_ms:g} ms CFS period"
+              + (f", a burst of {shape.burst_pct:g}% of it" if shape.burst_pct else ""))
     for mname, facts in (state.get("machines") or {}).items():
         clock = facts.get("clock", {})
         print(f"machine {mname}: {facts.get('ssh')} ({facts.get('hostname')}, kernel {facts.get('kernel')}, "
