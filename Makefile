@@ -9,7 +9,7 @@ demo: setup
 	$(PY) -m testbed run quick
 
 test: setup
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q --durations=25
 
 # cgroup v2 and netem in a Debian 12 VM under qemu (software emulation; measured on 2 cores:
 # 10 minutes the first time, 7 once its root file system is cached in /var/cache/tcps-vm)
