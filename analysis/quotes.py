@@ -6,7 +6,8 @@ A Markdown file quotes a shipped report through a generated block:
     ... (written by `python -m analysis quotes --write`) ...
     <!-- /quote:paper-cluster -->
 
-``<!-- quote:precision -->`` is the precision every shipped report reached (also those kept
+``<!-- quote:tail.<name> -->`` is the latency tail and throttling per curve of a shipped
+report (from its data). ``<!-- quote:precision -->`` is the precision every shipped report reached (also those kept
 under ``docs/reports/round-paired/``, made point after point before the configurations
 took turns at each rate), one row per report.
 
@@ -126,8 +127,28 @@ def render_pairing_shift() -> str:
     return "\n".join(lines) + "\n"
 
 
+TAIL = "tail."  # tail.<report>: per curve, the latency tail and throttling of its steps that kept up
+
+
+def render_tail(name: str) -> str:
+    """From a shipped report's data: per curve, the steps that kept up, their p99 and how
+    often and how long the busiest server-side node was throttled."""
+    from .run import RunInfo, prepare_runs
+    from .sections.throttling import tail_by_curve
+    if not (REPORTS / name / "summary.json").exists():
+        raise FileNotFoundError(f"no shipped summary docs/reports/{name}/summary.json")
+    table = tail_by_curve(prepare_runs([RunInfo.load(REPORTS / name)]))
+    lines = [f"From [docs/reports/{name}](reports/{name}/index.html), its steps that kept up with their load "
+             "(faithful, replies >= 95% of offered):", "",
+             "| " + " | ".join(table.columns) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
 def render(name: str) -> str:
     """The Markdown table of one shipped report's headline numbers."""
+    if name.startswith(TAIL):
+        return render_tail(name[len(TAIL):])
     if name == PRECISION:
         return render_precision()
     if name == PAIRING_SHIFT:

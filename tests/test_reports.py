@@ -75,3 +75,17 @@ def test_readme_and_docs_quote_only_shipped_numbers() -> None:
     from analysis.quotes import stale_blocks, unquoted_gains
     assert stale_blocks() == []
     assert unquoted_gains() == []
+
+
+def test_a_tail_quote_counts_each_curves_steps_that_kept_up() -> None:
+    import analysis
+    from analysis.quotes import render
+    name = "san-cost" if "san-cost" in PUBLISHED else PUBLISHED[0]
+    text = render(f"tail.{name}")
+    rows = [line.split(" | ") for line in text.splitlines() if line.startswith("| static")]
+    st = analysis.load(REPORTS / name)["steps"]
+    kept = st[st["faithful"] & (st["reply_rate_own"] >= 0.95 * st["offered_rate"])]
+    assert sum(int(r[3]) for r in rows) == len(kept) > 0
+    assert {r[2] for r in rows} == set(st["mode"])
+    with pytest.raises(FileNotFoundError, match="no shipped summary"):
+        render("tail.no-such-report")

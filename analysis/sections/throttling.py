@@ -52,6 +52,25 @@ def tail_table(prep: Prepared) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def tail_by_curve(prep: Prepared) -> pd.DataFrame:
+    """Per curve, over its steps that kept up with their load: how many, their median p99,
+    and the busiest server-side node's median throttled time and throttles per second."""
+    st = prep.steps
+    t, n = _throttled(prep)
+    kept = st["faithful"] & (st["reply_rate"] >= KNEE_FRACTION * st["offered"])
+    per_s = n / pd.to_numeric(st["duration_s"], errors="coerce") if "duration_s" in st else n * np.nan
+    rows = []
+    for (workload, config, mode), idx in st[kept].groupby(["workload", "config_label", "mode_label"],
+                                                          sort=False).groups.items():
+        p99 = pd.to_numeric(st.loc[idx, "lat_p99"], errors="coerce")
+        cnt = per_s[idx].dropna()
+        rows.append({"workload": workload, "configuration": config or "-", "mode": mode, "steps kept up": len(idx),
+                     "median p99 ms": f"{p99.median():.1f}", "p90 of p99 ms": f"{p99.quantile(0.9):.1f}",
+                     "median throttled s/s": f"{t[idx].median():.2f}",
+                     "median throttles/s": "-" if cnt.empty else f"{cnt.median():.0f}"})
+    return pd.DataFrame(rows)
+
+
 def spearman(prep: Prepared) -> float:
     st = prep.steps
     t, _ = _throttled(prep)
@@ -68,7 +87,7 @@ def html(report: Report) -> Any:
     table = tail_table(prep)
     if table.empty:
         return ""
-    return render("sections/throttling.html", tail=table, rho=spearman(prep),
+    return render("sections/throttling.html", tail=table, by_curve=tail_by_curve(prep), rho=spearman(prep),
                   counted=bool(_throttled(prep)[1].notna().any()))
 
 
