@@ -199,8 +199,8 @@ def test_fuzz_peer_payload(data: bytes) -> None:
 
 
 @pytest.mark.slow
-def test_a_million_generated_frames_round_trip_in_bounded_memory() -> None:
-    """One million random frames (every type, random ids, payloads from empty to 4 KiB),
+def test_a_quarter_million_generated_frames_round_trip_in_bounded_memory() -> None:
+    """A quarter of a million random frames (every type, random ids, payloads from empty to 4 KiB),
     fed in random pieces from one byte to 64 KiB: every frame comes out as it went in, and
     the decoder never holds more than one frame's worth."""
     import random
@@ -211,7 +211,7 @@ def test_a_million_generated_frames_round_trip_in_bounded_memory() -> None:
     pieces = (1, 3, 15, 16, 17, 100, 1500, 4096, 65536)
     total = 0
     tracemalloc.start()
-    for _ in range(100):
+    for _ in range(25):
         frames = [(rng.randint(1, p.MAX_TYPE), rng.getrandbits(32), rng.getrandbits(32),
                    rng.randbytes(rng.choice(sizes))) for _ in range(10_000)]
         wire = b"".join(p.pack(*f) for f in frames)
@@ -228,4 +228,4 @@ def test_a_million_generated_frames_round_trip_in_bounded_memory() -> None:
         _, peak = tracemalloc.get_traced_memory()
         assert peak < 64 * 1024 * 1024, peak  # one batch's frames and wire at most
     tracemalloc.stop()
-    assert total == 1_000_000
+    assert total == 250_000
